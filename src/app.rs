@@ -1,0 +1,204 @@
+//! The application factory: builds the state (metrics, hub, broker), binds
+//! the listener, serves until a shutdown future fires, then drains. Tests
+//! start real nodes with `Application::build` on port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Retention, SharedBroker};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the Redis broker: {0}")]
+    Redis(String),
+}
+
+struct Inner {
+    config: Config,
+    hub: Hub,
+    broker: SharedBroker,
+    metrics: Metrics,
+    draining: AtomicBool,
+}
+
+/// Shared state of a node; a cheap clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+    pub fn hub(&self) -> &Hub {
+        &self.0.hub
+    }
+    pub fn broker(&self) -> &SharedBroker {
+        &self.0.broker
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    /// Stops the node's background tasks (broker, heartbeats).
+    tasks: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        config.validate()?;
+        let metrics = Metrics::new();
+        let (hub, control) = Hub::new(metrics.clone());
+        let tasks = CancellationToken::new();
+        let retention = Retention {
+            size: config.history_size,
+            ttl: config.history_ttl,
+        };
+        let broker: SharedBroker = match &config.redis_url {
+            None => {
+                tracing::info!(
+                    "no --redis-url: using the embedded in-process broker (single node, history in memory)"
+                );
+                Arc::new(MemoryBroker::start(
+                    hub.clone(),
+                    control,
+                    metrics.clone(),
+                    retention,
+                    tasks.clone(),
+                ))
+            }
+            Some(url) => Arc::new(
+                RedisBroker::start(
+                    url,
+                    &config,
+                    hub.clone(),
+                    control,
+                    metrics.clone(),
+                    tasks.clone(),
+                )
+                .await
+                .map_err(|e| StartError::Redis(e.to_string()))?,
+            ),
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        tokio::spawn(hub.clone().run_heartbeats(config.heartbeat, tasks.clone()));
+        let state = AppState(Arc::new(Inner {
+            config,
+            hub,
+            broker,
+            metrics,
+            draining: AtomicBool::new(false),
+        }));
+        Ok(Application {
+            listener,
+            state,
+            tasks,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains: `/readyz` answers 503
+    /// for `--drain-delay`, the listener closes, streams are closed over
+    /// `--close-spread`, and the call returns once every connection is done
+    /// or `--shutdown-grace` has passed since the signal.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let Application {
+            listener,
+            state,
+            tasks,
+        } = self;
+        let cfg = state.config().clone();
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            broker = state.broker().name(),
+            "ssegate ready"
+        );
+        let router = crate::http::router(state.clone());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(10));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let svc = TowerToHyperService::new(router.clone());
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
+        tracing::info!("shutdown signal: draining");
+        state.0.draining.store(true, Ordering::Relaxed);
+        tokio::time::sleep(cfg.drain_delay).await;
+        drop(listener);
+        let hub = state.hub().clone();
+        let closing = async move {
+            tokio::join!(hub.close_all(cfg.close_spread), graceful.shutdown());
+        };
+        if tokio::time::timeout_at(deadline, closing).await.is_err() {
+            tracing::warn!("shutdown grace period over with connections still open");
+        }
+        tasks.cancel();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! The embedded broker: one node, history in memory, no Redis. The default
+//! when no `--redis-url` is given, and fully functional on one node
+//! (publish, history, resume), with the same retention rules as Redis.
+//!
+//! One mutex guards every channel's history and is held while an event is
+//! handed to the hub, so that events reach the hub in id order. It is never
+//! held across an await.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Broker, BrokerError, History, HistoryEntry, Retention, StreamFacts, encode_incoming, gap_after,
+    now_us,
+};
+use crate::hub::{Hub, Plan, SubCommand};
+use crate::metrics::Metrics;
+use crate::sse::{Channel, StreamId};
+
+struct Stream {
+    entries: VecDeque<HistoryEntry>,
+    last: StreamId,
+    max_deleted: StreamId,
+    expires: Option<Instant>,
+}
+
+struct Inner {
+    streams: Mutex<HashMap<Channel, Stream>>,
+    hub: Hub,
+    metrics: Metrics,
+    retention: Retention,
+}
+
+pub struct MemoryBroker(Arc<Inner>);
+
+impl MemoryBroker {
+    pub fn start(
+        hub: Hub,
+        mut control: mpsc::UnboundedReceiver<SubCommand>,
+        metrics: Metrics,
+        retention: Retention,
+        cancel: CancellationToken,
+    ) -> MemoryBroker {
+        let inner = Arc::new(Inner {
+            streams: Mutex::default(),
+            hub,
+            metrics,
+            retention,
+        });
+        inner.metrics.broker_up.set(1.0);
+        let me = inner.clone();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let cmd = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    cmd = control.recv() => match cmd { Some(c) => c, None => return },
+                };
+                if let SubCommand::Want { channel, .. } = cmd {
+                    // Read the tip and report under the lock, so no publish
+                    // slips between the two.
+                    let mut streams = me.streams.lock();
+                    if let Plan::Tip(t) = me.hub.plan(channel.as_str()) {
+                        let tip = live(&mut streams, &channel)
+                            .map(|s| s.last)
+                            .unwrap_or_default();
+                        me.hub.channel_ready(channel.as_str(), t, tip);
+                    }
+                }
+            }
+        });
+        if !retention.ttl.is_zero() {
+            let me = Arc::downgrade(&inner);
+            let every =
+                (retention.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    let Some(me) = me.upgrade() else { return };
+                    let now = Instant::now();
+                    me.streams
+                        .lock()
+                        .retain(|_, s| s.expires.is_none_or(|e| e > now));
+                }
+            });
+        }
+        MemoryBroker(inner)
+    }
+}
+
+/// The channel's stream, unless it expired (which removes it, as Redis does).
+fn live<'a>(
+    streams: &'a mut HashMap<Channel, Stream>,
+    channel: &Channel,
+) -> Option<&'a mut Stream> {
+    let expired = streams
+        .get(channel)
+        .is_some_and(|s| s.expires.is_some_and(|e| e <= Instant::now()));
+    if expired {
+        streams.remove(channel);
+    }
+    streams.get_mut(channel)
+}
+
+fn next_id(last: StreamId) -> StreamId {
+    let now_ms = now_us() / 1000;
+    if now_ms > last.ms {
+        StreamId::new(now_ms, 0)
+    } else {
+        StreamId::new(last.ms, last.seq + 1)
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn publish(
+        &self,
+        channel: &Channel,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<StreamId, BrokerError>> {
+        let inner = &self.0;
+        let mut streams = inner.streams.lock();
+        let last = live(&mut streams, channel)
+            .map(|s| s.last)
+            .unwrap_or_default();
+        let stream = streams.entry(channel.clone()).or_insert_with(|| Stream {
+            entries: VecDeque::new(),
+            last,
+            max_deleted: StreamId::ZERO,
+            expires: None,
+        });
+        let id = next_id(stream.last);
+        stream.last = id;
+        stream.entries.push_back(HistoryEntry {
+            id,
+            payload: payload.clone(),
+        });
+        while stream.entries.len() > inner.retention.size {
+            let gone = stream.entries.pop_front().expect("non-empty");
+            stream.max_deleted = gone.id;
+        }
+        if !inner.retention.ttl.is_zero() {
+            stream.expires = Some(Instant::now() + inner.retention.ttl);
+        }
+        inner.metrics.events_in_durable.increment(1);
+        inner.hub.dispatch(
+            channel.as_str(),
+            encode_incoming(payload, Some(id), &inner.metrics),
+        );
+        drop(streams);
+        Box::pin(std::future::ready(Ok(id)))
+    }
+
+    fn publish_ephemeral(
+        &self,
+        channel: &Channel,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let inner = &self.0;
+        let _order = inner.streams.lock();
+        inner.metrics.events_in_ephemeral.increment(1);
+        inner.hub.dispatch(
+            channel.as_str(),
+            encode_incoming(payload, None, &inner.metrics),
+        );
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn history(
+        &self,
+        channel: &Channel,
+        after: StreamId,
+        until: Option<StreamId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<History, BrokerError>> {
+        let mut streams = self.0.streams.lock();
+        let history = match live(&mut streams, channel) {
+            None => History {
+                trimmed: gap_after(
+                    after,
+                    &StreamFacts {
+                        exists: false,
+                        max_deleted: StreamId::ZERO,
+                        first: None,
+                    },
+                    self.0.retention.ttl,
+                ),
+                ..History::default()
+            },
+            Some(s) => {
+                let facts = StreamFacts {
+                    exists: true,
+                    max_deleted: s.max_deleted,
+                    first: s.entries.front().map(|e| e.id),
+                };
+                let trimmed = gap_after(after, &facts, self.0.retention.ttl);
+                let entries = if trimmed {
+                    Vec::new()
+                } else {
+                    let start = s.entries.partition_point(|e| e.id <= after);
+                    s.entries
+                        .range(start..)
+                        .take_while(|e| until.is_none_or(|u| e.id <= u))
+                        .take(limit)
+                        .cloned()
+                        .collect()
+                };
+                History {
+                    entries,
+                    trimmed,
+                    tip: s.last,
+                }
+            }
+        };
+        Box::pin(std::future::ready(Ok(history)))
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+}

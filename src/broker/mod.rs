@@ -1,0 +1,170 @@
+//! Brokers carry events between nodes and keep history. One trait, two
+//! implementations: `memory` (embedded, single node, the default) and
+//! `redis` (standalone; pub/sub plus a capped stream per channel and a Redis
+//! Function that appends and publishes atomically).
+//!
+//! A broker also consumes the hub's subscription commands: it subscribes a
+//! channel, reads the channel's newest durable id (its tip) and reports
+//! `Hub::channel_ready`; it feeds every received event to `Hub::dispatch`;
+//! after losing its connection it repairs each channel's gap from history.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::metrics::Metrics;
+use crate::sse::{Channel, Encoded, StreamId, parse_payload_lenient};
+
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub id: StreamId,
+    pub payload: Bytes,
+}
+
+/// A page of a channel's history after some id.
+#[derive(Debug, Default)]
+pub struct History {
+    pub entries: Vec<HistoryEntry>,
+    /// Events after the requested id are gone (trimmed, or the stream
+    /// expired): the reader must be reset.
+    pub trimmed: bool,
+    /// The newest id the channel ever had (`0-0` if it has no history).
+    pub tip: StreamId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+}
+
+pub trait Broker: Send + Sync + 'static {
+    /// `"memory"` or `"redis"`.
+    fn name(&self) -> &'static str;
+
+    /// Durable publish: append to the channel's history, then publish with
+    /// the new id, atomically. Returns the id.
+    fn publish(
+        &self,
+        channel: &Channel,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<StreamId, BrokerError>>;
+
+    /// Ephemeral publish: no history, no id.
+    fn publish_ephemeral(
+        &self,
+        channel: &Channel,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// At most `limit` events with `after < id <= until` (no upper bound
+    /// when `until` is `None`), oldest first.
+    fn history(
+        &self,
+        channel: &Channel,
+        after: StreamId,
+        until: Option<StreamId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<History, BrokerError>>;
+
+    /// Whether the broker can deliver events right now.
+    fn is_connected(&self) -> bool;
+}
+
+pub type SharedBroker = Arc<dyn Broker>;
+
+/// History retention, the same for both brokers (the Redis Function
+/// mirrors `gap_after`).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub size: usize,
+    /// Idle time after which a channel's history expires; zero keeps it.
+    pub ttl: Duration,
+}
+
+/// What is known of a channel's stored history when a reader asks for
+/// everything after `after`.
+pub struct StreamFacts {
+    pub exists: bool,
+    pub max_deleted: StreamId,
+    pub first: Option<StreamId>,
+}
+
+/// Whether events after `after` may have been lost: trimmed entries newer
+/// than it, or (for a reader that had seen something) a stream that is gone
+/// or was re-created after expiring from idleness. A stream idle for the TTL
+/// expires, so an idle gap of at least the TTL right after `after` means the
+/// stream was re-created in between.
+pub fn gap_after(after: StreamId, facts: &StreamFacts, ttl: Duration) -> bool {
+    if after == StreamId::ZERO {
+        return facts.exists && facts.max_deleted > after;
+    }
+    if !facts.exists || facts.max_deleted > after {
+        return true;
+    }
+    let ttl_ms = ttl.as_millis() as u64;
+    match facts.first {
+        Some(first) if first > after && ttl_ms > 0 => first.ms.saturating_sub(after.ms) >= ttl_ms,
+        _ => false,
+    }
+}
+
+/// Decodes one payload from the broker (leniently: a bad envelope field is
+/// dropped and counted) and encodes it once for every local stream.
+pub fn encode_incoming(payload: Bytes, id: Option<StreamId>, metrics: &Metrics) -> Arc<Encoded> {
+    let (event, dropped) = parse_payload_lenient(payload);
+    if dropped > 0 {
+        metrics.envelope_fields_dropped.increment(dropped as u64);
+    }
+    let published_us = match id {
+        Some(id) => id.ms.saturating_mul(1000),
+        None => now_us(),
+    };
+    Arc::new(Encoded::new(&event, id, published_us))
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(exists: bool, max_deleted: u64, first: Option<u64>) -> StreamFacts {
+        StreamFacts {
+            exists,
+            max_deleted: StreamId::new(max_deleted, 0),
+            first: first.map(|f| StreamId::new(f, 0)),
+        }
+    }
+
+    #[test]
+    fn gaps_are_detected_from_trimming_and_expiry() {
+        let ttl = Duration::from_secs(60);
+        let at = |ms| StreamId::new(ms, 0);
+        // A reader that has seen nothing never misses anything of a new stream.
+        assert!(!gap_after(StreamId::ZERO, &facts(false, 0, None), ttl));
+        assert!(!gap_after(StreamId::ZERO, &facts(true, 0, Some(5)), ttl));
+        assert!(gap_after(StreamId::ZERO, &facts(true, 3, Some(5)), ttl));
+        // Trimmed past the reader.
+        assert!(gap_after(at(10), &facts(true, 11, Some(12)), ttl));
+        assert!(!gap_after(at(10), &facts(true, 10, Some(11)), ttl));
+        // Expired, or re-created after an idle gap of a whole TTL.
+        assert!(gap_after(at(10), &facts(false, 0, None), ttl));
+        assert!(gap_after(at(10), &facts(true, 0, Some(60_010)), ttl));
+        assert!(!gap_after(at(10), &facts(true, 0, Some(59_000)), ttl));
+    }
+}

@@ -1,0 +1,240 @@
+//! Configuration: one typed `Config`, parsed once from flags and their
+//! `SSEGATE_*` environment variables, validated at start. A bad value exits
+//! with a message that names the flag, the variable and the rule.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ssegate",
+    version,
+    about = "Server-Sent Events gateway: any node streams any channel's events from Redis pub/sub.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a gateway node (the default when no subcommand is given).
+    Serve(Config),
+    /// Publish one durable event and print its id.
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use a unit: 500ms, 15s, 2m, 1h)"))
+}
+
+/// Byte sizes: a number with an optional unit (`64KiB`, `1MiB`, `512`).
+pub fn byte_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512, 64KiB, 1MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` (use B, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Everything a node needs. Every flag has an `SSEGATE_*` variable.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "SSEGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (redis://host:port/db or rediss://). Without it, the
+    /// embedded in-process broker serves a single node.
+    #[arg(long, env = "SSEGATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Command connections to Redis per node (pub/sub uses one more).
+    #[arg(long, env = "SSEGATE_REDIS_POOL_SIZE", default_value_t = 4)]
+    pub redis_pool_size: usize,
+
+    /// Prefix of Redis names: channel C is `<prefix>{C}`, its history `<prefix>{C}:log`.
+    #[arg(long, env = "SSEGATE_CHANNEL_PREFIX", default_value = "sse:")]
+    pub channel_prefix: String,
+
+    /// Events kept per channel for resume (Redis trims approximately: at least this many).
+    #[arg(long, env = "SSEGATE_HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: usize,
+
+    /// A channel's history expires after this long without a durable publish (0s keeps it).
+    #[arg(long, env = "SSEGATE_HISTORY_TTL", default_value = "1h", value_parser = duration)]
+    pub history_ttl: Duration,
+
+    /// Interval of the comment heartbeat on every stream.
+    #[arg(long, env = "SSEGATE_HEARTBEAT", default_value = "15s", value_parser = duration)]
+    pub heartbeat: Duration,
+
+    /// Reconnect delay suggested to browsers (the stream's `retry:` hint).
+    #[arg(long, env = "SSEGATE_RETRY", default_value = "2s", value_parser = duration)]
+    pub retry: Duration,
+
+    /// Most channels one stream may read.
+    #[arg(long, env = "SSEGATE_MAX_CHANNELS", default_value_t = 16)]
+    pub max_channels: usize,
+
+    /// Bytes a stream may have queued before it counts as a slow client and is closed.
+    #[arg(long, env = "SSEGATE_CLIENT_QUEUE", default_value = "256KiB", value_parser = byte_size)]
+    pub client_queue: usize,
+
+    /// Largest publish body.
+    #[arg(long, env = "SSEGATE_MAX_PAYLOAD", default_value = "64KiB", value_parser = byte_size)]
+    pub max_payload: usize,
+
+    /// How long a new stream waits for its channels' subscriptions before a 503.
+    #[arg(long, env = "SSEGATE_SUBSCRIBE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub subscribe_timeout: Duration,
+
+    /// On SIGTERM/SIGINT: time `/readyz` answers 503 before streams are closed.
+    #[arg(long, env = "SSEGATE_DRAIN_DELAY", default_value = "1s", value_parser = duration)]
+    pub drain_delay: Duration,
+
+    /// Window over which streams are closed at shutdown, so reconnects spread out.
+    #[arg(long, env = "SSEGATE_CLOSE_SPREAD", default_value = "1s", value_parser = duration)]
+    pub close_spread: Duration,
+
+    /// Hard limit from the signal to exit.
+    #[arg(long, env = "SSEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format (the level comes from RUST_LOG, default `info`).
+    #[arg(long, env = "SSEGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Channel to publish to.
+    pub channel: String,
+    /// The payload: an envelope (`{"event":..,"data":..}`) or plain data.
+    pub data: String,
+    /// Publish through this Redis (FCALL ssegate_publish).
+    #[arg(long, env = "SSEGATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Without --redis-url: the node to POST to.
+    #[arg(long, env = "SSEGATE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Prefix of Redis names.
+    #[arg(long, env = "SSEGATE_CHANNEL_PREFIX", default_value = "sse:")]
+    pub channel_prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --{flag} (SSEGATE_{env}): {rule}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub env: String,
+    pub rule: String,
+}
+
+fn bad(flag: &'static str, rule: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        env: flag.replace('-', "_").to_ascii_uppercase(),
+        rule: rule.into(),
+    }
+}
+
+impl Config {
+    /// Rules clap cannot express on one value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat < Duration::from_millis(10) {
+            return Err(bad("heartbeat", "must be at least 10ms"));
+        }
+        if self.history_size == 0 {
+            return Err(bad("history-size", "must be at least 1"));
+        }
+        if !(1..=1024).contains(&self.max_channels) {
+            return Err(bad("max-channels", "must be between 1 and 1024"));
+        }
+        if self.client_queue < 1024 {
+            return Err(bad("client-queue", "must be at least 1KiB"));
+        }
+        if self.redis_pool_size == 0 {
+            return Err(bad("redis-pool-size", "must be at least 1"));
+        }
+        if self
+            .channel_prefix
+            .bytes()
+            .any(|b| matches!(b, b'{' | b'}') || b.is_ascii_whitespace())
+        {
+            return Err(bad(
+                "channel-prefix",
+                "may not contain braces or whitespace",
+            ));
+        }
+        if self.drain_delay + self.close_spread > self.shutdown_grace {
+            return Err(bad(
+                "shutdown-grace",
+                "must be at least --drain-delay plus --close-spread",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A config with every default, for tests and embedding.
+    pub fn default_for_tests() -> Config {
+        let cli = Cli::parse_from(["ssegate", "--listen", "127.0.0.1:0"]);
+        cli.serve
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(byte_size("64KiB"), Ok(65536));
+        assert_eq!(byte_size("2m"), Ok(2 << 20));
+        assert_eq!(byte_size("10"), Ok(10));
+        assert!(byte_size("ten").is_err());
+        assert!(byte_size("1XB").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_flag_and_the_variable() {
+        let mut c = Config::default_for_tests();
+        c.max_channels = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--max-channels") && e.contains("SSEGATE_MAX_CHANNELS"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! The one place where errors become HTTP answers: a status and a JSON body
+//! `{"error": <code>, "message": <what to fix>}` that names the problem and
+//! never leaks internals (the cause is logged instead).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::broker::BrokerError;
+use crate::sse::{ChannelError, EnvelopeError};
+use crate::stream::OpenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid channel name: {0}")]
+    InvalidChannel(#[from] ChannelError),
+    #[error("no channel given: use /v1/stream/{{channel}} or ?channel=a&channel=b")]
+    NoChannel,
+    #[error("too many channels: at most {max} per stream")]
+    TooManyChannels { max: usize },
+    #[error("channel {0:?} is given twice")]
+    DuplicateChannel(String),
+    #[error("the query string is not valid: {0}")]
+    BadQuery(&'static str),
+    #[error("invalid envelope: {0}")]
+    BadEnvelope(#[from] EnvelopeError),
+    #[error("payload larger than {max} bytes")]
+    PayloadTooLarge { max: usize },
+    #[error("could not read the request body")]
+    BadBody,
+    #[error("the broker is unavailable, retry later")]
+    Unavailable,
+    #[error("this node is shutting down")]
+    Draining,
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            InvalidChannel(_) => (StatusCode::BAD_REQUEST, "invalid_channel"),
+            NoChannel => (StatusCode::BAD_REQUEST, "no_channel"),
+            TooManyChannels { .. } => (StatusCode::BAD_REQUEST, "too_many_channels"),
+            DuplicateChannel(_) => (StatusCode::BAD_REQUEST, "duplicate_channel"),
+            BadQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            BadEnvelope(_) => (StatusCode::BAD_REQUEST, "invalid_envelope"),
+            PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            BadBody => (StatusCode::BAD_REQUEST, "invalid_body"),
+            Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        tracing::warn!(error = %e, "broker error");
+        ApiError::Unavailable
+    }
+}
+
+impl From<OpenError> for ApiError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Broker(b) => b.into(),
+            OpenError::NotReady => {
+                tracing::warn!("subscription not confirmed in time");
+                ApiError::Unavailable
+            }
+            OpenError::Closed(_) => ApiError::Draining,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let body = serde_json::json!({ "error": code, "message": self.to_string() });
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,295 @@
+//! The per-stream end of the hub: a bounded queue of shared, pre-encoded
+//! events, filled by the hub without ever waiting (fan-out must not block on
+//! one client) and drained by the stream's writer.
+//!
+//! The mutex is held only to push or swap a queue, never across an await.
+//! An idle stream costs this struct and one `Arc` per channel: its queue has
+//! no capacity until something arrives.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+use crate::sse::{Encoded, StreamId};
+
+/// What the hub hands a stream.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A live event for the stream's channel number `ch`.
+    Event(Arc<Encoded>, u16),
+    /// The channel could not be repaired after a broker outage: its history
+    /// no longer reaches back far enough. The stream continues from `tip`.
+    Reset(u16, StreamId),
+    Heartbeat,
+}
+
+impl Item {
+    /// Bytes this item pins while queued: the frame (shared, but a client
+    /// that never reads keeps it alive) plus the queue slot.
+    fn cost(&self) -> usize {
+        std::mem::size_of::<Item>()
+            + match self {
+                Item::Event(ev, _) => ev.frame().len(),
+                Item::Reset(..) => 128,
+                Item::Heartbeat => 0,
+            }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The node is shutting down; the client reconnects elsewhere.
+    Shutdown,
+    /// The queue overflowed; the client reconnects and resumes from history.
+    SlowClient,
+}
+
+pub struct Subscriber {
+    state: Mutex<State>,
+}
+
+struct State {
+    queue: VecDeque<Item>,
+    queued_bytes: usize,
+    limit: usize,
+    waker: Option<Waker>,
+    closed: Option<Close>,
+    /// Until every channel is live on this node: its position per channel
+    /// and how many are still pending. Dropped once the stream starts.
+    start: Option<Box<Start>>,
+}
+
+struct Start {
+    pending: usize,
+    positions: Box<[StreamId]>,
+}
+
+/// What a push did, for the hub's bookkeeping.
+#[must_use]
+pub enum Pushed {
+    Queued(Option<Waker>),
+    /// This push overflowed the queue and closed the stream.
+    Overflowed(Option<Waker>),
+    Closed,
+}
+
+impl Pushed {
+    pub fn wake(self) -> bool {
+        match self {
+            Pushed::Queued(w) => {
+                if let Some(w) = w {
+                    w.wake();
+                }
+                false
+            }
+            Pushed::Overflowed(w) => {
+                if let Some(w) = w {
+                    w.wake();
+                }
+                true
+            }
+            Pushed::Closed => false,
+        }
+    }
+}
+
+impl Subscriber {
+    pub fn new(channels: usize, limit: usize) -> Arc<Subscriber> {
+        Arc::new(Subscriber {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                limit,
+                waker: None,
+                closed: None,
+                start: Some(Box::new(Start {
+                    pending: channels,
+                    positions: vec![StreamId::ZERO; channels].into_boxed_slice(),
+                })),
+            }),
+        })
+    }
+
+    pub fn push(&self, item: Item) -> Pushed {
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let cost = item.cost();
+        if s.queued_bytes + cost > s.limit {
+            s.closed = Some(Close::SlowClient);
+            s.queue = VecDeque::new();
+            s.queued_bytes = 0;
+            return Pushed::Overflowed(s.waker.take());
+        }
+        s.queue.push_back(item);
+        s.queued_bytes += cost;
+        Pushed::Queued(s.waker.take())
+    }
+
+    /// A heartbeat, unless something is already waiting to be written.
+    pub fn heartbeat(&self) {
+        let waker = {
+            let mut s = self.state.lock();
+            if s.closed.is_some() || !s.queue.is_empty() || s.start.is_some() {
+                return;
+            }
+            s.queue.push_back(Item::Heartbeat);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub fn close(&self, reason: Close) {
+        let waker = {
+            let mut s = self.state.lock();
+            if s.closed.is_some() {
+                return;
+            }
+            s.closed = Some(reason);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed.is_some()
+    }
+
+    /// The hub tells the stream where channel `ch` stands on this node.
+    pub(super) fn set_ready(&self, ch: u16, position: StreamId) {
+        let waker = {
+            let mut s = self.state.lock();
+            let Some(start) = s.start.as_mut() else {
+                return;
+            };
+            start.positions[ch as usize] = position;
+            start.pending -= 1;
+            if start.pending > 0 {
+                return;
+            }
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Resolves once every channel is live on this node, with the position
+    /// of each: the last durable id this node delivered on it.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<Box<[StreamId]>, Close>> {
+        let mut s = self.state.lock();
+        if let Some(c) = s.closed {
+            return Poll::Ready(Err(c));
+        }
+        match s.start.as_ref() {
+            Some(st) if st.pending == 0 => {
+                let st = s.start.take().expect("checked");
+                Poll::Ready(Ok(st.positions))
+            }
+            Some(_) => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            None => Poll::Ready(Ok(Box::default())),
+        }
+    }
+
+    pub async fn ready(&self) -> Result<Box<[StreamId]>, Close> {
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    /// Moves every queued item into `out` (which must be empty). Items
+    /// queued before a close are still handed out; then the close.
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<Item>,
+    ) -> Poll<Result<(), Close>> {
+        debug_assert!(out.is_empty());
+        let mut s = self.state.lock();
+        if !s.queue.is_empty() {
+            std::mem::swap(&mut s.queue, out);
+            s.queued_bytes = 0;
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(c) = s.closed {
+            return Poll::Ready(Err(c));
+        }
+        match &s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::Event;
+    use bytes::Bytes;
+    use futures_util::task::noop_waker_ref;
+
+    fn ev(len: usize) -> Arc<Encoded> {
+        let e = Event {
+            data: Bytes::from(vec![b'x'; len]),
+            ..Default::default()
+        };
+        Arc::new(Encoded::new(&e, None, 0))
+    }
+
+    #[test]
+    fn overflow_closes_and_frees_the_queue() {
+        let sub = Subscriber::new(1, 1000);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut out = VecDeque::new();
+        assert!(!sub.push(Item::Event(ev(400), 0)).wake());
+        assert!(!sub.push(Item::Event(ev(400), 0)).wake());
+        assert!(
+            sub.push(Item::Event(ev(400), 0)).wake(),
+            "third push overflows"
+        );
+        assert!(matches!(sub.push(Item::Heartbeat), Pushed::Closed));
+        assert_eq!(
+            sub.poll_drain(&mut cx, &mut out),
+            Poll::Ready(Err(Close::SlowClient))
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn items_before_a_shutdown_are_still_drained() {
+        let sub = Subscriber::new(1, 1 << 20);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut out = VecDeque::new();
+        let _ = sub.push(Item::Event(ev(1), 0));
+        sub.close(Close::Shutdown);
+        assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
+        assert_eq!(out.len(), 1);
+        out.clear();
+        assert_eq!(
+            sub.poll_drain(&mut cx, &mut out),
+            Poll::Ready(Err(Close::Shutdown))
+        );
+    }
+
+    #[test]
+    fn ready_resolves_after_every_channel_reported() {
+        let sub = Subscriber::new(2, 1 << 20);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        sub.set_ready(1, StreamId::new(5, 0));
+        assert!(sub.poll_ready(&mut cx).is_pending());
+        sub.set_ready(0, StreamId::new(3, 1));
+        match sub.poll_ready(&mut cx) {
+            Poll::Ready(Ok(p)) => assert_eq!(&*p, &[StreamId::new(3, 1), StreamId::new(5, 0)]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

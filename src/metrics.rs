@@ -1,0 +1,288 @@
+//! Telemetry counters: every metric name is a constant here, every label set
+//! is bounded (never a channel name). Each application owns its own
+//! Prometheus registry, so several nodes can live in one process (tests)
+//! without mixing their figures.
+//!
+//! The publish-to-write latency is recorded for every write on the hot path,
+//! up to millions of times a second; it is a fixed-bucket histogram of
+//! relaxed atomics rendered next to the registry's output, because the
+//! exporter's histograms keep every sample until the next scrape.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub mod names {
+    pub const STREAMS_OPEN: &str = "ssegate_streams_open";
+    pub const STREAMS_OPENED: &str = "ssegate_streams_opened_total";
+    pub const SUBSCRIPTIONS: &str = "ssegate_subscriptions";
+    pub const EVENTS_IN: &str = "ssegate_events_in_total";
+    pub const EVENTS_OUT: &str = "ssegate_events_out_total";
+    pub const BYTES_OUT: &str = "ssegate_bytes_out_total";
+    pub const SLOW_CLIENT_DISCONNECTS: &str = "ssegate_slow_client_disconnects_total";
+    pub const REDIS_RECONNECTS: &str = "ssegate_redis_reconnects_total";
+    pub const REDIS_SUBSCRIBE_COMMANDS: &str = "ssegate_redis_subscribe_commands_total";
+    pub const BROKER_UP: &str = "ssegate_broker_up";
+    pub const ENVELOPE_FIELDS_DROPPED: &str = "ssegate_envelope_fields_dropped_total";
+    pub const PUBLISHED: &str = "ssegate_published_total";
+    pub const HISTORY_REPLAYS: &str = "ssegate_history_replays_total";
+    pub const HISTORY_REPLAYED_EVENTS: &str = "ssegate_history_replayed_events_total";
+    pub const RESETS: &str = "ssegate_resets_total";
+    pub const GAP_REPAIRS: &str = "ssegate_gap_repairs_total";
+    pub const GAP_REPAIRED_EVENTS: &str = "ssegate_gap_repaired_events_total";
+    pub const REJECTED: &str = "ssegate_requests_rejected_total";
+    pub const LATENCY: &str = "ssegate_publish_to_write_seconds";
+}
+
+/// Upper bounds of the latency buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 15] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+#[derive(Default)]
+struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn record_us(&self, us: u64, n: u64) {
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(n, Relaxed);
+        self.sum_us.fetch_add(us.saturating_mul(n), Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = names::LATENCY;
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from publish to the write of the event to a client socket."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Relaxed);
+            match LATENCY_BOUNDS_US.get(i) {
+                Some(le) => {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                        *le as f64 / 1e6
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+pub struct Inner {
+    handle: PrometheusHandle,
+    latency: LatencyHistogram,
+    pub streams_open: Gauge,
+    pub streams_opened: Counter,
+    pub subscriptions: Gauge,
+    pub events_in_durable: Counter,
+    pub events_in_ephemeral: Counter,
+    pub events_out: Counter,
+    pub bytes_out: Counter,
+    pub slow_client_disconnects: Counter,
+    pub redis_reconnects: Counter,
+    pub redis_subscribe_commands: Counter,
+    pub broker_up: Gauge,
+    pub envelope_fields_dropped: Counter,
+    pub published_durable: Counter,
+    pub published_ephemeral: Counter,
+    pub history_replays: Counter,
+    pub history_replayed_events: Counter,
+    pub resets_trimmed: Counter,
+    pub resets_malformed: Counter,
+    pub gap_repairs: Counter,
+    pub gap_repaired_events: Counter,
+    registry: metrics_exporter_prometheus::PrometheusRecorder,
+}
+
+/// Cheap handle; clone freely.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+static META: Metadata<'static> = Metadata::new("ssegate", Level::INFO, Some(module_path!()));
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        use names::*;
+        let r = PrometheusBuilder::new().build_recorder();
+        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            r.describe_counter(name.into(), unit, help.into());
+            r.describe_gauge(name.into(), unit, help.into());
+        };
+        describe(STREAMS_OPEN, None, "SSE streams open on this node.");
+        describe(STREAMS_OPENED, None, "SSE streams opened since start.");
+        describe(SUBSCRIPTIONS, None, "Channels this node is subscribed to.");
+        describe(EVENTS_IN, None, "Events received from the broker, by kind.");
+        describe(EVENTS_OUT, None, "Events written to client streams.");
+        describe(
+            BYTES_OUT,
+            Some(Unit::Bytes),
+            "Bytes written to client streams.",
+        );
+        describe(
+            SLOW_CLIENT_DISCONNECTS,
+            None,
+            "Streams closed because their queue was full.",
+        );
+        describe(
+            REDIS_RECONNECTS,
+            None,
+            "Reconnections of the Redis pub/sub connection.",
+        );
+        describe(
+            REDIS_SUBSCRIBE_COMMANDS,
+            None,
+            "SUBSCRIBE/UNSUBSCRIBE commands sent (each batches many channels).",
+        );
+        describe(BROKER_UP, None, "1 while the broker connection is up.");
+        describe(
+            ENVELOPE_FIELDS_DROPPED,
+            None,
+            "Envelope fields dropped from broker payloads (CR/LF/NUL or wrong type).",
+        );
+        describe(
+            PUBLISHED,
+            None,
+            "Events published through this node's HTTP API, by kind.",
+        );
+        describe(
+            HISTORY_REPLAYS,
+            None,
+            "Stream resumes that replayed history.",
+        );
+        describe(
+            HISTORY_REPLAYED_EVENTS,
+            None,
+            "Events replayed from history on resume.",
+        );
+        describe(
+            RESETS,
+            None,
+            "ssegate.reset control events sent, by reason.",
+        );
+        describe(
+            GAP_REPAIRS,
+            None,
+            "Channels repaired from history after a broker reconnect.",
+        );
+        describe(GAP_REPAIRED_EVENTS, None, "Events delivered by gap repair.");
+        let counter = |name: &'static str| r.register_counter(&Key::from_static_name(name), &META);
+        let labelled = |name: &'static str, k: &'static str, v: &'static str| {
+            r.register_counter(&Key::from_static_parts(name, leak_label(k, v)), &META)
+        };
+        let gauge = |name: &'static str| r.register_gauge(&Key::from_static_name(name), &META);
+        let inner = Inner {
+            handle: r.handle(),
+            latency: LatencyHistogram::default(),
+            streams_open: gauge(STREAMS_OPEN),
+            streams_opened: counter(STREAMS_OPENED),
+            subscriptions: gauge(SUBSCRIPTIONS),
+            events_in_durable: labelled(EVENTS_IN, "kind", "durable"),
+            events_in_ephemeral: labelled(EVENTS_IN, "kind", "ephemeral"),
+            events_out: counter(EVENTS_OUT),
+            bytes_out: counter(BYTES_OUT),
+            slow_client_disconnects: counter(SLOW_CLIENT_DISCONNECTS),
+            redis_reconnects: counter(REDIS_RECONNECTS),
+            redis_subscribe_commands: counter(REDIS_SUBSCRIBE_COMMANDS),
+            broker_up: gauge(BROKER_UP),
+            envelope_fields_dropped: counter(ENVELOPE_FIELDS_DROPPED),
+            published_durable: labelled(PUBLISHED, "kind", "durable"),
+            published_ephemeral: labelled(PUBLISHED, "kind", "ephemeral"),
+            history_replays: counter(HISTORY_REPLAYS),
+            history_replayed_events: counter(HISTORY_REPLAYED_EVENTS),
+            resets_trimmed: labelled(RESETS, "reason", "history_trimmed"),
+            resets_malformed: labelled(RESETS, "reason", "malformed_cursor"),
+            gap_repairs: counter(GAP_REPAIRS),
+            gap_repaired_events: counter(GAP_REPAIRED_EVENTS),
+            registry: r,
+        };
+        Metrics(Arc::new(inner))
+    }
+
+    /// A counter with one bounded label, registered on first use.
+    pub fn rejected(&self, reason: &'static str) -> Counter {
+        self.registry.register_counter(
+            &Key::from_static_parts(names::REJECTED, leak_label("reason", reason)),
+            &META,
+        )
+    }
+
+    /// `n` events written `us` microseconds after they were published.
+    pub fn record_latency_us(&self, us: u64, n: u64) {
+        self.latency.record_us(us, n);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = self.handle.render();
+        self.latency.render(&mut out);
+        out
+    }
+}
+
+/// Labels are static pairs; registering keys needs `&'static [Label]`.
+fn leak_label(k: &'static str, v: &'static str) -> &'static [Label] {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CACHE: Mutex<Option<HashMap<(&'static str, &'static str), &'static [Label]>>> =
+        Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache
+        .get_or_insert_with(HashMap::new)
+        .entry((k, v))
+        .or_insert_with(|| Box::leak(Box::new([Label::from_static_parts(k, v)])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_is_cumulative_and_rendered() {
+        let m = Metrics::new();
+        m.record_latency_us(100, 2);
+        m.record_latency_us(3_000, 1);
+        m.events_out.increment(3);
+        let text = m.render();
+        assert!(
+            text.contains("ssegate_publish_to_write_seconds_bucket{le=\"0.00025\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ssegate_publish_to_write_seconds_bucket{le=\"0.005\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ssegate_publish_to_write_seconds_count 3"),
+            "{text}"
+        );
+        assert!(text.contains("ssegate_events_out_total 3"), "{text}");
+    }
+}
