@@ -161,10 +161,20 @@ impl Application {
             .timer(TokioTimer::new())
             .header_read_timeout(std::time::Duration::from_secs(10));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        tokio::pin!(shutdown);
+        // The node keeps accepting while it drains, so that a balancer's
+        // health checks see /readyz answer 503 before streams close.
+        let deadline = std::sync::OnceLock::new();
+        let draining = async {
+            shutdown.await;
+            let _ = deadline.set(tokio::time::Instant::now() + cfg.shutdown_grace);
+            tracing::info!(drain_delay = ?cfg.drain_delay, "shutdown signal: draining");
+            state.0.draining.store(true, Ordering::Relaxed);
+            tokio::time::sleep(cfg.drain_delay).await;
+        };
+        tokio::pin!(draining);
         loop {
             let (stream, _peer) = tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut draining => break,
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -185,10 +195,7 @@ impl Application {
                 let _ = conn.await;
             });
         }
-        let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
-        tracing::info!("shutdown signal: draining");
-        state.0.draining.store(true, Ordering::Relaxed);
-        tokio::time::sleep(cfg.drain_delay).await;
+        let deadline = *deadline.get().expect("set when draining began");
         drop(listener);
         let hub = state.hub().clone();
         let closing = async move {

@@ -196,7 +196,7 @@ impl Metrics {
         describe(GAP_REPAIRED_EVENTS, None, "Events delivered by gap repair.");
         let counter = |name: &'static str| r.register_counter(&Key::from_static_name(name), &META);
         let labelled = |name: &'static str, k: &'static str, v: &'static str| {
-            r.register_counter(&Key::from_static_parts(name, leak_label(k, v)), &META)
+            r.register_counter(&labelled_key(name, k, v), &META)
         };
         let gauge = |name: &'static str| r.register_gauge(&Key::from_static_name(name), &META);
         let inner = Inner {
@@ -229,10 +229,8 @@ impl Metrics {
 
     /// A counter with one bounded label, registered on first use.
     pub fn rejected(&self, reason: &'static str) -> Counter {
-        self.registry.register_counter(
-            &Key::from_static_parts(names::REJECTED, leak_label("reason", reason)),
-            &META,
-        )
+        self.registry
+            .register_counter(&labelled_key(names::REJECTED, "reason", reason), &META)
     }
 
     /// `n` events written `us` microseconds after they were published.
@@ -247,17 +245,8 @@ impl Metrics {
     }
 }
 
-/// Labels are static pairs; registering keys needs `&'static [Label]`.
-fn leak_label(k: &'static str, v: &'static str) -> &'static [Label] {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static CACHE: Mutex<Option<HashMap<(&'static str, &'static str), &'static [Label]>>> =
-        Mutex::new(None);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    cache
-        .get_or_insert_with(HashMap::new)
-        .entry((k, v))
-        .or_insert_with(|| Box::leak(Box::new([Label::from_static_parts(k, v)])))
+fn labelled_key(name: &'static str, k: &'static str, v: &'static str) -> Key {
+    Key::from_parts(name, vec![Label::from_static_parts(k, v)])
 }
 
 #[cfg(test)]

@@ -26,6 +26,12 @@ local function gt(a, b)
   return as > bs
 end
 
+local function prev(id)
+  local ms, seq = split(id)
+  if seq > 0 then return ms .. '-' .. (seq - 1) end
+  return (ms - 1) .. '-18446744073709551615'
+end
+
 local function info(key)
   local raw = redis.call('XINFO', 'STREAM', key)
   local f = {}
@@ -55,8 +61,15 @@ local function history(keys, args)
     return {(after ~= '0-0') and 1 or 0, '0-0', {}}
   end
   local f = info(key)
-  local trimmed = gt(f['max-deleted-entry-id'], after)
   local first = f['first-entry']
+  -- Redis 7.0 records XDEL in max-deleted-entry-id but not MAXLEN
+  -- trimming, which removes from the front: when entries were removed,
+  -- anything before the first retained entry may be gone.
+  local maxdel = f['max-deleted-entry-id']
+  if f['entries-added'] > f['length'] and type(first) == 'table' and gt(prev(first[1]), maxdel) then
+    maxdel = prev(first[1])
+  end
+  local trimmed = gt(maxdel, after)
   if not trimmed and after ~= '0-0' and TTL_MS > 0 and type(first) == 'table' and gt(first[1], after) then
     local fm = split(first[1])
     local am = split(after)

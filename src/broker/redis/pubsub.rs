@@ -475,10 +475,10 @@ async fn repair(
 fn split_durable(payload: Bytes) -> (Option<StreamId>, Bytes) {
     if payload.first() == Some(&0) {
         let end = payload.len().min(48);
-        if let Some(j) = payload[1..end].iter().position(|&b| b == 0) {
-            if let Some(id) = StreamId::parse(&payload[1..1 + j]) {
-                return (Some(id), payload.slice(j + 2..));
-            }
+        if let Some(j) = payload[1..end].iter().position(|&b| b == 0)
+            && let Some(id) = StreamId::parse(&payload[1..1 + j])
+        {
+            return (Some(id), payload.slice(j + 2..));
         }
     }
     (None, payload)
@@ -510,9 +510,8 @@ async fn open(info: &ConnectionInfo) -> Result<Conn, String> {
             cmd.arg(user);
         }
         cmd.arg(pass);
-        match request(&mut conn, &cmd.get_packed_command()).await? {
-            Frame::Error(e) => return Err(format!("AUTH failed: {}", String::from_utf8_lossy(&e))),
-            _ => {}
+        if let Frame::Error(e) = request(&mut conn, &cmd.get_packed_command()).await? {
+            return Err(format!("AUTH failed: {}", String::from_utf8_lossy(&e)));
         }
     }
     // Named so that operators (and tests) can find it in CLIENT LIST.

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what the tests need when it
+# is missing (redis-server through apt-get), then checks formatting, lints
+# and runs every test against real processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkg() { # command package
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "== installing $2"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
+}
+
+need_pkg redis-server redis-server
+
+echo "== redis: $(redis-server --version)"
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace --all-targets "$@"

@@ -1,0 +1,422 @@
+//! Test helpers: real `redis-server` processes on free ports, real gateway
+//! nodes (in-process on port 0, or the `ssegate` binary), and an SSE client
+//! that parses streams with the `eventsource-stream` crate.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use eventsource_stream::{Event, Eventsource};
+use futures::{Stream, StreamExt};
+use ssegate::{Application, Config};
+use tokio::sync::oneshot;
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A channel name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` child process, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn spawn() -> RedisServer {
+        Self::spawn_with(&[])
+    }
+
+    /// With extra `redis-server` arguments (e.g. `--appendonly yes`).
+    pub fn spawn_with(extra: &[&str]) -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.start();
+        r
+    }
+
+    fn start(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--logfile",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (bash .ci/run installs it)");
+        // Wait for the server's own "ready" line rather than polling.
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("Ready to accept connections")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(WAIT)
+            .expect("redis-server did not become ready");
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port and data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Runs redis-cli, as an operator would.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A config for a test node on an ephemeral port.
+pub fn config(redis: Option<&RedisServer>) -> Config {
+    let mut c = Config::default_for_tests();
+    c.redis_url = redis.map(RedisServer::url);
+    c.drain_delay = Duration::ZERO;
+    c.close_spread = Duration::ZERO;
+    c.shutdown_grace = Duration::from_secs(5);
+    c
+}
+
+/// An in-process gateway node on a real socket.
+pub struct Node {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    pub state: ssegate::app::AppState,
+}
+
+impl Node {
+    pub async fn spawn(config: Config) -> Node {
+        let app = Application::build(config).await.expect("node starts");
+        let addr = app.local_addr();
+        let state = app.state().clone();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Node {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+            state,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Drains and stops the node, waiting until it has.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(WAIT, t)
+                .await
+                .expect("node stops in time")
+                .unwrap();
+        }
+    }
+
+    pub async fn publish(&self, channel: &str, body: impl Into<String>) -> String {
+        let resp = reqwest::Client::new()
+            .post(self.url(&format!("/v1/stream/{channel}")))
+            .body(body.into())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, name)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The value of a metric line `name value` (labels included in `name`).
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
+
+/// An open SSE stream, parsed by a real SSE parser.
+pub struct Sse {
+    events: EventStream,
+    /// The last `id:` seen, as a browser would remember it.
+    pub last_id: String,
+}
+
+impl Sse {
+    /// Opens a stream; returns once the node answered 200 (its channels are
+    /// then subscribed on that node).
+    pub async fn open(url: &str) -> Sse {
+        Self::open_with(url, None).await
+    }
+
+    pub async fn open_owned(url: String) -> Sse {
+        Self::open_with(&url, None).await
+    }
+
+    pub async fn open_with(url: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("stream opens in time")
+            .unwrap();
+        assert_eq!(resp.status(), 200, "opening {url}");
+        let mut s = Self::from_response(resp);
+        s.last_id = last_event_id.unwrap_or_default().to_owned();
+        s
+    }
+
+    pub fn from_response(resp: reqwest::Response) -> Sse {
+        let events = resp
+            .bytes_stream()
+            .eventsource()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .boxed();
+        Sse {
+            events,
+            last_id: String::new(),
+        }
+    }
+
+    /// The next event, or `None` once the server has closed the stream.
+    /// Data-less blocks, which only set the id, update `last_id` as in a
+    /// browser and are skipped.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            let ev = tokio::time::timeout(WAIT, self.events.next())
+                .await
+                .expect("an event or the end within the wait")?
+                .ok()?;
+            self.last_id = ev.id.clone();
+            if !ev.data.is_empty() || ev.event != "message" {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// The next `n` events' data.
+    pub async fn take(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let ev = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("stream ended after {} of {n} events", out.len()));
+            out.push(ev.data);
+        }
+        out
+    }
+
+    /// Whether the stream ends (the server closed it) within the wait.
+    pub async fn ends(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(WAIT, self.events.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+}
+
+/// The `ssegate` binary as a child process.
+pub struct NodeProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// The node's log lines (reading them keeps its stderr pipe drained).
+    pub stderr: std::sync::mpsc::Receiver<String>,
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ssegate"))
+}
+
+impl NodeProcess {
+    /// Starts the binary with `args` (plus a port-0 listener and JSON logs)
+    /// and waits for its "ready" line, which carries the bound address.
+    pub fn spawn(args: &[&str]) -> NodeProcess {
+        let mut child = Command::new(binary())
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let Ok(line) =
+                rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the node did not log its ready line");
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "ssegate ready" {
+                let addr = v["listen"].as_str().unwrap().parse().unwrap();
+                return NodeProcess {
+                    child,
+                    addr,
+                    stderr: rx,
+                };
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Log lines written so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `f` holds, checking every few milliseconds: for state that
+/// offers no notification (Redis's subscription tables, a process's RSS).
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
