@@ -2,5 +2,6 @@
 //! ports and gateway nodes on real sockets.
 
 mod core;
+mod docs;
 mod durable;
 mod helpers;
