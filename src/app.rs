@@ -13,11 +13,13 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Retention, SharedBroker};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::{Gate, Verdict};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +33,14 @@ pub enum StartError {
     },
     #[error("cannot start the Redis broker: {0}")]
     Redis(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::SetupError),
 }
 
 struct Inner {
     config: Config,
+    auth: Auth,
+    gate: Arc<Gate>,
     hub: Hub,
     broker: SharedBroker,
     metrics: Metrics,
@@ -48,6 +54,12 @@ pub struct AppState(Arc<Inner>);
 impl AppState {
     pub fn config(&self) -> &Config {
         &self.0.config
+    }
+    pub fn auth(&self) -> &Auth {
+        &self.0.auth
+    }
+    pub fn gate(&self) -> &Gate {
+        &self.0.gate
     }
     pub fn hub(&self) -> &Hub {
         &self.0.hub
@@ -73,7 +85,13 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
         config.validate()?;
+        let auth = Auth::from_config(&config)?;
         let metrics = Metrics::new();
+        let file_limit = crate::limits::raise_file_limit();
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(|| crate::limits::default_max_connections(file_limit));
+        let gate = Gate::new(max_connections, config.ip_rate, config.ip_burst, metrics.clone());
         let (hub, control) = Hub::new(metrics.clone());
         let tasks = CancellationToken::new();
         let retention = Retention {
@@ -94,28 +112,33 @@ impl Application {
                 ))
             }
             Some(url) => Arc::new(
-                RedisBroker::start(
-                    url,
-                    &config,
-                    hub.clone(),
-                    control,
-                    metrics.clone(),
-                    tasks.clone(),
-                )
-                .await
-                .map_err(|e| StartError::Redis(e.to_string()))?,
+                RedisBroker::start(url, &config, hub.clone(), control, metrics.clone(), tasks.clone())
+                    .await
+                    .map_err(|e| StartError::Redis(e.to_string()))?,
             ),
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         tokio::spawn(hub.clone().run_heartbeats(config.heartbeat, tasks.clone()));
+        tokio::spawn(gate.clone().run_cleanup(tasks.clone()));
+        if auth.is_enforced() {
+            tracing::info!(max_connections, file_limit, "tokens required to read and publish");
+        } else {
+            tracing::warn!(
+                max_connections,
+                file_limit,
+                "anonymous access: anyone may read and publish every channel \
+                 (configure --jwt-secret, --jwt-public-key, --jwks-file or --publish-keys-file to require tokens)"
+            );
+        }
         let state = AppState(Arc::new(Inner {
             config,
+            auth,
+            gate,
             hub,
             broker,
             metrics,
@@ -129,9 +152,7 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
@@ -159,7 +180,8 @@ impl Application {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(std::time::Duration::from_secs(10));
+            .header_read_timeout(cfg.header_timeout)
+            .max_buf_size(cfg.max_header_bytes.max(8192));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         // The node keeps accepting while it drains, so that a balancer's
         // health checks see /readyz answer 503 before streams close.
@@ -173,7 +195,7 @@ impl Application {
         };
         tokio::pin!(draining);
         loop {
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 _ = &mut draining => break,
                 r = listener.accept() => match r {
                     Ok(x) => x,
@@ -185,6 +207,13 @@ impl Application {
                     }
                 },
             };
+            let admitted = match state.0.gate.admit(peer.ip()) {
+                Verdict::Admit(a) => a,
+                refused => {
+                    tokio::spawn(crate::limits::refuse(stream, refused));
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             let svc = TowerToHyperService::new(router.clone());
             let conn = builder
@@ -193,6 +222,7 @@ impl Application {
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 let _ = conn.await;
+                drop(admitted);
             });
         }
         let deadline = *deadline.get().expect("set when draining began");

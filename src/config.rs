@@ -3,6 +3,7 @@
 //! with a message that names the flag, the variable and the rule.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -53,13 +54,10 @@ pub fn byte_size(s: &str) -> Result<usize, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         other => {
-            return Err(format!(
-                "unknown size unit `{other}` (use B, KiB, MiB, GiB)"
-            ));
+            return Err(format!("unknown size unit `{other}` (use B, KiB, MiB, GiB)"));
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 /// Everything a node needs. Every flag has an `SSEGATE_*` variable.
@@ -126,6 +124,62 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// HS256 secret that signs tokens.
+    #[arg(long, env = "SSEGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with the public key (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA) that verifies tokens.
+    #[arg(long, env = "SSEGATE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// JWKS file (a JSON Web Key Set) with the keys that verify tokens, chosen by `kid`.
+    #[arg(long, env = "SSEGATE_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Accepted token audiences (`aud` then required); comma-separated.
+    #[arg(long, env = "SSEGATE_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// Accepted token issuers (`iss` then required); comma-separated.
+    #[arg(long, env = "SSEGATE_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// Cookie that may carry a reader's token.
+    #[arg(long, env = "SSEGATE_JWT_COOKIE", default_value = "ssegate_token")]
+    pub jwt_cookie: String,
+
+    /// File of static publisher API keys, one per line (`#` comments).
+    #[arg(long, env = "SSEGATE_PUBLISH_KEYS_FILE")]
+    pub publish_keys_file: Option<PathBuf>,
+
+    /// Let everyone read and publish every channel (required with Redis and no keys).
+    #[arg(long, env = "SSEGATE_ALLOW_ANONYMOUS", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_anonymous: bool,
+
+    /// Origins allowed by CORS (`*` for any, without credentials); comma-separated.
+    #[arg(long, env = "SSEGATE_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+
+    /// Most open connections (default: the open-file limit, raised to its hard limit, minus 64).
+    #[arg(long, env = "SSEGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// New connections per second per client IP (0: no limit).
+    #[arg(long, env = "SSEGATE_IP_RATE", default_value_t = 100)]
+    pub ip_rate: u32,
+
+    /// Burst of new connections allowed per client IP above --ip-rate.
+    #[arg(long, env = "SSEGATE_IP_BURST", default_value_t = 1000)]
+    pub ip_burst: u32,
+
+    /// Largest request head (request line and headers); 431 above.
+    #[arg(long, env = "SSEGATE_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = byte_size)]
+    pub max_header_bytes: usize,
+
+    /// Time a client has to send its request head (against slow-loris clients).
+    #[arg(long, env = "SSEGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+
     /// Log format (the level comes from RUST_LOG, default `info`).
     #[arg(long, env = "SSEGATE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -187,10 +241,24 @@ impl Config {
             .bytes()
             .any(|b| matches!(b, b'{' | b'}') || b.is_ascii_whitespace())
         {
-            return Err(bad(
-                "channel-prefix",
-                "may not contain braces or whitespace",
-            ));
+            return Err(bad("channel-prefix", "may not contain braces or whitespace"));
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(bad("max-header-bytes", "must be at least 1KiB"));
+        }
+        if self.header_timeout.is_zero() {
+            return Err(bad("header-timeout", "must be more than 0s"));
+        }
+        if self.cors_origin.len() > 1 && self.cors_origin.iter().any(|o| o == "*") {
+            return Err(bad("cors-origin", "`*` cannot be combined with other origins"));
+        }
+        for o in self.cors_origin.iter().filter(|o| *o != "*") {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(bad(
+                    "cors-origin",
+                    format!("{o:?} is not an origin like https://app.example.com"),
+                ));
+            }
         }
         if self.drain_delay + self.close_spread > self.shutdown_grace {
             return Err(bad(

@@ -16,15 +16,18 @@
 //!    with an `id:` cursor over all its channels, so that a reconnect to any
 //!    node resumes exactly where it stopped.
 //!
-//! Around that path: [`config`], [`app`] (build, serve, drain),
+//! Around that path: [`config`], [`app`] (build, serve, drain), [`auth`]
+//! (who reads and publishes what), [`limits`] (connection limits),
 //! [`metrics`], [`telemetry`] and [`shutdown`].
 
 pub mod app;
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod shutdown;
 pub mod sse;

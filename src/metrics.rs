@@ -38,8 +38,8 @@ pub mod names {
 
 /// Upper bounds of the latency buckets, in microseconds.
 const LATENCY_BOUNDS_US: [u64; 15] = [
-    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 5_000_000, 10_000_000,
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
 ];
 
 #[derive(Default)]
@@ -68,11 +68,7 @@ impl LatencyHistogram {
             cumulative += b.load(Relaxed);
             match LATENCY_BOUNDS_US.get(i) {
                 Some(le) => {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                        *le as f64 / 1e6
-                    );
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *le as f64 / 1e6);
                 }
                 None => {
                     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
@@ -142,11 +138,7 @@ impl Metrics {
         describe(SUBSCRIPTIONS, None, "Channels this node is subscribed to.");
         describe(EVENTS_IN, None, "Events received from the broker, by kind.");
         describe(EVENTS_OUT, None, "Events written to client streams.");
-        describe(
-            BYTES_OUT,
-            Some(Unit::Bytes),
-            "Bytes written to client streams.",
-        );
+        describe(BYTES_OUT, Some(Unit::Bytes), "Bytes written to client streams.");
         describe(
             SLOW_CLIENT_DISCONNECTS,
             None,
@@ -173,21 +165,13 @@ impl Metrics {
             None,
             "Events published through this node's HTTP API, by kind.",
         );
-        describe(
-            HISTORY_REPLAYS,
-            None,
-            "Stream resumes that replayed history.",
-        );
+        describe(HISTORY_REPLAYS, None, "Stream resumes that replayed history.");
         describe(
             HISTORY_REPLAYED_EVENTS,
             None,
             "Events replayed from history on resume.",
         );
-        describe(
-            RESETS,
-            None,
-            "ssegate.reset control events sent, by reason.",
-        );
+        describe(RESETS, None, "ssegate.reset control events sent, by reason.");
         describe(
             GAP_REPAIRS,
             None,

@@ -18,14 +18,13 @@ use bytes::{Bytes, BytesMut};
 use crate::broker::{BrokerError, SharedBroker, encode_incoming, now_us};
 use crate::hub::{Close, Hub, Item, Registration, Subscriber};
 use crate::metrics::Metrics;
-use crate::sse::{
-    Channel, Cursor, Encoded, StreamId, encode_comment, encode_control, encode_retry_hint,
-};
+use crate::sse::{Channel, Cursor, Encoded, StreamId, encode_comment, encode_control, encode_retry_hint};
 
 /// History is read in pages of this many events.
 const PAGE: usize = 500;
 
 pub const RESET_EVENT: &str = "ssegate.reset";
+pub const TOKEN_EXPIRED_EVENT: &str = "ssegate.token_expired";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -146,10 +145,7 @@ impl StreamSession {
     }
 
     fn reset_frame(&self, chans: &[usize], reason: &str) -> Bytes {
-        let names: Vec<&str> = chans
-            .iter()
-            .map(|&i| self.reg.channels()[i].as_str())
-            .collect();
+        let names: Vec<&str> = chans.iter().map(|&i| self.reg.channels()[i].as_str()).collect();
         let data = serde_json::json!({ "channels": names, "reason": reason }).to_string();
         encode_control(RESET_EVENT, &data, Some(&self.cursor()))
     }

@@ -17,8 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerError, History, HistoryEntry, Retention, StreamFacts, encode_incoming, gap_after,
-    now_us,
+    Broker, BrokerError, History, HistoryEntry, Retention, StreamFacts, encode_incoming, gap_after, now_us,
 };
 use crate::hub::{Hub, Plan, SubCommand};
 use crate::metrics::Metrics;
@@ -68,9 +67,7 @@ impl MemoryBroker {
                     // slips between the two.
                     let mut streams = me.streams.lock();
                     if let Plan::Tip(t) = me.hub.plan(channel.as_str()) {
-                        let tip = live(&mut streams, &channel)
-                            .map(|s| s.last)
-                            .unwrap_or_default();
+                        let tip = live(&mut streams, &channel).map(|s| s.last).unwrap_or_default();
                         me.hub.channel_ready(channel.as_str(), t, tip);
                     }
                 }
@@ -78,8 +75,7 @@ impl MemoryBroker {
         });
         if !retention.ttl.is_zero() {
             let me = Arc::downgrade(&inner);
-            let every =
-                (retention.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+            let every = (retention.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -88,9 +84,7 @@ impl MemoryBroker {
                     }
                     let Some(me) = me.upgrade() else { return };
                     let now = Instant::now();
-                    me.streams
-                        .lock()
-                        .retain(|_, s| s.expires.is_none_or(|e| e > now));
+                    me.streams.lock().retain(|_, s| s.expires.is_none_or(|e| e > now));
                 }
             });
         }
@@ -99,10 +93,7 @@ impl MemoryBroker {
 }
 
 /// The channel's stream, unless it expired (which removes it, as Redis does).
-fn live<'a>(
-    streams: &'a mut HashMap<Channel, Stream>,
-    channel: &Channel,
-) -> Option<&'a mut Stream> {
+fn live<'a>(streams: &'a mut HashMap<Channel, Stream>, channel: &Channel) -> Option<&'a mut Stream> {
     let expired = streams
         .get(channel)
         .is_some_and(|s| s.expires.is_some_and(|e| e <= Instant::now()));
@@ -126,16 +117,10 @@ impl Broker for MemoryBroker {
         "memory"
     }
 
-    fn publish(
-        &self,
-        channel: &Channel,
-        payload: Bytes,
-    ) -> BoxFuture<'_, Result<StreamId, BrokerError>> {
+    fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<StreamId, BrokerError>> {
         let inner = &self.0;
         let mut streams = inner.streams.lock();
-        let last = live(&mut streams, channel)
-            .map(|s| s.last)
-            .unwrap_or_default();
+        let last = live(&mut streams, channel).map(|s| s.last).unwrap_or_default();
         let stream = streams.entry(channel.clone()).or_insert_with(|| Stream {
             entries: VecDeque::new(),
             last,
@@ -164,18 +149,13 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(Ok(id)))
     }
 
-    fn publish_ephemeral(
-        &self,
-        channel: &Channel,
-        payload: Bytes,
-    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+    fn publish_ephemeral(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
         let inner = &self.0;
         let _order = inner.streams.lock();
         inner.metrics.events_in_ephemeral.increment(1);
-        inner.hub.dispatch(
-            channel.as_str(),
-            encode_incoming(payload, None, &inner.metrics),
-        );
+        inner
+            .hub
+            .dispatch(channel.as_str(), encode_incoming(payload, None, &inner.metrics));
         Box::pin(std::future::ready(Ok(())))
     }
 

@@ -53,18 +53,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Durable publish: append to the channel's history, then publish with
     /// the new id, atomically. Returns the id.
-    fn publish(
-        &self,
-        channel: &Channel,
-        payload: Bytes,
-    ) -> BoxFuture<'_, Result<StreamId, BrokerError>>;
+    fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<StreamId, BrokerError>>;
 
     /// Ephemeral publish: no history, no id.
-    fn publish_ephemeral(
-        &self,
-        channel: &Channel,
-        payload: Bytes,
-    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+    fn publish_ephemeral(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
 
     /// At most `limit` events with `after < id <= until` (no upper bound
     /// when `until` is `None`), oldest first.

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::AuthError;
 use crate::broker::BrokerError;
 use crate::sse::{ChannelError, EnvelopeError};
 use crate::stream::OpenError;
@@ -32,6 +33,8 @@ pub enum ApiError {
     Unavailable,
     #[error("this node is shutting down")]
     Draining,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -52,6 +55,8 @@ impl ApiError {
             BadBody => (StatusCode::BAD_REQUEST, "invalid_body"),
             Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            Auth(e) if e.is_forbidden() => (StatusCode::FORBIDDEN, "forbidden"),
+            Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
@@ -86,6 +91,10 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

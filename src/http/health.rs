@@ -21,8 +21,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         None
     };
     match reason {
-        None => Json(serde_json::json!({ "status": "ready", "broker": app.broker().name() }))
-            .into_response(),
+        None => Json(serde_json::json!({ "status": "ready", "broker": app.broker().name() })).into_response(),
         Some(r) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "status": "not_ready", "reason": r })),

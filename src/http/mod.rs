@@ -8,15 +8,42 @@ mod subscribe;
 
 pub use error::ApiError;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::AppState;
+use crate::config::Config;
+
+/// CORS for the configured origins: `*` allows any origin without
+/// credentials; a list allows credentials (cookies carrying tokens).
+fn cors(cfg: &Config) -> Option<CorsLayer> {
+    if cfg.cors_origin.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(Duration::from_secs(600));
+    if cfg.cors_origin.iter().any(|o| o == "*") {
+        return Some(layer.allow_origin(AllowOrigin::any()));
+    }
+    let origins: Vec<HeaderValue> = cfg.cors_origin.iter().filter_map(|o| o.parse().ok()).collect();
+    Some(layer.allow_origin(origins).allow_credentials(true))
+}
 
 pub fn router(state: AppState) -> Router {
     let max_payload = state.config().max_payload;
-    Router::new()
+    let cors = cors(state.config());
+    let router = Router::new()
         .route("/v1/stream", get(subscribe::many))
         .route(
             "/v1/stream/{channel}",
@@ -29,5 +56,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
 }

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
@@ -17,10 +17,13 @@ use crate::sse::{Channel, ChannelError, parse_payload};
 pub async fn publish(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let access = app.auth().publisher(&headers)?;
     let Path(channel) = path.map_err(|_| ApiError::InvalidChannel(ChannelError::BadChar))?;
     let channel = Channel::parse(&channel)?;
+    access.check_publish(&channel)?;
     let body = body.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::PayloadTooLarge {

@@ -3,8 +3,11 @@
 //! body of pre-encoded frames.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -16,24 +19,28 @@ use http_body::Frame;
 
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::sse::Channel;
-use crate::stream::{OpenParams, StreamSession, coalesce};
+use crate::hub::Close;
+use crate::sse::{Channel, encode_control};
+use crate::stream::{OpenParams, StreamSession, TOKEN_EXPIRED_EVENT, coalesce};
 
 /// What a subscribe request asks for, parsed from its path and query.
 struct SubscribeQuery {
     channels: Vec<String>,
     last_event_id: Option<String>,
+    token: Option<String>,
 }
 
 fn parse_query(raw: Option<&str>) -> SubscribeQuery {
     let mut q = SubscribeQuery {
         channels: Vec::new(),
         last_event_id: None,
+        token: None,
     };
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*k {
             "channel" => q.channels.push(v.into_owned()),
             "lastEventId" => q.last_event_id = Some(v.into_owned()),
+            "token" => q.token = Some(v.into_owned()),
             _ => {}
         }
     }
@@ -46,8 +53,7 @@ pub async fn one(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path(channel) =
-        path.map_err(|_| ApiError::InvalidChannel(crate::sse::ChannelError::BadChar))?;
+    let Path(channel) = path.map_err(|_| ApiError::InvalidChannel(crate::sse::ChannelError::BadChar))?;
     let mut q = parse_query(raw.as_deref());
     q.channels = vec![channel];
     serve(app, q, &headers).await
@@ -81,16 +87,14 @@ fn validate_channels(names: Vec<String>, max: usize) -> Result<Box<[Channel]>, A
 }
 
 #[tracing::instrument(skip_all, fields(channels = q.channels.len()))]
-async fn serve(
-    app: AppState,
-    q: SubscribeQuery,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+async fn serve(app: AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<Response, ApiError> {
     if app.is_draining() {
         return Err(ApiError::Draining);
     }
     let cfg = app.config();
+    let access = app.auth().reader(headers, q.token.as_deref())?;
     let channels = validate_channels(q.channels, cfg.max_channels)?;
+    access.check_read(&channels)?;
     // The header (sent by EventSource on reconnect) wins over the query.
     let cursor = headers
         .get("last-event-id")
@@ -103,11 +107,14 @@ async fn serve(
         retry: cfg.retry,
         open_timeout: cfg.subscribe_timeout,
     };
-    let (session, opening) =
-        StreamSession::open(app.hub(), app.broker(), app.metrics(), params).await?;
+    let (session, opening) = StreamSession::open(app.hub(), app.broker(), app.metrics(), params).await?;
     let body = SseBody {
         session,
         pending: opening,
+        expiry: access.expires_at().map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Box::pin(tokio::time::sleep(left))
+        }),
     };
     let mut resp = Response::new(Body::new(body));
     let h = resp.headers_mut();
@@ -121,11 +128,16 @@ async fn serve(
 }
 
 /// The response body: the opening bytes, then whatever the session yields,
-/// coalesced into one chunk per wake-up.
+/// coalesced into one chunk per wake-up. A stream opened with a token ends
+/// when the token expires, with a last `ssegate.token_expired` event.
 struct SseBody {
     session: StreamSession,
     pending: Vec<Bytes>,
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+static TOKEN_EXPIRED: LazyLock<Bytes> =
+    LazyLock::new(|| encode_control(TOKEN_EXPIRED_EVENT, r#"{"reason":"token_expired"}"#, None));
 
 impl http_body::Body for SseBody {
     type Data = Bytes;
@@ -136,6 +148,13 @@ impl http_body::Body for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
+        if let Some(expiry) = &mut this.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            this.expiry = None;
+            this.session.subscriber().close(Close::Expired);
+            this.pending.push(TOKEN_EXPIRED.clone());
+        }
         if this.pending.is_empty() {
             match this.session.poll_chunk(cx, &mut this.pending) {
                 Poll::Pending => return Poll::Pending,

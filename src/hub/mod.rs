@@ -240,10 +240,7 @@ impl Hub {
                     held: Vec::new(),
                 }
             });
-            keys.push(state.subs.insert(SubRef {
-                sub: sub.clone(),
-                ch,
-            }));
+            keys.push(state.subs.insert(SubRef { sub: sub.clone(), ch }));
             if !matches!(state.mode, Mode::Pending) {
                 sub.set_ready(ch, state.last_id);
             }
@@ -303,16 +300,10 @@ impl Hub {
     }
 
     /// Runs `f` on the channel if `t` is still valid for it.
-    fn with_ticket<R>(
-        &self,
-        channel: &str,
-        t: Ticket,
-        f: impl FnOnce(&mut ChannelState) -> R,
-    ) -> Option<R> {
+    fn with_ticket<R>(&self, channel: &str, t: Ticket, f: impl FnOnce(&mut ChannelState) -> R) -> Option<R> {
         let mut shard = self.shard(channel).lock();
         let state = shard.get_mut(channel)?;
-        (state.instance == t.instance && self.0.epoch.load(Ordering::Acquire) == t.epoch)
-            .then(|| f(state))
+        (state.instance == t.instance && self.0.epoch.load(Ordering::Acquire) == t.epoch).then(|| f(state))
     }
 
     /// What `channel` needs now that the broker confirmed its subscription.
@@ -600,9 +591,7 @@ mod tests {
             sub.poll_ready(&mut cx).is_pending(),
             "a tip read before the loss is stale"
         );
-        let Plan::Tip(t) = hub.plan("c") else {
-            panic!()
-        };
+        let Plan::Tip(t) = hub.plan("c") else { panic!() };
         hub.channel_ready("c", t, StreamId::new(3, 0));
         assert!(sub.poll_ready(&mut cx).is_ready());
     }

@@ -44,6 +44,8 @@ pub enum Close {
     Shutdown,
     /// The queue overflowed; the client reconnects and resumes from history.
     SlowClient,
+    /// The stream's token expired; the client reconnects with a fresh one.
+    Expired,
 }
 
 pub struct Subscriber {
@@ -207,11 +209,7 @@ impl Subscriber {
 
     /// Moves every queued item into `out` (which must be empty). Items
     /// queued before a close are still handed out; then the close.
-    pub fn poll_drain(
-        &self,
-        cx: &mut Context<'_>,
-        out: &mut VecDeque<Item>,
-    ) -> Poll<Result<(), Close>> {
+    pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut VecDeque<Item>) -> Poll<Result<(), Close>> {
         debug_assert!(out.is_empty());
         let mut s = self.state.lock();
         if !s.queue.is_empty() {
@@ -252,10 +250,7 @@ mod tests {
         let mut out = VecDeque::new();
         assert!(!sub.push(Item::Event(ev(400), 0)).wake());
         assert!(!sub.push(Item::Event(ev(400), 0)).wake());
-        assert!(
-            sub.push(Item::Event(ev(400), 0)).wake(),
-            "third push overflows"
-        );
+        assert!(sub.push(Item::Event(ev(400), 0)).wake(), "third push overflows");
         assert!(matches!(sub.push(Item::Heartbeat), Pushed::Closed));
         assert_eq!(
             sub.poll_drain(&mut cx, &mut out),

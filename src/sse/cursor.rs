@@ -77,10 +77,7 @@ mod tests {
         assert_eq!(Cursor::parse(b"1-1,x", 2), Err(CursorError::BadPosition(1)));
         assert_eq!(Cursor::parse(b"", 1), Err(CursorError::BadPosition(0)));
         assert_eq!(Cursor::parse(&[b'1'; 500], 1), Err(CursorError::TooLong));
-        assert_eq!(
-            Cursor::parse(b"\xff\xfe", 1),
-            Err(CursorError::BadPosition(0))
-        );
+        assert_eq!(Cursor::parse(b"\xff\xfe", 1), Err(CursorError::BadPosition(0)));
     }
 
     proptest! {

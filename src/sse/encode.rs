@@ -40,11 +40,7 @@ impl Encoded {
             field(&mut buf, b"id", id.as_bytes());
         }
         if let Some(retry) = ev.retry {
-            field(
-                &mut buf,
-                b"retry",
-                itoa::Buffer::new().format(retry).as_bytes(),
-            );
+            field(&mut buf, b"retry", itoa::Buffer::new().format(retry).as_bytes());
         }
         write_data(&mut buf, &ev.data);
         buf.put_u8(b'\n');
@@ -144,8 +140,7 @@ mod tests {
 
     /// Decodes SSE bytes with a real parser (the `eventsource-stream` crate).
     fn parse_all(bytes: Bytes) -> Vec<eventsource_stream::Event> {
-        let stream =
-            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]).eventsource();
+        let stream = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]).eventsource();
         futures::executor::block_on(stream.map(|r| r.expect("valid SSE")).collect())
     }
 
@@ -192,11 +187,7 @@ mod tests {
     fn control_events_and_hints_parse() {
         let mut bytes = encode_retry_hint(2000, Some(b"1-0")).to_vec();
         bytes.extend_from_slice(&encode_comment(""));
-        bytes.extend_from_slice(&encode_control(
-            "ssegate.reset",
-            r#"{"reason":"x"}"#,
-            Some(b"9"),
-        ));
+        bytes.extend_from_slice(&encode_control("ssegate.reset", r#"{"reason":"x"}"#, Some(b"9")));
         let parsed = parse_all(Bytes::from(bytes));
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0].event, "ssegate.reset");
@@ -204,8 +195,7 @@ mod tests {
         assert_eq!(parsed[0].retry, None); // the retry hint travels in its own block
     }
 
-    fn arb_event() -> impl Strategy<Value = (Option<String>, Option<String>, Option<u64>, Vec<u8>)>
-    {
+    fn arb_event() -> impl Strategy<Value = (Option<String>, Option<String>, Option<u64>, Vec<u8>)> {
         (
             proptest::option::of("[a-zA-Z0-9_.:-]{1,20}"),
             proptest::option::of("[ -~]{0,20}"),

@@ -212,10 +212,7 @@ mod tests {
             Err(EnvelopeError::BadId)
         );
         assert_eq!(strict(r#"{"id":5,"data":"x"}"#), Err(EnvelopeError::BadId));
-        assert_eq!(
-            strict(r#"{"retry":-1,"data":"x"}"#),
-            Err(EnvelopeError::BadRetry)
-        );
+        assert_eq!(strict(r#"{"retry":-1,"data":"x"}"#), Err(EnvelopeError::BadRetry));
         assert_eq!(
             strict(r#"{"retry":"5","data":"x"}"#),
             Err(EnvelopeError::BadRetry)

@@ -85,12 +85,7 @@ mod tests {
             b"a",
             b"99999999999999999999999",
         ] {
-            assert_eq!(
-                StreamId::parse(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_eq!(StreamId::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

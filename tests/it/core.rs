@@ -72,19 +72,13 @@ async fn envelopes_decide_event_id_and_retry_and_multi_line_data_is_framed() {
         ("update", r#"{"n":1}"#, "app-7")
     );
     assert_eq!(ev.retry, Some(Duration::from_millis(5000)));
-    assert_eq!(
-        s.next().await.unwrap().data,
-        "line one\nline two\nline three"
-    );
+    assert_eq!(s.next().await.unwrap().data, "line one\nline two\nline three");
     let ev = s.next().await.unwrap();
     assert_eq!(
         (ev.event.as_str(), ev.data.as_str(), ev.id.as_str()),
         ("message", "safe", "app-7")
     );
-    assert_eq!(
-        node.metric("ssegate_envelope_fields_dropped_total").await,
-        1.0
-    );
+    assert_eq!(node.metric("ssegate_envelope_fields_dropped_total").await, 1.0);
 }
 
 #[tokio::test]
@@ -94,14 +88,8 @@ async fn a_multi_channel_stream_receives_from_both_channels() {
     let (c1, c2) = (unique("multi-a"), unique("multi-b"));
     let mut s = Sse::open(&node.url(&format!("/v1/stream?channel={c1}&channel={c2}"))).await;
     let mut conn = redis.conn().await;
-    let _: i64 = conn
-        .publish(format!("sse:{{{c1}}}"), "from a")
-        .await
-        .unwrap();
-    let _: i64 = conn
-        .publish(format!("sse:{{{c2}}}"), "from b")
-        .await
-        .unwrap();
+    let _: i64 = conn.publish(format!("sse:{{{c1}}}"), "from a").await.unwrap();
+    let _: i64 = conn.publish(format!("sse:{{{c2}}}"), "from b").await.unwrap();
     let mut got = s.take(2).await;
     got.sort();
     assert_eq!(got, ["from a", "from b"]);
@@ -205,10 +193,7 @@ async fn invalid_channel_names_get_400_with_a_json_body_and_subscribe_nothing() 
             "invalid_channel",
         ),
         ("/v1/stream".to_owned(), "no_channel"),
-        (
-            "/v1/stream?channel=a&channel=a".to_owned(),
-            "duplicate_channel",
-        ),
+        ("/v1/stream?channel=a&channel=a".to_owned(), "duplicate_channel"),
     ];
     for (path, code) in cases {
         let resp = reqwest::get(node.url(&path)).await.unwrap();
@@ -297,6 +282,7 @@ async fn sigterm_closes_streams_and_the_process_exits_zero_within_the_grace_peri
     let mut node = NodeProcess::spawn(&[
         "--redis-url",
         &url,
+        "--allow-anonymous",
         "--drain-delay",
         "200ms",
         "--close-spread",
@@ -319,10 +305,7 @@ async fn sigterm_closes_streams_and_the_process_exits_zero_within_the_grace_peri
     let status = node.child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
     let logs = node.logs().join("\n");
-    assert!(
-        logs.contains("draining") && logs.contains("stopped"),
-        "{logs}"
-    );
+    assert!(logs.contains("draining") && logs.contains("stopped"), "{logs}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",
@@ -337,6 +320,7 @@ async fn redis_down_at_start_is_a_clear_error_and_a_nonzero_exit() {
         .args([
             "--listen",
             "127.0.0.1:0",
+            "--allow-anonymous",
             "--redis-url",
             &format!("redis://127.0.0.1:{port}"),
         ])

@@ -89,11 +89,7 @@ async fn resume_two_channels(p: Pair) {
     first.sort();
     assert_eq!(first, ["a0", "b0"]);
     let last = s.last_id.clone();
-    assert_eq!(
-        last.split(',').count(),
-        2,
-        "one position per channel: {last}"
-    );
+    assert_eq!(last.split(',').count(), 2, "one position per channel: {last}");
     drop(s);
     for i in 1..6 {
         p.b().publish(&c1, format!("a{i}")).await;
@@ -175,11 +171,7 @@ async fn resume_under_load(p: Pair, total: usize) {
         round += 1;
     }
     publisher.await.unwrap();
-    let dups = received.len()
-        - received
-            .iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len();
+    let dups = received.len() - received.iter().collect::<std::collections::HashSet<_>>().len();
     assert_eq!(dups, 0, "duplicates");
     assert_eq!(
         received,
@@ -214,8 +206,7 @@ async fn reset_for_old_and_garbage_cursors(redis: Option<&RedisServer>) {
     for i in 0..350 {
         node.publish(&ch, format!("later {i}")).await;
     }
-    let mut cursors: Vec<(String, Vec<u8>)> =
-        vec![("older than retention".into(), old.into_bytes())];
+    let mut cursors: Vec<(String, Vec<u8>)> = vec![("older than retention".into(), old.into_bytes())];
     for garbage in [
         &b"garbage"[..],
         b"1-2-3",
@@ -302,11 +293,7 @@ async fn all_three_durable_entry_points_share_one_path() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let via_cli = String::from_utf8(out.stdout).unwrap();
     let got: Vec<_> = [s.next().await, s.next().await, s.next().await]
         .into_iter()
@@ -320,10 +307,7 @@ async fn all_three_durable_entry_points_share_one_path() {
         (got[1].data.as_str(), got[1].id.as_str()),
         ("via fcall", via_fcall.trim())
     );
-    assert_eq!(
-        (got[2].event.as_str(), got[2].data.as_str()),
-        ("cli", "via cli")
-    );
+    assert_eq!((got[2].event.as_str(), got[2].data.as_str()), ("cli", "via cli"));
     assert_eq!(got[2].id, via_cli.trim());
     let len = redis.cli(&["XLEN", &format!("sse:{{{ch}}}:log")]);
     assert_eq!(len.trim(), "3");
@@ -480,6 +464,7 @@ async fn a_client_that_stops_reading_is_disconnected_memory_stays_flat_and_it_re
     let node = NodeProcess::spawn(&[
         "--redis-url",
         &url,
+        "--allow-anonymous",
         "--client-queue",
         "256KiB",
         "--history-size",
@@ -516,12 +501,7 @@ async fn a_client_that_stops_reading_is_disconnected_memory_stays_flat_and_it_re
     }
     let metrics_url = node.url("/metrics");
     eventually("the slow client is disconnected", || async {
-        let text = reqwest::get(&metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
         metric_value(&text, "ssegate_slow_client_disconnects_total") >= 1.0
     })
     .await;

@@ -92,8 +92,7 @@ impl RedisServer {
                 }
             }
         });
-        rx.recv_timeout(WAIT)
-            .expect("redis-server did not become ready");
+        rx.recv_timeout(WAIT).expect("redis-server did not become ready");
         self.child = Some(child);
     }
 
@@ -143,6 +142,7 @@ impl Drop for RedisServer {
 pub fn config(redis: Option<&RedisServer>) -> Config {
     let mut c = Config::default_for_tests();
     c.redis_url = redis.map(RedisServer::url);
+    c.allow_anonymous = true;
     c.drain_delay = Duration::ZERO;
     c.close_spread = Duration::ZERO;
     c.shutdown_grace = Duration::from_secs(5);
@@ -326,6 +326,8 @@ impl Sse {
 pub struct NodeProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Lines read while waiting for the ready line.
+    early: Vec<String>,
     /// The node's log lines (reading them keeps its stderr pipe drained).
     pub stderr: std::sync::mpsc::Receiver<String>,
 }
@@ -356,22 +358,24 @@ impl NodeProcess {
             }
         });
         let deadline = std::time::Instant::now() + WAIT;
+        let mut early = Vec::new();
         loop {
-            let Ok(line) =
-                rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             else {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("the node did not log its ready line");
             };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if v["message"] == "ssegate ready" {
+            let ready = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .filter(|v| v["message"] == "ssegate ready");
+            early.push(line);
+            if let Some(v) = ready {
                 let addr = v["listen"].as_str().unwrap().parse().unwrap();
                 return NodeProcess {
                     child,
                     addr,
+                    early,
                     stderr: rx,
                 };
             }
@@ -383,8 +387,9 @@ impl NodeProcess {
     }
 
     /// Log lines written so far.
-    pub fn logs(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
+    pub fn logs(&mut self) -> Vec<String> {
+        self.early.extend(self.stderr.try_iter());
+        self.early.clone()
     }
 
     pub fn signal(&self, sig: &str) {

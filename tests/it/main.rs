@@ -1,6 +1,7 @@
 //! Integration tests against real processes: `redis-server` children on free
 //! ports and gateway nodes on real sockets.
 
+mod auth;
 mod core;
 mod docs;
 mod durable;

@@ -182,10 +182,7 @@ fn pool(url: &str, size: usize) -> Result<Pool, BrokerError> {
 }
 
 /// Loads the function library (idempotent: same code, REPLACE).
-async fn load_functions(
-    conn: &mut deadpool_redis::Connection,
-    cfg: &Config,
-) -> Result<(), BrokerError> {
+async fn load_functions(conn: &mut deadpool_redis::Connection, cfg: &Config) -> Result<(), BrokerError> {
     let code = functions_library(cfg.history_size, cfg.history_ttl, "PUBLISH");
     let r: Result<String, _> = redis::cmd("FUNCTION")
         .arg("LOAD")
@@ -195,11 +192,7 @@ async fn load_functions(
         .await;
     match r {
         Ok(_) => Ok(()),
-        Err(e)
-            if e.to_string()
-                .to_ascii_lowercase()
-                .contains("unknown command") =>
-        {
+        Err(e) if e.to_string().to_ascii_lowercase().contains("unknown command") => {
             Err(BrokerError::Unavailable(
                 "Redis 7.0 or newer is required (FUNCTION LOAD is unknown to this server)".into(),
             ))
@@ -223,9 +216,10 @@ impl RedisBroker {
         let info = redis::IntoConnectionInfo::into_connection_info(url)
             .map_err(|e| BrokerError::Unavailable(format!("invalid --redis-url: {e}")))?;
         let pool = pool(url, cfg.redis_pool_size)?;
-        let mut conn = pool.get().await.map_err(|e| {
-            BrokerError::Unavailable(format!("cannot connect to {}: {e}", redact(url)))
-        })?;
+        let mut conn = pool
+            .get()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("cannot connect to {}: {e}", redact(url))))?;
         load_functions(&mut conn, cfg).await?;
         drop(conn);
         let inner = Arc::new(Inner {
@@ -236,9 +230,7 @@ impl RedisBroker {
         });
         let task = pubsub::PubSub::connect(info, inner.clone(), hub, control, cancel)
             .await
-            .map_err(|e| {
-                BrokerError::Unavailable(format!("pub/sub connection to {}: {e}", redact(url)))
-            })?;
+            .map_err(|e| BrokerError::Unavailable(format!("pub/sub connection to {}: {e}", redact(url))))?;
         tokio::spawn(task.run());
         tracing::info!(redis = %redact(url), "connected to Redis");
         Ok(RedisBroker(inner))
@@ -258,11 +250,7 @@ impl Broker for RedisBroker {
         "redis"
     }
 
-    fn publish(
-        &self,
-        channel: &Channel,
-        payload: Bytes,
-    ) -> BoxFuture<'_, Result<StreamId, BrokerError>> {
+    fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<StreamId, BrokerError>> {
         let key = self.0.names.log(channel.as_str());
         Box::pin(async move {
             let mut conn = self.0.conn().await?;
@@ -277,11 +265,7 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn publish_ephemeral(
-        &self,
-        channel: &Channel,
-        payload: Bytes,
-    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+    fn publish_ephemeral(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
         let name = self.0.names.channel(channel.as_str());
         Box::pin(async move {
             let mut conn = self.0.conn().await?;
@@ -355,10 +339,7 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://:secret@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
+        assert_eq!(redact("redis://:secret@host:6379/0"), "redis://***@host:6379/0");
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
 

@@ -168,8 +168,7 @@ impl PubSub {
             st.in_flight = 1;
             self.ops.push((Op::Sub, ch.clone()));
         }
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         let mut awaiting_pong = false;
         loop {
             if let Err(e) = self.flush(&mut conn).await {
@@ -279,10 +278,7 @@ impl PubSub {
                 commands += 1;
             }
         }
-        self.inner
-            .metrics
-            .redis_subscribe_commands
-            .increment(commands);
+        self.inner.metrics.redis_subscribe_commands.increment(commands);
         conn.io.write_all(&out).await?;
         conn.io.flush().await
     }
@@ -409,20 +405,11 @@ async fn settle(inner: Arc<Inner>, hub: Hub, channels: Vec<Channel>) {
 
 /// Delivers what `channel` missed after `from`, in order, then lets its
 /// held live events through (hard part 2).
-async fn repair(
-    inner: &Inner,
-    hub: &Hub,
-    channel: &Channel,
-    t: crate::hub::Ticket,
-    mut from: StreamId,
-) {
+async fn repair(inner: &Inner, hub: &Hub, channel: &Channel, t: crate::hub::Ticket, mut from: StreamId) {
     let mut backoff = Backoff::default();
     let mut delivered = 0;
     loop {
-        let page = match inner
-            .history(channel.as_str(), from, None, REPAIR_PAGE)
-            .await
-        {
+        let page = match inner.history(channel.as_str(), from, None, REPAIR_PAGE).await {
             Ok(p) => p,
             Err(BrokerError::Redis(e)) if e.is_connection_dropped() || e.is_io_error() => {
                 tracing::warn!(error = %e, "gap repair read failed; retrying");
@@ -457,10 +444,7 @@ async fn repair(
             RepairStep::More(id) => from = id,
             RepairStep::Done => {
                 inner.metrics.gap_repairs.increment(1);
-                inner
-                    .metrics
-                    .gap_repaired_events
-                    .increment(delivered as u64);
+                inner.metrics.gap_repaired_events.increment(delivered as u64);
                 if delivered > 0 {
                     tracing::info!(%channel, events = delivered, "gap repaired from history");
                 }
@@ -588,10 +572,7 @@ mod tests {
             b.next_delay();
         }
         let late: Vec<_> = (0..30).map(|_| b.next_delay()).collect();
-        assert!(
-            late.iter()
-                .all(|d| *d <= Backoff::CAP && *d >= Backoff::CAP / 2)
-        );
+        assert!(late.iter().all(|d| *d <= Backoff::CAP && *d >= Backoff::CAP / 2));
         assert!(late.windows(2).any(|w| w[0] != w[1]), "jittered");
     }
 }

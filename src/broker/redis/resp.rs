@@ -171,10 +171,7 @@ mod tests {
                 assert!(got.is_none());
             }
         }
-        assert!(
-            buf.is_empty(),
-            "the trailing integer was parsed on its last byte"
-        );
+        assert!(buf.is_empty(), "the trailing integer was parsed on its last byte");
     }
 
     #[test]
