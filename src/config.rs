@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a gateway node (the default when no subcommand is given).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Publish one durable event and print its id.
     Publish(PublishArgs),
 }

@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Publish(args)) => cli::publish(args).await,
-        Some(Command::Serve(config)) => cli::serve(config).await,
+        Some(Command::Serve(config)) => cli::serve(*config).await,
         None => cli::serve(cli.serve).await,
     }
 }

@@ -1,1 +1,1337 @@
-fn main() {}
+//! ssegate-bench: a load generator for SSE servers fed by Redis (ssegate,
+//! Nchan, rawfan). It opens N streams over S channels from worker
+//! processes (several loopback source addresses, so the ephemeral port
+//! range and the per-process file limit are no ceiling), publishes at a
+//! fixed rate through Redis PUBLISH, a Redis Function or HTTP, and reports
+//! delivery (expected/delivered/lost/duplicated), publish-to-parse latency
+//! percentiles, and the server's memory per stream and CPU time.
+//!
+//! A run: spawn workers → connect every stream → settle (memory per
+//! stream is read here) → publish: warmup, then the measured window →
+//! stop → drain → count. With `--storm` the publisher runs before the
+//! streams connect, all at once, and the run also reports how long until
+//! every stream was receiving and how many SUBSCRIBE commands Redis saw.
+
+mod client;
+mod publisher;
+mod stats;
+mod worker;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+
+use crate::publisher::{Method, Publisher};
+use crate::stats::{
+    CLIENT_NAME, Percentiles, RedisSample, ServerProcs, add_pairs, new_histogram,
+    now_us, percentiles_ms,
+};
+use crate::worker::{Command, Event, Progress, WorkerConfig, WorkerReport};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ssegate-bench",
+    version,
+    about = "Load generator for SSE servers fed by Redis: ssegate, Nchan, rawfan.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Internal: one worker process, driven over stdin/stdout.
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Target {
+    Ssegate,
+    Nchan,
+    Rawfan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Scenario {
+    /// Open and hold: memory per stream, idle CPU.
+    Idle,
+    /// streams/10 channels x 10 streams, 10,000 publishes/s.
+    Sessions,
+    /// One channel, every stream on it, 20 publishes/s.
+    Broadcast,
+    /// Every stream connects at once while the publisher runs.
+    Storm,
+    /// Only what the flags say.
+    Custom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PublishVia {
+    /// Redis PUBLISH (ephemeral).
+    Redis,
+    /// Redis FCALL of the publish function (ssegate's durable path).
+    Fcall,
+    /// HTTP POST.
+    Http,
+    /// Do not publish.
+    None,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use a unit: 500ms, 15s, 2m)"))
+}
+
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    /// Kind of server: sets the subscribe path and how to publish.
+    #[arg(long, value_enum, default_value = "ssegate")]
+    target: Target,
+    /// The server's address (`http://127.0.0.1:8080` or `127.0.0.1:8080`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Subscribe path; `%c` is the channel. Default: ssegate `/v1/stream/%c`,
+    /// nchan and rawfan `/sub/%c`.
+    #[arg(long)]
+    sub_path: Option<String>,
+    /// Preset that fills in the flags not given.
+    #[arg(long, value_enum, default_value = "custom")]
+    scenario: Scenario,
+    /// Name of this run in the output (default: the scenario).
+    #[arg(long)]
+    name: Option<String>,
+    /// Name of the system in the output (default: the target).
+    #[arg(long)]
+    label: Option<String>,
+    /// Streams to open.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// Channels; stream i reads channel i mod S. Default: 1 for broadcast
+    /// and custom, streams/10 otherwise.
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Publishes per second, over all channels (round-robin). Default:
+    /// idle 0, sessions and storm 10000, broadcast 20, custom 10.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// How to publish. Default: http for nchan, redis otherwise.
+    #[arg(long, value_enum)]
+    publish: Option<PublishVia>,
+    /// Redis (publishing, and INFO/CLIENT LIST for the report).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Redis channel or key published to; `%c` is the channel. Default:
+    /// ssegate `sse:{%c}` (fcall: `sse:{%c}:log`), rawfan `lim:%c`.
+    #[arg(long)]
+    pub_key: Option<String>,
+    /// Redis Function called with --publish fcall.
+    #[arg(long, default_value = "ssegate_publish")]
+    pub_function: String,
+    /// Server for HTTP publishes (default: --url).
+    #[arg(long)]
+    pub_url: Option<String>,
+    /// Path of HTTP publishes; `%c` is the channel. Default: ssegate
+    /// `/v1/stream/%c`, nchan `/pub/%c`.
+    #[arg(long)]
+    pub_path: Option<String>,
+    /// Publisher connections (each channel always uses the same one).
+    #[arg(long, default_value_t = 4)]
+    publish_conns: usize,
+    /// Most publishes in one pipeline.
+    #[arg(long, default_value_t = 512)]
+    publish_batch: usize,
+    /// Pad payloads to this many bytes.
+    #[arg(long, default_value_t = 0)]
+    payload_bytes: usize,
+    /// Extra request header (`Name: value`), on subscribes and HTTP publishes.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Measured publishing window.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// Publishing before the window (not measured).
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    warmup: Duration,
+    /// Wait after the last publish before counting.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    drain: Duration,
+    /// Wait after all streams are open before reading memory (default: idle 10s, else 3s).
+    #[arg(long, value_parser = duration)]
+    settle: Option<Duration>,
+    /// Connect every stream at once with the publisher already running.
+    #[arg(long)]
+    storm: bool,
+    /// With --storm: how long to wait for every stream to receive.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    receive_timeout: Duration,
+    /// Connects in flight per worker (0: all at once). Default: storm 0, else 256.
+    #[arg(long)]
+    connect_concurrency: Option<usize>,
+    /// Limit for connect + response head, per stream.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    connect_timeout: Duration,
+    /// Source addresses: a count N (127.0.0.1 ... 127.0.0.N), a comma
+    /// list of addresses, or 0 to let the kernel choose.
+    #[arg(long, default_value = "4")]
+    source_addrs: String,
+    /// Most streams per worker process (each needs a file descriptor).
+    #[arg(long, default_value_t = 18_000)]
+    per_process: usize,
+    /// Worker processes (default: enough for --per-process).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Shared read buffer of each worker, bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    read_buffer: usize,
+    /// Server process(es) to measure (RSS, PSS, CPU); comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Read the server's pid from this file (nginx's pid file).
+    #[arg(long)]
+    server_pidfile: Option<PathBuf>,
+    /// Also measure the direct children of the server pids (nginx workers).
+    #[arg(long)]
+    server_children: bool,
+    /// Channel names are this prefix plus a number (default: unique per run).
+    #[arg(long)]
+    channel_prefix: Option<String>,
+    /// Write the JSON result here (`-` for stdout; the table then goes to stderr).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Raises the open-file limit to the hard limit.
+pub fn raise_nofile() -> u64 {
+    let hard = rlimit::Resource::NOFILE
+        .get()
+        .map(|(_, hard)| hard)
+        .unwrap_or(1024);
+    rlimit::increase_nofile_limit(hard).unwrap_or(1024)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Sub::Worker) = cli.command {
+        return worker::main();
+    }
+    let plan = match Plan::from_args(cli.run) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ssegate-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&rt, coordinate(&plan)) {
+        Ok(out) => {
+            let json = serde_json::to_string_pretty(&out).expect("serializable");
+            let to_stdout = plan.json.as_deref() == Some(std::path::Path::new("-"));
+            if to_stdout {
+                eprintln!("{}", table(&out));
+                println!("{json}");
+            } else {
+                println!("{}", table(&out));
+                if let Some(path) = &plan.json
+                    && let Err(e) = std::fs::write(path, json + "\n")
+                {
+                    eprintln!("ssegate-bench: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ssegate-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The flags with every default worked out.
+#[derive(Debug)]
+struct Plan {
+    label: String,
+    name: String,
+    target: Target,
+    scenario: Scenario,
+    server: SocketAddr,
+    host: String,
+    sub_path: String,
+    publish: Option<Method>,
+    redis_url: String,
+    channel_names: Vec<String>,
+    streams: usize,
+    rate: f64,
+    duration: Duration,
+    warmup: Duration,
+    drain: Duration,
+    settle: Duration,
+    payload_bytes: usize,
+    publish_conns: usize,
+    publish_batch: usize,
+    storm: bool,
+    receive_timeout: Duration,
+    connect_concurrency: usize,
+    connect_timeout: Duration,
+    sources: Vec<IpAddr>,
+    workers: usize,
+    read_buffer: usize,
+    headers: Vec<String>,
+    procs: ServerProcs,
+    json: Option<PathBuf>,
+    quiet: bool,
+}
+
+/// `http://host:port/...` or `host:port` → (address, Host header).
+fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let addr = rest
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url} resolves to no address"))?;
+    Ok((addr, rest.to_owned()))
+}
+
+fn parse_sources(s: &str) -> Result<Vec<IpAddr>, String> {
+    if let Ok(n) = s.trim().parse::<u8>() {
+        if n == 0 {
+            return Ok(vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]);
+        }
+        return Ok((1..=n).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect());
+    }
+    s.split(',')
+        .map(|a| {
+            a.trim()
+                .parse()
+                .map_err(|_| format!("--source-addrs: `{a}` is not an address"))
+        })
+        .collect()
+}
+
+impl Plan {
+    fn from_args(a: RunArgs) -> Result<Plan, String> {
+        let (server, host) = parse_url(&a.url)?;
+        let sub_path = a.sub_path.clone().unwrap_or_else(|| {
+            match a.target {
+                Target::Ssegate => "/v1/stream/%c",
+                Target::Nchan | Target::Rawfan => "/sub/%c",
+            }
+            .to_owned()
+        });
+        let tenth = (a.streams / 10).max(1);
+        let (channels, rate, storm) = match a.scenario {
+            Scenario::Idle => (tenth, 0.0, false),
+            Scenario::Sessions => (tenth, 10_000.0, false),
+            Scenario::Broadcast => (1, 20.0, false),
+            Scenario::Storm => (tenth, 10_000.0, true),
+            Scenario::Custom => (1, 10.0, false),
+        };
+        let channels = a.channels.unwrap_or(channels).max(1);
+        let rate = a.rate.unwrap_or(rate);
+        let storm = storm || a.storm;
+        let via = a.publish.unwrap_or(match a.target {
+            Target::Nchan => PublishVia::Http,
+            _ => PublishVia::Redis,
+        });
+        let publish = if rate <= 0.0 {
+            None
+        } else {
+            match via {
+                PublishVia::None => None,
+                PublishVia::Redis | PublishVia::Fcall => {
+                    let fcall = via == PublishVia::Fcall;
+                    let key = match (&a.pub_key, a.target, fcall) {
+                        (Some(k), _, _) => k.clone(),
+                        (None, Target::Ssegate, false) => "sse:{%c}".into(),
+                        (None, Target::Ssegate, true) => "sse:{%c}:log".into(),
+                        (None, Target::Rawfan, false) => "lim:%c".into(),
+                        (None, t, _) => {
+                            return Err(format!(
+                                "no default Redis key for {t:?} with --publish {via:?}; give --pub-key"
+                            ));
+                        }
+                    };
+                    if fcall {
+                        Some(Method::RedisFunction {
+                            url: a.redis_url.clone(),
+                            key_template: key,
+                            function: a.pub_function.clone(),
+                        })
+                    } else {
+                        Some(Method::RedisPublish {
+                            url: a.redis_url.clone(),
+                            key_template: key,
+                        })
+                    }
+                }
+                PublishVia::Http => {
+                    let path = match (&a.pub_path, a.target) {
+                        (Some(p), _) => p.clone(),
+                        (None, Target::Ssegate) => "/v1/stream/%c".into(),
+                        (None, Target::Nchan) => "/pub/%c".into(),
+                        (None, Target::Rawfan) => {
+                            return Err("rawfan has no HTTP publish; use --publish redis".into());
+                        }
+                    };
+                    let (addr, host) = parse_url(a.pub_url.as_deref().unwrap_or(&a.url))?;
+                    Some(Method::Http {
+                        addr,
+                        host,
+                        path_template: path,
+                        headers: a.headers.clone(),
+                    })
+                }
+            }
+        };
+        let prefix = a.channel_prefix.clone().unwrap_or_else(|| {
+            format!("bench.{}.{}.", now_us() / 1_000_000 % 1_000_000, std::process::id())
+        });
+        let channel_names = (0..channels).map(|i| format!("{prefix}{i}")).collect();
+        let workers = a
+            .workers
+            .unwrap_or_else(|| a.streams.div_ceil(a.per_process.max(1)))
+            .clamp(1, a.streams.max(1));
+        let mut roots = a.server_pid.clone();
+        if let Some(f) = &a.server_pidfile {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            roots.push(
+                text.trim()
+                    .parse()
+                    .map_err(|_| format!("{} holds no pid", f.display()))?,
+            );
+        }
+        let settle = a.settle.unwrap_or(if a.scenario == Scenario::Idle {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(3)
+        });
+        Ok(Plan {
+            label: a.label.clone().unwrap_or_else(|| format!("{:?}", a.target).to_lowercase()),
+            name: a
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{:?}", a.scenario).to_lowercase()),
+            target: a.target,
+            scenario: a.scenario,
+            server,
+            host,
+            sub_path,
+            publish,
+            redis_url: a.redis_url.clone(),
+            channel_names,
+            streams: a.streams,
+            rate,
+            duration: a.duration,
+            warmup: a.warmup,
+            drain: a.drain,
+            settle,
+            payload_bytes: a.payload_bytes,
+            publish_conns: a.publish_conns,
+            publish_batch: a.publish_batch,
+            storm,
+            receive_timeout: a.receive_timeout,
+            connect_concurrency: a.connect_concurrency.unwrap_or(if storm { 0 } else { 256 }),
+            connect_timeout: a.connect_timeout,
+            sources: parse_sources(&a.source_addrs)?,
+            workers,
+            read_buffer: a.read_buffer,
+            headers: a.headers.clone(),
+            procs: ServerProcs {
+                roots,
+                with_children: a.server_children,
+            },
+            json: a.json.clone(),
+            quiet: a.quiet,
+        })
+    }
+}
+
+/// One worker process as the coordinator sees it.
+struct WorkerProc {
+    child: Child,
+    stdin: ChildStdin,
+    ready: Rc<Cell<bool>>,
+    alive: Rc<Cell<bool>>,
+    progress: Rc<RefCell<Progress>>,
+    report: Rc<RefCell<Option<WorkerReport>>>,
+    error: Rc<RefCell<Option<String>>>,
+}
+
+impl WorkerProc {
+    fn spawn() -> Result<WorkerProc, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start a worker: {e}"))?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let w = WorkerProc {
+            child,
+            stdin,
+            ready: Rc::default(),
+            alive: Rc::new(Cell::new(true)),
+            progress: Rc::default(),
+            report: Rc::default(),
+            error: Rc::default(),
+        };
+        let (ready, alive, progress, report, error) = (
+            w.ready.clone(),
+            w.alive.clone(),
+            w.progress.clone(),
+            w.report.clone(),
+            w.error.clone(),
+        );
+        tokio::task::spawn_local(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Event>(&line) {
+                    Ok(Event::Ready) => ready.set(true),
+                    Ok(Event::Progress(p)) => *progress.borrow_mut() = p,
+                    Ok(Event::Report(r)) => *report.borrow_mut() = Some(*r),
+                    Ok(Event::Error { message }) => *error.borrow_mut() = Some(message),
+                    Err(e) => *error.borrow_mut() = Some(format!("bad line {line:?}: {e}")),
+                }
+            }
+            alive.set(false);
+        });
+        Ok(w)
+    }
+
+    async fn send(&mut self, cmd: &Command) -> Result<(), String> {
+        let mut line = serde_json::to_vec(cmd).expect("serializable");
+        line.push(b'\n');
+        self.stdin
+            .write_all(&line)
+            .await
+            .map_err(|e| format!("worker gone: {e}"))
+    }
+
+    fn check(&self, i: usize) -> Result<(), String> {
+        if let Some(e) = self.error.borrow().as_ref() {
+            return Err(format!("worker {i}: {e}"));
+        }
+        if !self.alive.get() {
+            return Err(format!("worker {i} exited"));
+        }
+        Ok(())
+    }
+}
+
+struct Workers(Vec<WorkerProc>);
+
+impl Workers {
+    fn progress(&self) -> Progress {
+        let mut t = Progress::default();
+        for w in &self.0 {
+            let p = w.progress.borrow();
+            t.opened += p.opened;
+            t.failed += p.failed;
+            t.closed += p.closed;
+            t.receiving += p.receiving;
+        }
+        t
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.0.iter().enumerate().try_for_each(|(i, w)| w.check(i))
+    }
+
+    async fn send_all(&mut self, cmd: &Command) -> Result<(), String> {
+        for w in &mut self.0 {
+            w.send(cmd).await?;
+        }
+        Ok(())
+    }
+
+    async fn until(&self, timeout: Duration, mut done: impl FnMut(&Workers) -> bool) -> Result<bool, String> {
+        let end = Instant::now() + timeout;
+        loop {
+            self.check()?;
+            if done(self) {
+                return Ok(true);
+            }
+            if Instant::now() >= end {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn shutdown(mut self) {
+        for w in &mut self.0 {
+            let _ = w.stdin.shutdown().await;
+        }
+        for w in &mut self.0 {
+            if tokio::time::timeout(Duration::from_secs(5), w.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = w.child.start_kill();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- output
+
+#[derive(Debug, Serialize)]
+struct Output {
+    label: String,
+    name: String,
+    target: Target,
+    scenario: Scenario,
+    started_unix: u64,
+    config: ConfigOut,
+    streams: StreamsOut,
+    connect: ConnectOut,
+    events: EventsOut,
+    delivered_per_sec: f64,
+    offered_per_sec: f64,
+    latency_ms: Percentiles,
+    publisher: Option<publisher::Report>,
+    server: ServerOut,
+    redis: Option<RedisOut>,
+    load_generator: BenchOut,
+}
+
+#[derive(Debug, Serialize)]
+struct ConfigOut {
+    url: String,
+    sub_path: String,
+    publish: Option<String>,
+    streams: usize,
+    channels: usize,
+    rate: f64,
+    duration_s: f64,
+    warmup_s: f64,
+    drain_s: f64,
+    settle_s: f64,
+    payload_bytes: usize,
+    storm: bool,
+    connect_concurrency: usize,
+    workers: usize,
+    source_addrs: Vec<IpAddr>,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamsOut {
+    requested: usize,
+    opened: u64,
+    failed: u64,
+    failures: BTreeMap<String, u64>,
+    closed_by_server: u64,
+    closures: BTreeMap<String, u64>,
+    receiving: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ConnectOut {
+    /// From the first connect until every stream was open or had failed.
+    all_open_s: f64,
+    /// --storm: until every open stream had received an event (None if it timed out).
+    all_receiving_s: Option<f64>,
+    /// Connect start to status 200, per stream.
+    open_time_ms: Percentiles,
+    /// Connect start to the first event, per stream.
+    first_event_ms: Percentiles,
+}
+
+#[derive(Debug, Serialize)]
+struct EventsOut {
+    measured_streams: u64,
+    expected: u64,
+    delivered: u64,
+    lost: u64,
+    lost_pct: f64,
+    duplicated: u64,
+    reordered: u64,
+    stale: u64,
+    streams_with_loss: u64,
+    /// Every benchmark event parsed, warmup included.
+    parsed_total: u64,
+    other_events: u64,
+    comments: u64,
+    bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ServerOut {
+    pids: Vec<u32>,
+    processes: u32,
+    rss_before_kib: u64,
+    rss_open_kib: u64,
+    rss_peak_kib: u64,
+    rss_end_kib: u64,
+    pss_before_kib: u64,
+    pss_open_kib: u64,
+    /// (PSS after all streams are open and settled - before) / streams opened.
+    mem_per_stream_kib: Option<f64>,
+    /// The same from VmRSS.
+    rss_per_stream_kib: Option<f64>,
+    cpu_connect_s: f64,
+    cpu_settle_s: f64,
+    /// utime + stime over the window and the drain.
+    cpu_window_s: f64,
+    /// cpu_window_s as a share of one core.
+    cpu_window_pct: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct RedisOut {
+    /// Subscribe-family calls Redis counted while the streams connected and settled.
+    subscribe_calls_connect: BTreeMap<String, u64>,
+    /// Over the whole run.
+    subscribe_calls_total: BTreeMap<String, u64>,
+    clients_before: u64,
+    clients_open: u64,
+    clients_end: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct BenchOut {
+    worker_cpu_s: f64,
+    coordinator_cpu_s: f64,
+    worker_rss_kib: u64,
+}
+
+fn delta(a: &RedisSample, b: &RedisSample) -> BTreeMap<String, u64> {
+    b.calls
+        .iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(*a.calls.get(k).unwrap_or(&0))))
+        .collect()
+}
+
+async fn redis_stats_connection(url: &str) -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).ok()?;
+    let mut con = match client.get_multiplexed_async_connection().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ssegate-bench: no Redis statistics ({url}: {e})");
+            return None;
+        }
+    };
+    let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(CLIENT_NAME)
+        .query_async(&mut con)
+        .await;
+    Some(con)
+}
+
+async fn redis_sample(con: &mut Option<redis::aio::MultiplexedConnection>) -> Option<RedisSample> {
+    match con {
+        Some(c) => stats::redis_sample(c).await.ok(),
+        None => None,
+    }
+}
+
+fn log(plan: &Plan, msg: impl AsRef<str>) {
+    if !plan.quiet {
+        eprintln!("[{} {}] {}", plan.label, plan.name, msg.as_ref());
+    }
+}
+
+async fn coordinate(plan: &Plan) -> Result<Output, String> {
+    raise_nofile();
+    let started_unix = now_us() / 1_000_000;
+    let mut redis = redis_stats_connection(&plan.redis_url).await;
+    let redis_start = redis_sample(&mut redis).await;
+
+    // Workers, each with a contiguous share of the streams.
+    let mut procs = Vec::new();
+    let share = plan.streams.div_ceil(plan.workers);
+    for w in 0..plan.workers {
+        let first = w * share;
+        let count = share.min(plan.streams.saturating_sub(first));
+        let mut p = WorkerProc::spawn()?;
+        let cfg = WorkerConfig {
+            worker: w,
+            server: plan.server,
+            host: plan.host.clone(),
+            path_template: plan.sub_path.clone(),
+            channel_names: plan.channel_names.clone(),
+            headers: plan.headers.clone(),
+            sources: plan.sources.clone(),
+            first,
+            count,
+            connect_timeout_ms: plan.connect_timeout.as_millis() as u64,
+            read_buffer: plan.read_buffer,
+        };
+        p.send(&Command::Start(cfg)).await?;
+        procs.push(p);
+    }
+    let mut workers = Workers(procs);
+    if !workers
+        .until(Duration::from_secs(30), |w| w.0.iter().all(|p| p.ready.get()))
+        .await?
+    {
+        return Err("workers did not start".into());
+    }
+    log(plan, format!("{} worker(s) ready", plan.workers));
+
+    let publisher_cfg = |m: &Method| publisher::Config {
+        method: m.clone(),
+        channel_names: plan.channel_names.clone(),
+        rate: plan.rate,
+        connections: plan.publish_conns,
+        max_batch: plan.publish_batch,
+        payload_bytes: plan.payload_bytes,
+    };
+    let mut publisher = None;
+    if plan.storm
+        && let Some(m) = &plan.publish
+    {
+        publisher = Some(Publisher::start(publisher_cfg(m)).await?);
+        // Let it reach its rate before the storm.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Connect.
+    let server_before = plan.procs.sample();
+    let t0 = Instant::now();
+    workers
+        .send_all(&Command::Connect {
+            concurrency: plan.connect_concurrency,
+            t0_us: now_us(),
+        })
+        .await?;
+    let n = plan.streams as u64;
+    let mut last_log = Instant::now();
+    let progress_log = |w: &Workers, last: &mut Instant| {
+        if last.elapsed() >= Duration::from_secs(1) {
+            *last = Instant::now();
+            let p = w.progress();
+            log(
+                plan,
+                format!(
+                    "{:.1}s: opened {}/{n}, failed {}, receiving {}, closed {}",
+                    t0.elapsed().as_secs_f64(),
+                    p.opened,
+                    p.failed,
+                    p.receiving,
+                    p.closed
+                ),
+            );
+        }
+    };
+    workers
+        .until(Duration::from_secs(24 * 3600), |w| {
+            progress_log(w, &mut last_log);
+            let p = w.progress();
+            p.opened + p.failed >= n
+        })
+        .await?;
+    let all_open_s = t0.elapsed().as_secs_f64();
+    let mut all_receiving_s = None;
+    if plan.storm && publisher.is_some() {
+        let got = workers
+            .until(plan.receive_timeout, |w| {
+                progress_log(w, &mut last_log);
+                let p = w.progress();
+                p.receiving >= p.opened.saturating_sub(p.closed)
+            })
+            .await?;
+        if got {
+            all_receiving_s = Some(t0.elapsed().as_secs_f64());
+        }
+    }
+    let server_connected = plan.procs.sample();
+    let p = workers.progress();
+    log(
+        plan,
+        format!(
+            "connect phase: {} opened, {} failed in {all_open_s:.2}s{}",
+            p.opened,
+            p.failed,
+            all_receiving_s
+                .map(|s| format!(", all receiving after {s:.2}s"))
+                .unwrap_or_default()
+        ),
+    );
+
+    // Settle: memory per stream is read after it.
+    tokio::time::sleep(plan.settle).await;
+    workers.check()?;
+    let server_open = plan.procs.sample();
+    let redis_open = redis_sample(&mut redis).await;
+    let opened = workers.progress().opened;
+
+    // Publish: warmup, window, drain.
+    let mut rss_peak = server_open.rss_kib;
+    let mut publisher_report = None;
+    let mut published = vec![0u64; plan.channel_names.len()];
+    let mut server_w0 = server_open;
+    let mut window_secs = 0.0;
+    if let Some(m) = &plan.publish {
+        if publisher.is_none() {
+            publisher = Some(Publisher::start(publisher_cfg(m)).await?);
+        }
+        let p = publisher.as_mut().expect("started");
+        let window_start_us = now_us() + plan.warmup.as_micros() as u64;
+        workers
+            .send_all(&Command::Window {
+                start_us: window_start_us,
+            })
+            .await?;
+        let stop_at = Instant::now() + plan.warmup + plan.duration;
+        p.set_window(window_start_us, stop_at);
+        log(
+            plan,
+            format!(
+                "publishing {}/s over {} channel(s): {:?} warmup, {:?} measured",
+                plan.rate,
+                plan.channel_names.len(),
+                plan.warmup,
+                plan.duration
+            ),
+        );
+        tokio::time::sleep(plan.warmup).await;
+        server_w0 = plan.procs.sample();
+        let mut last = Instant::now();
+        while Instant::now() < stop_at {
+            tokio::time::sleep(Duration::from_millis(250).min(stop_at - Instant::now())).await;
+            rss_peak = rss_peak.max(plan.procs.sample().rss_kib);
+            workers.check()?;
+            if last.elapsed() >= Duration::from_secs(5) {
+                last = Instant::now();
+                let pr = workers.progress();
+                log(plan, format!("open {}, closed {}", pr.opened, pr.closed));
+            }
+        }
+        let report = p.finish(plan.duration).await;
+        log(
+            plan,
+            format!(
+                "published {} measured ({:.0}/s){}; draining {:?}",
+                report.measured,
+                report.achieved_rate,
+                if report.fell_behind { ", FELL BEHIND" } else { "" },
+                plan.drain
+            ),
+        );
+        published = p.measured_per_channel();
+        publisher_report = Some(report);
+        let drain_end = Instant::now() + plan.drain;
+        while Instant::now() < drain_end {
+            tokio::time::sleep(Duration::from_millis(250).min(drain_end - Instant::now())).await;
+            rss_peak = rss_peak.max(plan.procs.sample().rss_kib);
+        }
+        window_secs = plan.duration.as_secs_f64() + plan.drain.as_secs_f64();
+    }
+    let server_end = plan.procs.sample();
+    let redis_end = redis_sample(&mut redis).await;
+
+    // Collect.
+    workers
+        .send_all(&Command::Report {
+            published: published.clone(),
+        })
+        .await?;
+    if !workers
+        .until(Duration::from_secs(60), |w| {
+            w.0.iter().all(|p| p.report.borrow().is_some())
+        })
+        .await?
+    {
+        return Err("workers did not report".into());
+    }
+    let reports: Vec<WorkerReport> = workers
+        .0
+        .iter()
+        .map(|w| w.report.borrow_mut().take().expect("checked"))
+        .collect();
+    workers.shutdown().await;
+
+    let mut latency = new_histogram();
+    let mut open_time = new_histogram();
+    let mut first_event = new_histogram();
+    let mut failures = BTreeMap::new();
+    let mut closures = BTreeMap::new();
+    let mut t = WorkerReport::default();
+    for r in &reports {
+        add_pairs(&mut latency, &r.latency);
+        add_pairs(&mut open_time, &r.open_time);
+        add_pairs(&mut first_event, &r.first_event_time);
+        for (k, v) in &r.failures {
+            *failures.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &r.closures {
+            *closures.entry(k.clone()).or_insert(0) += v;
+        }
+        t.opened += r.opened;
+        t.failed += r.failed;
+        t.closed += r.closed;
+        t.receiving += r.receiving;
+        t.measured_streams += r.measured_streams;
+        t.expected += r.expected;
+        t.delivered += r.delivered;
+        t.duplicated += r.duplicated;
+        t.lost += r.lost;
+        t.reordered += r.reordered;
+        t.stale += r.stale;
+        t.streams_with_loss += r.streams_with_loss;
+        t.events += r.events;
+        t.other_events += r.other_events;
+        t.comments += r.comments;
+        t.bytes += r.bytes;
+        t.cpu_ticks += r.cpu_ticks;
+        t.rss_kib += r.rss_kib;
+    }
+
+    let per_stream = |after: u64, before: u64| {
+        (opened > 0).then(|| (after as f64 - before as f64) / opened as f64)
+    };
+    let cpu_window = server_end.cpu_secs_since(&server_w0);
+    let server_out = ServerOut {
+        pids: plan.procs.pids(),
+        processes: server_open.processes,
+        rss_before_kib: server_before.rss_kib,
+        rss_open_kib: server_open.rss_kib,
+        rss_peak_kib: rss_peak,
+        rss_end_kib: server_end.rss_kib,
+        pss_before_kib: server_before.pss_kib,
+        pss_open_kib: server_open.pss_kib,
+        mem_per_stream_kib: if plan.procs.is_empty() {
+            None
+        } else {
+            per_stream(server_open.pss_kib, server_before.pss_kib)
+        },
+        rss_per_stream_kib: if plan.procs.is_empty() {
+            None
+        } else {
+            per_stream(server_open.rss_kib, server_before.rss_kib)
+        },
+        cpu_connect_s: server_connected.cpu_secs_since(&server_before),
+        cpu_settle_s: server_open.cpu_secs_since(&server_connected),
+        cpu_window_s: cpu_window,
+        cpu_window_pct: if window_secs > 0.0 {
+            100.0 * cpu_window / window_secs
+        } else {
+            0.0
+        },
+    };
+    let redis_out = match (&redis_start, &redis_open, &redis_end) {
+        (Some(a), Some(b), Some(c)) => Some(RedisOut {
+            subscribe_calls_connect: delta(a, b),
+            subscribe_calls_total: delta(a, c),
+            clients_before: a.clients,
+            clients_open: b.clients,
+            clients_end: c.clients,
+        }),
+        _ => None,
+    };
+    let channels = plan.channel_names.len();
+    let secs = plan.duration.as_secs_f64().max(1e-9);
+    let offered = if plan.publish.is_some() {
+        plan.rate * (plan.streams as f64 / channels as f64)
+    } else {
+        0.0
+    };
+    let coordinator_cpu = stats::cpu_ticks(std::process::id()).unwrap_or(0) as f64 / stats::TICKS_PER_SEC;
+    Ok(Output {
+        label: plan.label.clone(),
+        name: plan.name.clone(),
+        target: plan.target,
+        scenario: plan.scenario,
+        started_unix,
+        config: ConfigOut {
+            url: format!("http://{}", plan.host),
+            sub_path: plan.sub_path.clone(),
+            publish: plan.publish.as_ref().map(|m| m.name().to_owned()),
+            streams: plan.streams,
+            channels,
+            rate: plan.rate,
+            duration_s: plan.duration.as_secs_f64(),
+            warmup_s: plan.warmup.as_secs_f64(),
+            drain_s: plan.drain.as_secs_f64(),
+            settle_s: plan.settle.as_secs_f64(),
+            payload_bytes: plan.payload_bytes,
+            storm: plan.storm,
+            connect_concurrency: plan.connect_concurrency,
+            workers: plan.workers,
+            source_addrs: plan.sources.clone(),
+        },
+        streams: StreamsOut {
+            requested: plan.streams,
+            opened: t.opened,
+            failed: t.failed,
+            failures,
+            closed_by_server: t.closed,
+            closures,
+            receiving: t.receiving,
+        },
+        connect: ConnectOut {
+            all_open_s,
+            all_receiving_s,
+            open_time_ms: percentiles_ms(&open_time),
+            first_event_ms: percentiles_ms(&first_event),
+        },
+        events: EventsOut {
+            measured_streams: t.measured_streams,
+            expected: t.expected,
+            delivered: t.delivered,
+            lost: t.lost,
+            lost_pct: if t.expected > 0 {
+                100.0 * t.lost as f64 / t.expected as f64
+            } else {
+                0.0
+            },
+            duplicated: t.duplicated,
+            reordered: t.reordered,
+            stale: t.stale,
+            streams_with_loss: t.streams_with_loss,
+            parsed_total: t.events,
+            other_events: t.other_events,
+            comments: t.comments,
+            bytes: t.bytes,
+        },
+        delivered_per_sec: t.delivered as f64 / secs,
+        offered_per_sec: offered,
+        latency_ms: percentiles_ms(&latency),
+        publisher: publisher_report,
+        server: server_out,
+        redis: redis_out,
+        load_generator: BenchOut {
+            worker_cpu_s: t.cpu_ticks as f64 / stats::TICKS_PER_SEC,
+            coordinator_cpu_s: coordinator_cpu,
+            worker_rss_kib: t.rss_kib,
+        },
+    })
+}
+
+// ---------------------------------------------------------------- table
+
+fn fmt_rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn table(o: &Output) -> String {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
+    row(
+        "run",
+        format!(
+            "{} / {} ({} streams, {} channels, {} publishes/s{})",
+            o.label,
+            o.name,
+            o.config.streams,
+            o.config.channels,
+            o.config.rate,
+            if o.config.storm { ", storm" } else { "" }
+        ),
+    );
+    row(
+        "streams",
+        format!(
+            "opened {} / {}, failed {}{}, closed by server {}",
+            o.streams.opened,
+            o.streams.requested,
+            o.streams.failed,
+            if o.streams.failures.is_empty() {
+                String::new()
+            } else {
+                format!(" {:?}", o.streams.failures)
+            },
+            o.streams.closed_by_server
+        ),
+    );
+    row(
+        "connect",
+        format!(
+            "all open after {:.2}s (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms){}",
+            o.connect.all_open_s,
+            o.connect.open_time_ms.p50,
+            o.connect.open_time_ms.p99,
+            o.connect.open_time_ms.max,
+            match (o.config.storm, o.connect.all_receiving_s) {
+                (true, Some(s)) => format!("; all receiving after {s:.2}s"),
+                (true, None) => "; NOT all receiving".into(),
+                _ => String::new(),
+            }
+        ),
+    );
+    if let Some(p) = &o.publisher {
+        row(
+            "publisher",
+            format!(
+                "{} x{}: target {}/s, achieved {}/s, errors {}, max backlog {}{}",
+                p.method,
+                p.connections,
+                fmt_rate(p.target_rate),
+                fmt_rate(p.achieved_rate),
+                p.errors,
+                p.max_backlog,
+                if p.fell_behind { ", FELL BEHIND" } else { "" }
+            ),
+        );
+        let e = &o.events;
+        row(
+            "events",
+            format!(
+                "expected {}, delivered {}, lost {} ({:.3}%), duplicated {}, reordered {}",
+                e.expected, e.delivered, e.lost, e.lost_pct, e.duplicated, e.reordered
+            ),
+        );
+        row(
+            "delivered",
+            format!(
+                "{}/s (offered {}/s)",
+                fmt_rate(o.delivered_per_sec),
+                fmt_rate(o.offered_per_sec)
+            ),
+        );
+        let l = &o.latency_ms;
+        row(
+            "latency ms",
+            format!(
+                "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            ),
+        );
+    }
+    let s = &o.server;
+    if !s.pids.is_empty() {
+        row(
+            "server memory",
+            format!(
+                "{:.2} KiB/stream (PSS), {:.2} KiB/stream (RSS); RSS {} -> {} KiB open, peak {} KiB",
+                s.mem_per_stream_kib.unwrap_or(0.0),
+                s.rss_per_stream_kib.unwrap_or(0.0),
+                s.rss_before_kib,
+                s.rss_open_kib,
+                s.rss_peak_kib
+            ),
+        );
+        row(
+            "server cpu",
+            format!(
+                "connect {:.2}s, settle {:.2}s, window {:.2}s ({:.0}% of a core)",
+                s.cpu_connect_s, s.cpu_settle_s, s.cpu_window_s, s.cpu_window_pct
+            ),
+        );
+    }
+    if let Some(r) = &o.redis {
+        row(
+            "redis",
+            format!(
+                "subscribe calls while connecting {:?}; clients {} -> {} -> {}",
+                r.subscribe_calls_connect, r.clients_before, r.clients_open, r.clients_end
+            ),
+        );
+    }
+    row(
+        "load generator",
+        format!(
+            "workers cpu {:.2}s, rss {} KiB",
+            o.load_generator.worker_cpu_s, o.load_generator.worker_rss_kib
+        ),
+    );
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:>w$}  {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            parse_sources("3").unwrap(),
+            vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([127, 0, 0, 2]),
+                IpAddr::from([127, 0, 0, 3])
+            ]
+        );
+        assert_eq!(
+            parse_sources("127.0.0.9, 127.0.0.7").unwrap(),
+            vec![IpAddr::from([127, 0, 0, 9]), IpAddr::from([127, 0, 0, 7])]
+        );
+        assert!(parse_sources("x").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        let (a, h) = parse_url("http://127.0.0.1:8080/x").unwrap();
+        assert_eq!(a, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(h, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn scenario_defaults() {
+        let cli = Cli::parse_from([
+            "ssegate-bench",
+            "--scenario",
+            "sessions",
+            "--streams",
+            "15000",
+            "--target",
+            "rawfan",
+        ]);
+        let p = Plan::from_args(cli.run).unwrap();
+        assert_eq!(p.channel_names.len(), 1500);
+        assert_eq!(p.rate, 10_000.0);
+        assert!(matches!(
+            p.publish,
+            Some(Method::RedisPublish { ref key_template, .. }) if key_template == "lim:%c"
+        ));
+        assert_eq!(p.workers, 1);
+        let cli = Cli::parse_from([
+            "ssegate-bench",
+            "--scenario",
+            "storm",
+            "--streams",
+            "40000",
+            "--target",
+            "nchan",
+        ]);
+        let p = Plan::from_args(cli.run).unwrap();
+        assert_eq!(p.workers, 3);
+        assert_eq!(p.connect_concurrency, 0);
+        assert!(matches!(p.publish, Some(Method::Http { .. })));
+    }
+}
