@@ -6,3 +6,4 @@ mod core;
 mod docs;
 mod durable;
 mod helpers;
+mod hostile;
