@@ -6,6 +6,8 @@ mod channel;
 mod cursor;
 mod encode;
 mod envelope;
+#[cfg(test)]
+mod fuzz;
 mod id;
 
 pub use channel::{Channel, ChannelError, MAX_CHANNEL_LEN};
