@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -183,6 +182,13 @@ impl Application {
             .header_read_timeout(cfg.header_timeout)
             .max_buf_size(cfg.max_header_bytes.max(8192));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let front = Arc::new(crate::http::h1::Front {
+            router,
+            hyper: builder,
+            max_head: cfg.max_header_bytes,
+            head_timeout: cfg.header_timeout,
+        });
+        let connections = tokio_util::task::TaskTracker::new();
         // The node keeps accepting while it drains, so that a balancer's
         // health checks see /readyz answer 503 before streams close.
         let deadline = std::sync::OnceLock::new();
@@ -215,21 +221,22 @@ impl Application {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let svc = TowerToHyperService::new(router.clone());
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                let _ = conn.await;
+            let (front, watcher) = (front.clone(), graceful.watcher());
+            connections.spawn(async move {
+                front.serve(stream, watcher).await;
                 drop(admitted);
             });
         }
         let deadline = *deadline.get().expect("set when draining began");
         drop(listener);
         let hub = state.hub().clone();
+        connections.close();
         let closing = async move {
-            tokio::join!(hub.close_all(cfg.close_spread), graceful.shutdown());
+            tokio::join!(
+                hub.close_all(cfg.close_spread),
+                graceful.shutdown(),
+                connections.wait()
+            );
         };
         if tokio::time::timeout_at(deadline, closing).await.is_err() {
             tracing::warn!("shutdown grace period over with connections still open");

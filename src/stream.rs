@@ -10,8 +10,11 @@
 //! are dropped, so a client ahead of this node gets no duplicate either.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
@@ -47,6 +50,10 @@ pub struct OpenParams {
 
 pub struct StreamSession {
     reg: Registration,
+    /// Bytes to write before anything queued: the opening, resets, replay.
+    opening: Vec<Bytes>,
+    /// When the stream's token expires, if it has one.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The client's position per channel: what its next cursor will say.
     positions: Box<[StreamId]>,
     /// Reused between drains so that the queue swap does not allocate.
@@ -54,17 +61,19 @@ pub struct StreamSession {
     metrics: Metrics,
 }
 
-static HEARTBEAT: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| encode_comment(""));
+static HEARTBEAT: LazyLock<Bytes> = LazyLock::new(|| encode_comment(""));
+static TOKEN_EXPIRED: LazyLock<Bytes> =
+    LazyLock::new(|| encode_control(TOKEN_EXPIRED_EVENT, r#"{"reason":"token_expired"}"#, None));
 
 impl StreamSession {
-    /// Opens a stream; returns it with the bytes it starts with (the retry
-    /// hint, the cursor, resets and replayed history).
+    /// Opens a stream: registered, live on this node, and holding the bytes
+    /// it starts with (the retry hint, the cursor, resets, replayed history).
     pub async fn open(
         hub: &Hub,
         broker: &SharedBroker,
         metrics: &Metrics,
         params: OpenParams,
-    ) -> Result<(StreamSession, Vec<Bytes>), OpenError> {
+    ) -> Result<StreamSession, OpenError> {
         let n = params.channels.len();
         let sub = Subscriber::new(n, params.queue_limit);
         let reg = hub.register(sub.clone(), params.channels);
@@ -76,6 +85,8 @@ impl StreamSession {
         let mut out = Vec::new();
         let mut session = StreamSession {
             reg,
+            opening: Vec::new(),
+            expiry: None,
             positions: live.clone(),
             spare: VecDeque::new(),
             metrics: metrics.clone(),
@@ -95,7 +106,14 @@ impl StreamSession {
                 session.replay(broker, &live, &mut out).await?;
             }
         }
-        Ok((session, out))
+        session.opening = out;
+        Ok(session)
+    }
+
+    /// Closes the stream, with a last `ssegate.token_expired` event, at `at`.
+    pub fn expire_at(&mut self, at: SystemTime) {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        self.expiry = Some(Box::pin(tokio::time::sleep(left)));
     }
 
     /// Brings every channel from the client's position up to this node's.
@@ -177,6 +195,18 @@ impl StreamSession {
     /// Waits for queued items and appends their bytes to `out`. `None` once
     /// the stream is closed (shutdown or slow client).
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>> {
+        if !self.opening.is_empty() {
+            out.append(&mut self.opening);
+            return Poll::Ready(Some(()));
+        }
+        if let Some(expiry) = &mut self.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            self.expiry = None;
+            self.reg.subscriber().close(Close::Expired);
+            out.push(TOKEN_EXPIRED.clone());
+            return Poll::Ready(Some(()));
+        }
         loop {
             let mut items = std::mem::take(&mut self.spare);
             match self.reg.subscriber().poll_drain(cx, &mut items) {
@@ -221,9 +251,12 @@ impl StreamSession {
             }
         }
     }
+}
 
-    pub fn subscriber(&self) -> &Subscriber {
-        self.reg.subscriber()
+impl StreamSession {
+    /// Whether the stream was closed (registering for a wake-up if not).
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        self.reg.subscriber().poll_closed(cx)
     }
 }
 

@@ -2,6 +2,7 @@
 //! state. Routes are the contract's; every error is JSON (see `error`).
 
 mod error;
+pub mod h1;
 mod health;
 mod publish;
 mod subscribe;

@@ -3,11 +3,9 @@
 //! body of pre-encoded frames.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -16,12 +14,12 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::Frame;
+use parking_lot::Mutex;
 
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::hub::Close;
-use crate::sse::{Channel, encode_control};
-use crate::stream::{OpenParams, StreamSession, TOKEN_EXPIRED_EVENT, coalesce};
+use crate::sse::Channel;
+use crate::stream::{OpenParams, StreamSession, coalesce};
 
 /// What a subscribe request asks for, parsed from its path and query.
 struct SubscribeQuery {
@@ -107,15 +105,12 @@ async fn serve(app: AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<
         retry: cfg.retry,
         open_timeout: cfg.subscribe_timeout,
     };
-    let (session, opening) = StreamSession::open(app.hub(), app.broker(), app.metrics(), params).await?;
-    let body = SseBody {
-        session,
-        pending: opening,
-        expiry: access.expires_at().map(|at| {
-            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            Box::pin(tokio::time::sleep(left))
-        }),
-    };
+    let mut session = StreamSession::open(app.hub(), app.broker(), app.metrics(), params).await?;
+    if let Some(at) = access.expires_at() {
+        session.expire_at(at);
+    }
+    let handoff = SseHandoff(Arc::new(Mutex::new(Some(session))));
+    let body = SseBody::Waiting(handoff.clone());
     let mut resp = Response::new(Body::new(body));
     let h = resp.headers_mut();
     h.insert(
@@ -124,20 +119,30 @@ async fn serve(app: AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp.extensions_mut().insert(handoff);
     Ok(resp)
 }
 
-/// The response body: the opening bytes, then whatever the session yields,
-/// coalesced into one chunk per wake-up. A stream opened with a token ends
-/// when the token expires, with a last `ssegate.token_expired` event.
-struct SseBody {
-    session: StreamSession,
-    pending: Vec<Bytes>,
-    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+/// The open stream behind a `text/event-stream` response, for the HTTP/1
+/// front (`h1`), which takes it and writes the stream to the socket itself.
+/// Under hyper (HTTP/2, TLS, or a second request on a kept-alive
+/// connection) the response body takes it instead, on its first poll.
+#[derive(Clone)]
+pub struct SseHandoff(Arc<Mutex<Option<StreamSession>>>);
+
+impl SseHandoff {
+    pub fn take(&self) -> Option<StreamSession> {
+        self.0.lock().take()
+    }
 }
 
-static TOKEN_EXPIRED: LazyLock<Bytes> =
-    LazyLock::new(|| encode_control(TOKEN_EXPIRED_EVENT, r#"{"reason":"token_expired"}"#, None));
+/// The response body under hyper: the session's chunks, coalesced into
+/// one per wake-up.
+enum SseBody {
+    Waiting(SseHandoff),
+    Running(StreamSession, Vec<Bytes>),
+    Done,
+}
 
 impl http_body::Body for SseBody {
     type Data = Bytes;
@@ -148,20 +153,22 @@ impl http_body::Body for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        if let Some(expiry) = &mut this.expiry
-            && expiry.as_mut().poll(cx).is_ready()
-        {
-            this.expiry = None;
-            this.session.subscriber().close(Close::Expired);
-            this.pending.push(TOKEN_EXPIRED.clone());
+        if let SseBody::Waiting(h) = this {
+            *this = match h.take() {
+                Some(session) => SseBody::Running(session, Vec::new()),
+                None => SseBody::Done,
+            };
         }
-        if this.pending.is_empty() {
-            match this.session.poll_chunk(cx, &mut this.pending) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(())) => {}
+        let SseBody::Running(session, chunks) = this else {
+            return Poll::Ready(None);
+        };
+        match session.poll_chunk(cx, chunks) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                *this = SseBody::Done;
+                Poll::Ready(None)
             }
+            Poll::Ready(Some(())) => Poll::Ready(Some(Ok(Frame::data(coalesce(chunks))))),
         }
-        Poll::Ready(Some(Ok(Frame::data(coalesce(&mut this.pending)))))
     }
 }

@@ -164,6 +164,17 @@ impl Subscriber {
         self.state.lock().closed.is_some()
     }
 
+    /// Whether the stream is closed; if not, the caller is woken when it is
+    /// (or when something is queued).
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return true;
+        }
+        s.waker = Some(cx.waker().clone());
+        false
+    }
+
     /// The hub tells the stream where channel `ch` stands on this node.
     pub(super) fn set_ready(&self, ch: u16, position: StreamId) {
         let waker = {

@@ -96,7 +96,10 @@ fn text_at(v: &Value, path: &[&str]) -> Option<String> {
 }
 
 fn seq<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_sequence).map(Vec::as_slice).unwrap_or(&[])
+    v.get(key)
+        .and_then(Value::as_sequence)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// Non-comment lines of a `#`-commented configuration file.
@@ -184,11 +187,17 @@ fn help() -> Help {
         }
         for block in blocks {
             if let Some(flag) = block.split_whitespace().find_map(|w| w.strip_prefix("--")) {
-                help.flags
-                    .insert(flag.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned());
+                help.flags.insert(
+                    flag.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                        .to_owned(),
+                );
             }
             if let Some(rest) = block.split("[env: ").nth(1) {
-                let name = rest.split('=').next().unwrap().to_owned();
+                // `[env: NAME=]`, or `[env: NAME]` for a hidden value.
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
                 let default = block
                     .split("[default: ")
                     .nth(1)
@@ -239,8 +248,13 @@ fn names_in(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
         if i > 0 && word(bytes[i - 1]) {
             continue;
         }
-        let end = text[i..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(text.len(), |n| i + n);
-        vars.insert(text[i..end].to_owned());
+        let end = text[i..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(text.len(), |n| i + n);
+        // `SSEGATE_*` alone speaks of the variables in general.
+        if end > i + "SSEGATE_".len() {
+            vars.insert(text[i..end].to_owned());
+        }
     }
     for (i, _) in text.match_indices("--") {
         if i > 0 && (word(bytes[i - 1]) || bytes[i - 1] == b'-') {
@@ -363,11 +377,24 @@ fn the_dockerfile_runs_ssegate_unprivileged_on_8080() {
     assert!(froms.len() >= 2, "a multi-stage build");
     assert!(froms[0].contains("rust:"), "{}", froms[0]);
     assert!(lines.contains(&"EXPOSE 8080"));
-    let user = lines.iter().rev().find_map(|l| l.strip_prefix("USER ")).expect("a USER");
+    let user = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER");
     let uid = user.split(':').next().unwrap();
-    assert!(uid.parse::<u32>().is_ok_and(|u| u != 0), "numeric non-root USER, not {user}");
-    let entry = lines.iter().find_map(|l| l.strip_prefix("ENTRYPOINT ")).expect("an ENTRYPOINT");
-    assert!(entry.starts_with('[') && entry.contains("ssegate\""), "exec form: {entry}");
+    assert!(
+        uid.parse::<u32>().is_ok_and(|u| u != 0),
+        "numeric non-root USER, not {user}"
+    );
+    let entry = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("ENTRYPOINT "))
+        .expect("an ENTRYPOINT");
+    assert!(
+        entry.starts_with('[') && entry.contains("ssegate\""),
+        "exec form: {entry}"
+    );
     assert!(lines.iter().any(|l| l.contains("cargo build --release --locked")));
     let ignore = read(".dockerignore");
     assert!(ignore.lines().any(|l| l.trim_end_matches('/') == "target"));
@@ -401,8 +428,15 @@ fn compose_runs_three_nodes_behind_haproxy_with_redis_and_prometheus() {
             .next()
             .unwrap()
             .to_owned();
-        assert!(compose["services"].get(&redis_host).is_some(), "{name}: no service {redis_host}");
-        assert_eq!(port_of(&help.value_or_default(&env, "SSEGATE_LISTEN")), 8080, "{name}");
+        assert!(
+            compose["services"].get(&redis_host).is_some(),
+            "{name}: no service {redis_host}"
+        );
+        assert_eq!(
+            port_of(&help.value_or_default(&env, "SSEGATE_LISTEN")),
+            8080,
+            "{name}"
+        );
         let exposed: Vec<String> = seq(svc, "expose").iter().map(scalar).collect();
         assert_eq!(exposed, ["8080"], "{name}");
         // Docker sends SIGKILL after stop_grace_period: the node must be
@@ -412,7 +446,10 @@ fn compose_runs_three_nodes_behind_haproxy_with_redis_and_prometheus() {
         let grace = duration(&help.value_or_default(&env, "SSEGATE_SHUTDOWN_GRACE"));
         let stop = duration(&text_at(svc, &["stop_grace_period"]).expect("stop_grace_period"));
         assert!(drain + spread <= grace, "{name}: drain + spread > grace");
-        assert!(stop > grace, "{name}: stop_grace_period {stop:?} <= grace {grace:?}");
+        assert!(
+            stop > grace,
+            "{name}: stop_grace_period {stop:?} <= grace {grace:?}"
+        );
         // HAProxy must take the node out before it stops accepting.
         assert!(
             haproxy_detection < drain,
@@ -427,34 +464,50 @@ fn compose_runs_three_nodes_behind_haproxy_with_redis_and_prometheus() {
         .find(|s| image(s).starts_with("haproxy:2.8"))
         .expect("an haproxy:2.8 service");
     let volumes: Vec<String> = seq(lb, "volumes").iter().map(scalar).collect();
-    assert!(volumes.iter().any(|v| v.starts_with("./deploy/haproxy.cfg:")), "{volumes:?}");
+    assert!(
+        volumes.iter().any(|v| v.starts_with("./deploy/haproxy.cfg:")),
+        "{volumes:?}"
+    );
     let ports: Vec<String> = seq(lb, "ports").iter().map(scalar).collect();
     assert!(ports.iter().any(|p| p == "8080:8080"), "{ports:?}");
-    let lb_env = lb["environment"].as_mapping().expect("the balancer's environment");
+    let lb_env = lb["environment"]
+        .as_mapping()
+        .expect("the balancer's environment");
     let mut nodes: Vec<String> = (1..=3)
         .map(|i| scalar(&lb_env[format!("NODE{i}_ADDR").as_str()]))
         .collect();
     for n in &nodes {
         assert_eq!(port_of(n), 8080, "{n}");
     }
-    nodes.iter_mut().for_each(|n| *n = n.split(':').next().unwrap().to_owned());
+    nodes
+        .iter_mut()
+        .for_each(|n| *n = n.split(':').next().unwrap().to_owned());
     assert_eq!(nodes, gateways.keys().cloned().collect::<Vec<_>>());
     let prom = services
         .values()
         .find(|s| image(s).starts_with("prom/prometheus"))
         .expect("a prom/prometheus service");
     let volumes: Vec<String> = seq(prom, "volumes").iter().map(scalar).collect();
-    assert!(volumes.iter().any(|v| v.starts_with("./deploy/prometheus.yml:")), "{volumes:?}");
+    assert!(
+        volumes.iter().any(|v| v.starts_with("./deploy/prometheus.yml:")),
+        "{volumes:?}"
+    );
 }
 
 #[test]
 fn prometheus_scrapes_metrics_of_every_node() {
     let compose = yaml("docker-compose.yml");
-    let want: BTreeSet<String> = compose_gateways(&compose).keys().map(|n| format!("{n}:8080")).collect();
+    let want: BTreeSet<String> = compose_gateways(&compose)
+        .keys()
+        .map(|n| format!("{n}:8080"))
+        .collect();
     let prom = yaml("deploy/prometheus.yml");
     let mut targets = BTreeSet::new();
     for job in seq(&prom, "scrape_configs") {
-        assert_eq!(text_at(job, &["metrics_path"]).as_deref().unwrap_or("/metrics"), "/metrics");
+        assert_eq!(
+            text_at(job, &["metrics_path"]).as_deref().unwrap_or("/metrics"),
+            "/metrics"
+        );
         for sc in seq(job, "static_configs") {
             targets.extend(seq(sc, "targets").iter().map(scalar));
         }
@@ -485,14 +538,24 @@ fn the_kubernetes_probes_and_ports_are_the_servers() {
     let env = env_of(&c["env"]);
     assert_eq!(port_of(&help.value_or_default(&env, "SSEGATE_LISTEN")), 8080);
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
-        assert_eq!(text_at(&c, &[probe, "httpGet", "path"]).as_deref(), Some(path), "{probe}");
+        assert_eq!(
+            text_at(&c, &[probe, "httpGet", "path"]).as_deref(),
+            Some(path),
+            "{probe}"
+        );
         let port = text_at(&c, &[probe, "httpGet", "port"]).expect("a probe port");
         assert!(port == "8080" || port == port_name, "{probe} port {port}");
     }
     // The Redis URL comes in by name, whether as a value or from a Secret.
-    let names: Vec<String> = seq(&c, "env").iter().filter_map(|e| text_at(e, &["name"])).collect();
+    let names: Vec<String> = seq(&c, "env")
+        .iter()
+        .filter_map(|e| text_at(e, &["name"]))
+        .collect();
     assert!(names.iter().any(|n| n == "SSEGATE_REDIS_URL"), "{names:?}");
-    assert_eq!(text_at(&pod, &["securityContext", "runAsNonRoot"]).as_deref(), Some("true"));
+    assert_eq!(
+        text_at(&pod, &["securityContext", "runAsNonRoot"]).as_deref(),
+        Some("true")
+    );
     assert_eq!(
         text_at(&c, &["securityContext", "readOnlyRootFilesystem"]).as_deref(),
         Some("true")
@@ -501,15 +564,24 @@ fn the_kubernetes_probes_and_ports_are_the_servers() {
     let svc = yaml("deploy/k8s/service.yaml");
     let target = text_at(&seq(&svc["spec"], "ports")[0], &["targetPort"]).unwrap();
     assert!(target == "8080" || target == port_name, "targetPort {target}");
-    assert_ne!(text_at(&svc, &["spec", "sessionAffinity"]).as_deref(), Some("ClientIP"));
+    assert_ne!(
+        text_at(&svc, &["spec", "sessionAffinity"]).as_deref(),
+        Some("ClientIP")
+    );
     let selector = svc["spec"]["selector"].clone();
     assert_eq!(selector, d["spec"]["template"]["metadata"]["labels"]);
     let pdb = yaml("deploy/k8s/pdb.yaml");
     assert_eq!(text_at(&pdb, &["kind"]).as_deref(), Some("PodDisruptionBudget"));
     assert_eq!(pdb["spec"]["selector"]["matchLabels"], selector);
     let hpa = yaml("deploy/k8s/hpa.yaml");
-    assert_eq!(text_at(&hpa, &["kind"]).as_deref(), Some("HorizontalPodAutoscaler"));
-    assert_eq!(text_at(&hpa, &["spec", "scaleTargetRef", "name"]), text_at(&d, &["metadata", "name"]));
+    assert_eq!(
+        text_at(&hpa, &["kind"]).as_deref(),
+        Some("HorizontalPodAutoscaler")
+    );
+    assert_eq!(
+        text_at(&hpa, &["spec", "scaleTargetRef", "name"]),
+        text_at(&d, &["metadata", "name"])
+    );
     assert!(read("deploy/k8s/hpa.yaml").contains("ssegate_streams_open"));
 }
 
@@ -523,7 +595,10 @@ fn the_kubernetes_grace_period_covers_the_prestop_sleep_and_the_drain() {
     let pre_stop = match text_at(&c, &["lifecycle", "preStop", "sleep", "seconds"]) {
         Some(s) => secs(s),
         None => {
-            let cmd: Vec<String> = seq(&c["lifecycle"]["preStop"]["exec"], "command").iter().map(scalar).collect();
+            let cmd: Vec<String> = seq(&c["lifecycle"]["preStop"]["exec"], "command")
+                .iter()
+                .map(scalar)
+                .collect();
             assert_eq!(cmd.first().map(String::as_str), Some("sleep"), "a preStop sleep");
             duration(&format!("{}s", cmd[1]))
         }
@@ -536,7 +611,10 @@ fn the_kubernetes_grace_period_covers_the_prestop_sleep_and_the_drain() {
     // The grace is counted from SIGTERM and already covers the drain and the
     // spread, so preStop + grace would do; the sum leaves a margin.
     let needed = pre_stop + drain + spread + grace;
-    assert!(termination > needed, "terminationGracePeriodSeconds {termination:?} <= {needed:?}");
+    assert!(
+        termination > needed,
+        "terminationGracePeriodSeconds {termination:?} <= {needed:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -599,7 +677,11 @@ fn the_haproxy_config_suits_long_streams_without_stickiness() {
             .find_map(|l| l.strip_prefix(&format!("presetenv {var} ")))
             .unwrap_or_else(|| panic!("no default for {var}"));
         assert_eq!(default.trim(), format!("node{i}:8080"));
-        assert!(lines.iter().any(|l| l.starts_with("server ") && l.contains(&format!("\"${{{var}}}\""))));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("server ") && l.contains(&format!("\"${{{var}}}\"")))
+        );
     }
 }
 
@@ -649,7 +731,15 @@ fn haproxy_accepts_its_config_with_the_compose_defaults_and_with_local_nodes() {
     let check = |env: Vec<(String, String)>| {
         let mut cmd = Command::new(&haproxy);
         cmd.arg("-c").arg("-f").arg(root().join("deploy/haproxy.cfg"));
-        for var in ["LB_BIND", "LB_STATS_BIND", "NODE1_ADDR", "NODE2_ADDR", "NODE3_ADDR", "LB_DNS", "LB_MAXCONN"] {
+        for var in [
+            "LB_BIND",
+            "LB_STATS_BIND",
+            "NODE1_ADDR",
+            "NODE2_ADDR",
+            "NODE3_ADDR",
+            "LB_DNS",
+            "LB_MAXCONN",
+        ] {
             cmd.env_remove(var);
         }
         cmd.envs(env);
@@ -707,7 +797,9 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         if let Some(sig) = self.stop_signal {
-            let _ = Command::new("kill").args([sig, &self.child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args([sig, &self.child.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
@@ -723,10 +815,7 @@ impl Drop for Proxy {
 
 /// Waits until a TCP port on loopback accepts connections.
 async fn listening(port: u16, proxy: &mut Proxy) {
-    eventually("the proxy listens", || async {
-        proxy_alive(port).await
-    })
-    .await;
+    eventually("the proxy listens", || async { proxy_alive(port).await }).await;
     proxy.assert_running();
 }
 
@@ -742,7 +831,12 @@ async fn haproxy_status(stats: u16) -> BTreeMap<String, String> {
     };
     let csv = resp.text().await.unwrap_or_default();
     let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").trim_start_matches("# ").split(',').collect();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
     let col = |name: &str| header.iter().position(|h| *h == name);
     let (Some(px), Some(sv), Some(st)) = (col("pxname"), col("svname"), col("status")) else {
         return BTreeMap::new();
@@ -767,7 +861,12 @@ async fn publish_via(base: &str, channel: &str, body: &str) -> String {
 }
 
 async fn node_metric(node: &NodeProcess, name: &str) -> f64 {
-    let text = reqwest::get(node.url("/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     metric_value(&text, name)
 }
 
@@ -803,7 +902,11 @@ async fn through_haproxy_streams_spread_over_the_nodes_and_a_drained_node_hands_
     let (lb, stats) = (free_port(), free_port());
     let mut cmd = Command::new(haproxy);
     cmd.arg("-db").arg("-f").arg(root().join("deploy/haproxy.cfg"));
-    cmd.envs(haproxy_env(lb, stats, nodes.each_ref().map(|n| n.addr.to_string())));
+    cmd.envs(haproxy_env(
+        lb,
+        stats,
+        nodes.each_ref().map(|n| n.addr.to_string()),
+    ));
     let mut proxy = Proxy::spawn(cmd);
     listening(lb, &mut proxy).await;
     eventually("HAProxy sees three nodes UP", || async {
@@ -821,7 +924,11 @@ async fn through_haproxy_streams_spread_over_the_nodes_and_a_drained_node_hands_
         streams.push(Sse::open(&format!("{base}/v1/stream/{ch}")).await);
     }
     for n in &nodes {
-        assert_eq!(node_metric(n, "ssegate_streams_open").await, 1.0, "one stream per node");
+        assert_eq!(
+            node_metric(n, "ssegate_streams_open").await,
+            1.0,
+            "one stream per node"
+        );
     }
     publish_via(&base, &ch, "one").await;
     for s in &mut streams {
@@ -834,7 +941,10 @@ async fn through_haproxy_streams_spread_over_the_nodes_and_a_drained_node_hands_
     let signalled = Instant::now();
     nodes[0].signal("-TERM");
     eventually("HAProxy marks node1 DOWN", || async {
-        haproxy_status(stats).await.get("node1").is_some_and(|s| s == "DOWN")
+        haproxy_status(stats)
+            .await
+            .get("node1")
+            .is_some_and(|s| s == "DOWN")
     })
     .await;
     let took = signalled.elapsed();
@@ -896,9 +1006,15 @@ fn the_nginx_config_suits_long_streams_without_stickiness() {
         assert!(lines.contains(&want), "nginx.conf lacks `{want}`");
     }
     for banned in ["ip_hash", "hash ", "sticky", "gzip on"] {
-        assert!(!lines.iter().any(|l| l.starts_with(banned)), "nginx.conf has `{banned}`");
+        assert!(
+            !lines.iter().any(|l| l.starts_with(banned)),
+            "nginx.conf has `{banned}`"
+        );
     }
-    let servers = lines.iter().filter(|l| l.starts_with("server 127.0.0.1:")).count();
+    let servers = lines
+        .iter()
+        .filter(|l| l.starts_with("server 127.0.0.1:"))
+        .count();
     assert_eq!(servers, 3);
 }
 
@@ -910,7 +1026,11 @@ fn nginx_accepts_its_config() {
         .arg(root().join("deploy/nginx.conf"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "nginx -t: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nginx -t: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// deploy/nginx.conf with its addresses and paths moved: the listener and
@@ -923,7 +1043,10 @@ fn local_nginx_conf(dir: &Path, listen: u16, nodes: &[NodeProcess; 3]) -> PathBu
     };
     replace("listen 8080;", &format!("listen 127.0.0.1:{listen};"));
     for (i, n) in nodes.iter().enumerate() {
-        replace(&format!("server 127.0.0.1:{} ", 8081 + i), &format!("server {} ", n.addr));
+        replace(
+            &format!("server 127.0.0.1:{} ", 8081 + i),
+            &format!("server {} ", n.addr),
+        );
     }
     replace("/tmp/ssegate-nginx", &dir.join("nginx").to_string_lossy());
     replace("worker_processes auto;", "worker_processes 1;");
@@ -953,7 +1076,11 @@ async fn through_nginx_events_reach_streams_on_every_node() {
         streams.push(Sse::open(&format!("{base}/v1/stream/{ch}")).await);
     }
     for n in &nodes {
-        assert_eq!(node_metric(n, "ssegate_streams_open").await, 1.0, "one stream per node");
+        assert_eq!(
+            node_metric(n, "ssegate_streams_open").await,
+            1.0,
+            "one stream per node"
+        );
     }
     // Each event arrives while the response is still open: nothing buffers.
     for body in ["one", "two"] {

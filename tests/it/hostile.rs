@@ -176,7 +176,18 @@ async fn ten_thousand_malformed_requests_leave_the_node_serving_with_flat_memory
     let mut answered = std::collections::BTreeMap::new();
     let addr = node.addr;
     let results = futures::stream::iter(0..10_000)
-        .map(|i| async move { raw(addr, MALFORMED[i % MALFORMED.len()]).await.0 })
+        .map(|i| async move {
+            let (status, body) = raw(addr, MALFORMED[i % MALFORMED.len()]).await;
+            // Every answer names the problem in JSON.
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| {
+                panic!(
+                    "{:?} got {status:?} {body:?}",
+                    String::from_utf8_lossy(MALFORMED[i % MALFORMED.len()])
+                )
+            });
+            assert!(json["error"].is_string());
+            status
+        })
         .buffer_unordered(64);
     futures::pin_mut!(results);
     while let Some(status) = futures::StreamExt::next(&mut results).await {
