@@ -32,8 +32,7 @@ use tokio::process::{Child, ChildStdin};
 
 use crate::publisher::{Method, Publisher};
 use crate::stats::{
-    CLIENT_NAME, Percentiles, RedisSample, ServerProcs, add_pairs, new_histogram,
-    now_us, percentiles_ms,
+    CLIENT_NAME, Percentiles, RedisSample, ServerProcs, add_pairs, new_histogram, now_us, percentiles_ms,
 };
 use crate::worker::{Command, Event, Progress, WorkerConfig, WorkerReport};
 
@@ -179,7 +178,8 @@ struct RunArgs {
     /// With --storm: how long to wait for every stream to receive.
     #[arg(long, default_value = "60s", value_parser = duration)]
     receive_timeout: Duration,
-    /// Connects in flight per worker (0: all at once). Default: storm 0, else 256.
+    /// Connects in flight per worker (0: all at once). Default: storm 0, else 64
+    /// (below the 128 listen backlog that tokio servers get).
     #[arg(long)]
     connect_concurrency: Option<usize>,
     /// Limit for connect + response head, per stream.
@@ -412,7 +412,11 @@ impl Plan {
             }
         };
         let prefix = a.channel_prefix.clone().unwrap_or_else(|| {
-            format!("bench.{}.{}.", now_us() / 1_000_000 % 1_000_000, std::process::id())
+            format!(
+                "bench.{}.{}.",
+                now_us() / 1_000_000 % 1_000_000,
+                std::process::id()
+            )
         });
         let channel_names = (0..channels).map(|i| format!("{prefix}{i}")).collect();
         let workers = a
@@ -421,8 +425,7 @@ impl Plan {
             .clamp(1, a.streams.max(1));
         let mut roots = a.server_pid.clone();
         if let Some(f) = &a.server_pidfile {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
             roots.push(
                 text.trim()
                     .parse()
@@ -435,7 +438,10 @@ impl Plan {
             Duration::from_secs(3)
         });
         Ok(Plan {
-            label: a.label.clone().unwrap_or_else(|| format!("{:?}", a.target).to_lowercase()),
+            label: a
+                .label
+                .clone()
+                .unwrap_or_else(|| format!("{:?}", a.target).to_lowercase()),
             name: a
                 .name
                 .clone()
@@ -459,7 +465,7 @@ impl Plan {
             publish_batch: a.publish_batch,
             storm,
             receive_timeout: a.receive_timeout,
-            connect_concurrency: a.connect_concurrency.unwrap_or(if storm { 0 } else { 256 }),
+            connect_concurrency: a.connect_concurrency.unwrap_or(if storm { 0 } else { 64 }),
             connect_timeout: a.connect_timeout,
             sources: parse_sources(&a.source_addrs)?,
             workers,
@@ -664,9 +670,9 @@ struct ConnectOut {
     all_open_s: f64,
     /// --storm: until every open stream had received an event (None if it timed out).
     all_receiving_s: Option<f64>,
-    /// Connect start to status 200, per stream.
+    /// From the start of the connect phase to status 200, per stream.
     open_time_ms: Percentiles,
-    /// Connect start to the first event, per stream.
+    /// From the start of the connect phase to the first event, per stream.
     first_event_ms: Percentiles,
 }
 
@@ -1012,9 +1018,8 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         t.rss_kib += r.rss_kib;
     }
 
-    let per_stream = |after: u64, before: u64| {
-        (opened > 0).then(|| (after as f64 - before as f64) / opened as f64)
-    };
+    let per_stream =
+        |after: u64, before: u64| (opened > 0).then(|| (after as f64 - before as f64) / opened as f64);
     let cpu_window = server_end.cpu_secs_since(&server_w0);
     let server_out = ServerOut {
         pids: plan.procs.pids(),
@@ -1096,7 +1101,8 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         },
         connect: ConnectOut {
             all_open_s,
-            all_receiving_s,
+            // The exact instant: the last stream's first event, since the start.
+            all_receiving_s: all_receiving_s.map(|_| first_event.max() as f64 / 1e6),
             open_time_ms: percentiles_ms(&open_time),
             first_event_ms: percentiles_ms(&first_event),
         },

@@ -57,7 +57,7 @@ pub struct Front {
 /// What the first request head asks for.
 enum Head {
     /// An event-stream request for the router; `chunked` on HTTP/1.1.
-    Stream(Request<Body>, bool),
+    Stream(Box<Request<Body>>, bool),
     /// Anything else: hyper serves the connection.
     Other,
 }
@@ -213,7 +213,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let req = builder
         .body(Body::empty())
         .map_err(|e| HeadError::Malformed(e.to_string()))?;
-    Ok(Some(Head::Stream(req, minor == 1)))
+    Ok(Some(Head::Stream(Box::new(req), minor == 1)))
 }
 
 /// The body framing rules hyper would enforce, checked here so that the
