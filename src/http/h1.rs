@@ -112,7 +112,7 @@ impl Front {
                 let resp = self
                     .router
                     .clone()
-                    .oneshot(req)
+                    .oneshot(*req)
                     .await
                     .unwrap_or_else(|e| match e {});
                 self.respond(sock, resp, chunked).await;
