@@ -221,10 +221,14 @@ impl Application {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let (front, watcher) = (front.clone(), graceful.watcher());
+            let (front, watcher, tracker) = (front.clone(), graceful.watcher(), connections.clone());
             connections.spawn(async move {
-                front.serve(stream, watcher).await;
-                drop(admitted);
+                if let Some(writer) = Box::pin(front.serve(stream, watcher)).await {
+                    tracker.spawn(async move {
+                        writer.await;
+                        drop(admitted);
+                    });
+                }
             });
         }
         let deadline = *deadline.get().expect("set when draining began");

@@ -20,6 +20,7 @@
 //! Malformed heads get a JSON error (400, 431, 408) and the connection is
 //! closed.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -70,30 +71,49 @@ enum HeadError {
 }
 
 impl Front {
-    /// Serves one accepted connection to its end.
-    pub async fn serve(self: Arc<Self>, mut sock: TcpStream, watcher: Watcher) {
+    /// Serves one accepted connection until it ends or turns out to be an
+    /// event stream, which is returned for the caller to run as its own
+    /// task: an async fn is as large as its largest state, so the
+    /// long-lived part of a connection is a small hand-written future
+    /// holding little more than the socket and the stream's session, and
+    /// everything before it (the head, the router call, hyper) is freed.
+    pub async fn serve(self: Arc<Self>, sock: TcpStream, watcher: Watcher) -> Option<StreamWriter> {
+        let (sock, session, chunked) = self.handle(sock, watcher).await?;
+        Some(StreamWriter::new(sock, session, chunked))
+    }
+
+    /// Everything up to the start of an event stream; returns the stream
+    /// to write, if the connection turned out to be one.
+    async fn handle(
+        &self,
+        mut sock: TcpStream,
+        watcher: Watcher,
+    ) -> Option<(TcpStream, StreamSession, bool)> {
         let mut buf = BytesMut::with_capacity(1024);
         let head =
             tokio::time::timeout(self.head_timeout, read_head(&mut sock, &mut buf, self.max_head)).await;
         let head = match head {
             Err(_) => {
                 let msg = "the request head did not arrive in time";
-                return answer(sock, StatusCode::REQUEST_TIMEOUT, "request_timeout", msg).await;
+                answer(sock, StatusCode::REQUEST_TIMEOUT, "request_timeout", msg).await;
+                return None;
             }
-            Ok(Err(HeadError::Closed)) => return,
+            Ok(Err(HeadError::Closed)) => return None,
             Ok(Err(HeadError::TooLarge)) => {
                 let msg = format!("the request head is larger than {} bytes", self.max_head);
-                return answer(
+                answer(
                     sock,
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "head_too_large",
                     &msg,
                 )
                 .await;
+                return None;
             }
             Ok(Err(HeadError::Malformed(why))) => {
                 let msg = format!("malformed HTTP request: {why}");
-                return answer(sock, StatusCode::BAD_REQUEST, "bad_request", &msg).await;
+                answer(sock, StatusCode::BAD_REQUEST, "bad_request", &msg).await;
+                return None;
             }
             Ok(Ok(head)) => head,
         };
@@ -106,6 +126,7 @@ impl Front {
                 let svc = TowerToHyperService::new(self.router.clone());
                 let conn = self.hyper.serve_connection_with_upgrades(io, svc).into_owned();
                 let _ = watcher.watch(conn).await;
+                None
             }
             Head::Stream(req, chunked) => {
                 drop(buf);
@@ -115,38 +136,41 @@ impl Front {
                     .oneshot(*req)
                     .await
                     .unwrap_or_else(|e| match e {});
-                self.respond(sock, resp, chunked).await;
+                respond(sock, resp, chunked).await
             }
         }
     }
+}
 
-    async fn respond(&self, mut sock: TcpStream, mut resp: Response<Body>, chunked: bool) {
-        let session = resp
-            .extensions_mut()
-            .remove::<SseHandoff>()
-            .and_then(|h| h.take());
-        let Some(session) = session.filter(|_| resp.status() == StatusCode::OK) else {
-            // An error answer (or anything else): send it whole and close.
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            let mut out = head_bytes(parts.status, &parts.headers, Framing::Length(body.len()));
-            out.extend_from_slice(&body);
-            let _ = sock.write_all(&out).await;
-            let _ = sock.shutdown().await;
-            return;
-        };
-        let framing = if chunked {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        };
-        let head = head_bytes(resp.status(), resp.headers(), framing);
-        drop(resp);
-        if sock.write_all(&head).await.is_err() {
-            return;
-        }
-        write_stream(sock, session, chunked).await;
-    }
+/// Sends the router's answer: the head of an event stream (returning the
+/// stream to write), or a whole error answer that closes the connection.
+async fn respond(
+    mut sock: TcpStream,
+    mut resp: Response<Body>,
+    chunked: bool,
+) -> Option<(TcpStream, StreamSession, bool)> {
+    let session = resp
+        .extensions_mut()
+        .remove::<SseHandoff>()
+        .and_then(|h| h.take());
+    let Some(session) = session.filter(|_| resp.status() == StatusCode::OK) else {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let mut out = head_bytes(parts.status, &parts.headers, Framing::Length(body.len()));
+        out.extend_from_slice(&body);
+        let _ = sock.write_all(&out).await;
+        let _ = sock.shutdown().await;
+        return None;
+    };
+    let framing = if chunked {
+        Framing::Chunked
+    } else {
+        Framing::UntilClose
+    };
+    let head = head_bytes(resp.status(), resp.headers(), framing);
+    drop(resp);
+    sock.write_all(&head).await.ok()?;
+    Some((sock, session, chunked))
 }
 
 /// Reads until a complete head is buffered and decides where it goes.
@@ -297,47 +321,74 @@ async fn answer(mut sock: TcpStream, status: StatusCode, code: &str, message: &s
     .await;
 }
 
-/// Writes the stream's chunks until it ends, the client leaves, or a write
-/// fails. Holds no buffer: each chunk is the session's shared frames,
+/// Writes an event stream's chunks until it ends, the client leaves, or a
+/// write fails. Holds no buffer: each chunk is the session's shared frames,
 /// written with one vectored write per wake-up where the socket allows.
-async fn write_stream(mut sock: TcpStream, mut session: StreamSession, chunked: bool) {
-    let mut frames: Vec<Bytes> = Vec::new();
-    loop {
-        let next = std::future::poll_fn(|cx| {
-            if client_gone(&sock, cx) {
-                return Poll::Ready(None);
-            }
-            session.poll_chunk(cx, &mut frames)
-        })
-        .await;
-        if next.is_none() {
-            break;
+pub struct StreamWriter {
+    sock: TcpStream,
+    session: StreamSession,
+    frames: Vec<Bytes>,
+    /// Bytes of the current chunk already written, while writing one.
+    offset: Option<usize>,
+    chunked: bool,
+}
+
+impl StreamWriter {
+    fn new(sock: TcpStream, session: StreamSession, chunked: bool) -> StreamWriter {
+        StreamWriter {
+            sock,
+            session,
+            frames: Vec::new(),
+            offset: None,
+            chunked,
         }
-        let mut offset = 0;
-        let written =
-            std::future::poll_fn(
-                |cx| match poll_write_chunk(cx, &mut sock, &frames, chunked, &mut offset) {
-                    // A stream closed while its socket is stuck (a client that
-                    // stopped reading) ends here rather than waiting forever.
-                    Poll::Pending if session.poll_closed(cx) => {
-                        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+    }
+
+    fn finish(&mut self) {
+        // The last chunk is best-effort: a socket too full for five bytes
+        // belongs to a client that is not reading anyway. Dropping the
+        // socket closes it.
+        if self.chunked {
+            let _ = self.sock.try_write(b"0\r\n\r\n");
+        }
+    }
+}
+
+impl Future for StreamWriter {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let Some(offset) = &mut this.offset else {
+                if client_gone(&this.sock, cx) {
+                    return Poll::Ready(());
+                }
+                match ready!(this.session.poll_chunk(cx, &mut this.frames)) {
+                    Some(()) => this.offset = Some(0),
+                    None => {
+                        this.finish();
+                        return Poll::Ready(());
                     }
-                    other => other,
-                },
-            )
-            .await;
-        if written.is_err() {
-            return;
-        }
-        frames.clear();
-        if frames.capacity() > IOV * 4 {
-            frames.shrink_to(IOV);
+                }
+                continue;
+            };
+            match poll_write_chunk(cx, &mut this.sock, &this.frames, this.chunked, offset) {
+                Poll::Ready(Ok(())) => {
+                    this.offset = None;
+                    this.frames.clear();
+                    if this.frames.capacity() > IOV * 4 {
+                        this.frames.shrink_to(IOV);
+                    }
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                // A stream closed while its socket is stuck (a client that
+                // stopped reading) ends here rather than waiting forever.
+                Poll::Pending if this.session.poll_closed(cx) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
-    if chunked {
-        let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(b"0\r\n\r\n")).await;
-    }
-    let _ = sock.shutdown().await;
 }
 
 /// Whether the client closed its side (anything it sends on an event
@@ -505,5 +556,15 @@ mod tests {
             parse_head(b"GET /x HTTP/1.1\r\nNoColon\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
+    }
+}
+#[cfg(test)]
+mod size {
+    /// An event stream's task lives as long as the stream: keep it small
+    /// (see `Front::serve`).
+    #[test]
+    fn a_stream_writer_stays_small() {
+        let size = std::mem::size_of::<super::StreamWriter>();
+        assert!(size <= 256, "the stream writer is {size} bytes");
     }
 }
