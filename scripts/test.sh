@@ -15,6 +15,8 @@ need_pkg() { # command package
 }
 
 need_pkg redis-server redis-server
+need_pkg haproxy haproxy   # deploy/haproxy.cfg is checked and run in front of real nodes
+need_pkg nginx nginx       # deploy/nginx.conf likewise
 
 echo "== redis: $(redis-server --version)"
 echo "== cargo fmt --check"

@@ -770,10 +770,12 @@ struct Proxy {
 impl Proxy {
     fn spawn(mut cmd: Command) -> Proxy {
         let log = tempfile::NamedTempFile::new().unwrap();
+        // One open file for both streams, so they share its offset.
+        let out = log.reopen().unwrap();
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(log.reopen().unwrap())
-            .stderr(log.reopen().unwrap())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
             .spawn()
             .unwrap();
         Proxy {
@@ -813,14 +815,19 @@ impl Drop for Proxy {
     }
 }
 
-/// Waits until a TCP port on loopback accepts connections.
+/// Waits until the proxy accepts connections on a loopback port; fails with
+/// its log if it exits first.
 async fn listening(port: u16, proxy: &mut Proxy) {
-    eventually("the proxy listens", || async { proxy_alive(port).await }).await;
-    proxy.assert_running();
-}
-
-async fn proxy_alive(port: u16) -> bool {
-    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        proxy.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the proxy does not listen:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The status HAProxy's stats page gives each server of the `ssegate`

@@ -3,6 +3,7 @@
 
 mod auth;
 mod core;
+mod deploy;
 mod docs;
 mod durable;
 mod helpers;
