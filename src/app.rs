@@ -34,6 +34,8 @@ pub enum StartError {
     Redis(String),
     #[error(transparent)]
     Auth(#[from] crate::auth::SetupError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 struct Inner {
@@ -76,6 +78,7 @@ impl AppState {
 
 pub struct Application {
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: AppState,
     /// Stops the node's background tasks (broker, heartbeats).
     tasks: CancellationToken,
@@ -85,6 +88,10 @@ impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
         config.validate()?;
         let auth = Auth::from_config(&config)?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let metrics = Metrics::new();
         let file_limit = crate::limits::raise_file_limit();
         let max_connections = config
@@ -145,6 +152,7 @@ impl Application {
         }));
         Ok(Application {
             listener,
+            tls,
             state,
             tasks,
         })
@@ -165,6 +173,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Application {
             listener,
+            tls,
             state,
             tasks,
         } = self;
@@ -172,6 +181,8 @@ impl Application {
         tracing::info!(
             listen = %listener.local_addr()?,
             broker = state.broker().name(),
+            tls = tls.is_some(),
+            demo = cfg.demo_enabled(),
             "ssegate ready"
         );
         let router = crate::http::router(state.clone());
@@ -222,6 +233,17 @@ impl Application {
             };
             let _ = stream.set_nodelay(true);
             let (front, watcher, tracker) = (front.clone(), graceful.watcher(), connections.clone());
+            if let Some(acceptor) = &tls {
+                let acceptor = acceptor.clone();
+                connections.spawn(async move {
+                    let handshake = tokio::time::timeout(front.head_timeout, acceptor.accept(stream)).await;
+                    if let Ok(Ok(tls)) = handshake {
+                        front.serve_hyper(tls, watcher).await;
+                    }
+                    drop(admitted);
+                });
+                continue;
+            }
             connections.spawn(async move {
                 if let Some(writer) = Box::pin(front.serve(stream, watcher)).await {
                     tracker.spawn(async move {

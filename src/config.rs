@@ -30,6 +30,15 @@ pub enum Command {
     Publish(PublishArgs),
 }
 
+/// Whether `GET /` serves the demo page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Demo {
+    /// On with the embedded broker, off with Redis.
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -180,6 +189,18 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
 
+    /// PEM certificate chain: serve HTTPS, with HTTP/2 (ALPN) and HTTP/1.1.
+    #[arg(long, env = "SSEGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SSEGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve the demo page at `/` (auto: only with the embedded broker).
+    #[arg(long, env = "SSEGATE_DEMO", value_enum, default_value = "auto")]
+    pub demo: Demo,
+
     /// Log format (the level comes from RUST_LOG, default `info`).
     #[arg(long, env = "SSEGATE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -267,6 +288,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    pub fn demo_enabled(&self) -> bool {
+        match self.demo {
+            Demo::On => true,
+            Demo::Off => false,
+            Demo::Auto => self.redis_url.is_none(),
+        }
     }
 
     /// A config with every default, for tests and embedding.

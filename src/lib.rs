@@ -33,6 +33,7 @@ pub mod shutdown;
 pub mod sse;
 pub mod stream;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{Application, StartError};
 pub use config::Config;

@@ -82,6 +82,20 @@ impl Front {
         Some(StreamWriter::new(sock, session, chunked))
     }
 
+    /// Serves a connection with hyper (HTTP/1.1 or HTTP/2): TLS
+    /// connections, and plain ones that are not a lone stream request.
+    pub async fn serve_hyper<I>(&self, io: I, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = TowerToHyperService::new(self.router.clone());
+        let conn = self
+            .hyper
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned();
+        let _ = watcher.watch(conn).await;
+    }
+
     /// Everything up to the start of an event stream; returns the stream
     /// to write, if the connection turned out to be one.
     async fn handle(

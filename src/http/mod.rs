@@ -20,6 +20,17 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::app::AppState;
 use crate::config::Config;
 
+static DEMO_PAGE: &str = include_str!("demo/index.html");
+
+/// The demo page: subscribe, publish, watch events arrive (`--demo`).
+async fn demo(axum::extract::State(app): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::{Html, IntoResponse};
+    if !app.config().demo_enabled() {
+        return ApiError::NotFound.into_response();
+    }
+    Html(DEMO_PAGE).into_response()
+}
+
 /// CORS for the configured origins: `*` allows any origin without
 /// credentials; a list allows credentials (cookies carrying tokens).
 fn cors(cfg: &Config) -> Option<CorsLayer> {
@@ -52,6 +63,7 @@ pub fn router(state: AppState) -> Router {
                 .post(publish::publish)
                 .layer(DefaultBodyLimit::max(max_payload)),
         )
+        .route("/", get(demo))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
