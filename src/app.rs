@@ -117,8 +117,8 @@ impl Application {
                     tasks.clone(),
                 ))
             }
-            Some(url) => Arc::new(
-                RedisBroker::start(url, &config, hub.clone(), control, metrics.clone(), tasks.clone())
+            Some(_) => Arc::new(
+                RedisBroker::start(&config, hub.clone(), control, metrics.clone(), tasks.clone())
                     .await
                     .map_err(|e| StartError::Redis(e.to_string()))?,
             ),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use bytes::Bytes;
 
 use crate::app::Application;
-use crate::broker::redis::publish_once;
+use crate::broker::redis::{Topology, publish_once};
 use crate::config::{Config, PublishArgs};
 use crate::sse::{Channel, parse_payload};
 
@@ -37,10 +37,14 @@ pub async fn publish(args: PublishArgs) -> ExitCode {
         let payload = Bytes::from(args.data.into_bytes());
         parse_payload(payload.clone()).map_err(|e| format!("invalid envelope: {e}"))?;
         match &args.redis_url {
-            Some(url) => publish_once(url, &args.channel_prefix, &channel, payload)
-                .await
-                .map(|id| id.to_string())
-                .map_err(|e| e.to_string()),
+            Some(url) => {
+                let topology = Topology::new(url, args.redis_cluster, args.redis_sentinel_master.as_deref())
+                    .map_err(|e| e.to_string())?;
+                publish_once(&topology, &args.channel_prefix, &channel, payload)
+                    .await
+                    .map(|id| id.to_string())
+                    .map_err(|e| e.to_string())
+            }
             None => post(&args.url, &channel, payload).await,
         }
     }

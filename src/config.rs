@@ -76,10 +76,20 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Redis URL (redis://host:port/db or rediss://). Without it, the
-    /// embedded in-process broker serves a single node.
+    /// Redis URL (redis://host:port/db or rediss://). With --redis-cluster,
+    /// seed nodes; with --redis-sentinel-master, the Sentinels
+    /// (comma-separated URLs). Without it, the embedded in-process broker
+    /// serves a single node.
     #[arg(long, env = "SSEGATE_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// --redis-url names Redis Cluster nodes: sharded pub/sub (SSUBSCRIBE/SPUBLISH).
+    #[arg(long, env = "SSEGATE_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub redis_cluster: bool,
+
+    /// --redis-url names Sentinels that monitor this master.
+    #[arg(long, env = "SSEGATE_REDIS_SENTINEL_MASTER", conflicts_with = "redis_cluster")]
+    pub redis_sentinel_master: Option<String>,
 
     /// Command connections to Redis per node (pub/sub uses one more).
     #[arg(long, env = "SSEGATE_REDIS_POOL_SIZE", default_value_t = 4)]
@@ -215,6 +225,12 @@ pub struct PublishArgs {
     /// Publish through this Redis (FCALL ssegate_publish).
     #[arg(long, env = "SSEGATE_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// --redis-url names Redis Cluster nodes.
+    #[arg(long, env = "SSEGATE_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub redis_cluster: bool,
+    /// --redis-url names Sentinels that monitor this master.
+    #[arg(long, env = "SSEGATE_REDIS_SENTINEL_MASTER", conflicts_with = "redis_cluster")]
+    pub redis_sentinel_master: Option<String>,
     /// Without --redis-url: the node to POST to.
     #[arg(long, env = "SSEGATE_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,

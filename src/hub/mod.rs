@@ -46,9 +46,9 @@ pub enum SubCommand {
     Unwant { channel: Channel, instance: u64 },
 }
 
-/// Permission to settle one instance of a channel, valid until the broker
-/// connection is lost again: a tip read or repair begun before a loss
-/// cannot be applied after it.
+/// Permission to settle one instance of a channel, valid until the
+/// channel's broker connection is lost again: a tip read or repair begun
+/// before a loss cannot be applied after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
     instance: u64,
@@ -96,6 +96,8 @@ struct ChannelState {
     subs: Slab<SubRef>,
     last_id: StreamId,
     instance: u64,
+    /// Incremented whenever the channel's broker connection is lost.
+    epoch: u64,
     mode: Mode,
     held: Vec<Arc<Encoded>>,
 }
@@ -145,6 +147,13 @@ impl ChannelState {
         }
     }
 
+    fn lost(&mut self) {
+        self.epoch += 1;
+        if matches!(self.mode, Mode::Live) {
+            self.mode = Mode::Repairing { reread: false };
+        }
+    }
+
     fn go_live(&mut self, metrics: &Metrics) {
         self.mode = Mode::Live;
         for ev in std::mem::take(&mut self.held) {
@@ -159,8 +168,6 @@ struct Inner {
     streams: Box<[Mutex<Slab<Arc<Subscriber>>>]>,
     next_stream_shard: AtomicUsize,
     next_instance: AtomicU64,
-    /// Incremented at every broker connection loss.
-    epoch: AtomicU64,
     hasher: RandomState,
     control: mpsc::UnboundedSender<SubCommand>,
     metrics: Metrics,
@@ -205,7 +212,6 @@ impl Hub {
             streams: (0..STREAM_SHARDS).map(|_| Mutex::default()).collect(),
             next_stream_shard: AtomicUsize::new(0),
             next_instance: AtomicU64::new(1),
-            epoch: AtomicU64::new(0),
             hasher: RandomState::new(),
             control: tx,
             metrics,
@@ -236,6 +242,7 @@ impl Hub {
                     subs: Slab::new(),
                     last_id: StreamId::ZERO,
                     instance,
+                    epoch: 0,
                     mode: Mode::Pending,
                     held: Vec::new(),
                 }
@@ -303,7 +310,7 @@ impl Hub {
     fn with_ticket<R>(&self, channel: &str, t: Ticket, f: impl FnOnce(&mut ChannelState) -> R) -> Option<R> {
         let mut shard = self.shard(channel).lock();
         let state = shard.get_mut(channel)?;
-        (state.instance == t.instance && self.0.epoch.load(Ordering::Acquire) == t.epoch).then(|| f(state))
+        (state.instance == t.instance && state.epoch == t.epoch).then(|| f(state))
     }
 
     /// What `channel` needs now that the broker confirmed its subscription.
@@ -314,7 +321,7 @@ impl Hub {
         };
         let t = Ticket {
             instance: state.instance,
-            epoch: self.0.epoch.load(Ordering::Acquire),
+            epoch: state.epoch,
         };
         match state.mode {
             Mode::Pending => Plan::Tip(t),
@@ -339,16 +346,22 @@ impl Hub {
         });
     }
 
-    /// The broker connection dropped: every live channel holds its live
-    /// events until its gap is repaired, and outstanding tickets expire.
-    pub fn connection_lost(&self) {
-        self.0.epoch.fetch_add(1, Ordering::AcqRel);
-        for shard in self.0.channels.iter() {
-            for state in shard.lock().values_mut() {
-                if matches!(state.mode, Mode::Live) {
-                    state.mode = Mode::Repairing { reread: false };
-                }
+    /// The broker connection of these channels dropped: each live one holds
+    /// its live events until its gap is repaired, and outstanding tickets
+    /// expire.
+    pub fn channels_lost<'a>(&self, channels: impl IntoIterator<Item = &'a Channel>) {
+        for channel in channels {
+            let mut shard = self.shard(channel.as_str()).lock();
+            if let Some(state) = shard.get_mut(channel.as_str()) {
+                state.lost();
             }
+        }
+    }
+
+    /// Every channel's broker connection dropped.
+    pub fn connection_lost(&self) {
+        for shard in self.0.channels.iter() {
+            shard.lock().values_mut().for_each(ChannelState::lost);
         }
     }
 

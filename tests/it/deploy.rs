@@ -21,7 +21,7 @@ use crate::helpers::*;
 // ---------------------------------------------------------------------------
 // The files
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -693,7 +693,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn haproxy() -> Option<PathBuf> {
+pub(crate) fn haproxy() -> Option<PathBuf> {
     let found = find_program("haproxy");
     if found.is_none() {
         eprintln!("NOTICE: haproxy is not installed: HAProxy checks skipped (apt-get install haproxy)");
@@ -710,7 +710,7 @@ fn nginx() -> Option<PathBuf> {
 }
 
 /// The variables deploy/haproxy.cfg reads, for a balancer on loopback.
-fn haproxy_env(lb: u16, stats: u16, nodes: [String; 3]) -> Vec<(String, String)> {
+pub(crate) fn haproxy_env(lb: u16, stats: u16, nodes: [String; 3]) -> Vec<(String, String)> {
     let [n1, n2, n3] = nodes;
     vec![
         ("LB_BIND".into(), format!("127.0.0.1:{lb}")),
@@ -760,15 +760,15 @@ fn haproxy_accepts_its_config_with_the_compose_defaults_and_with_local_nodes() {
 }
 
 /// A process that logs to a file, stopped on drop.
-struct Proxy {
+pub(crate) struct Proxy {
     child: Child,
     log: tempfile::NamedTempFile,
     /// Signal for a graceful stop (`-TERM`), then SIGKILL.
-    stop_signal: Option<&'static str>,
+    pub(crate) stop_signal: Option<&'static str>,
 }
 
 impl Proxy {
-    fn spawn(mut cmd: Command) -> Proxy {
+    pub(crate) fn spawn(mut cmd: Command) -> Proxy {
         let log = tempfile::NamedTempFile::new().unwrap();
         // One open file for both streams, so they share its offset.
         let out = log.reopen().unwrap();
@@ -785,7 +785,7 @@ impl Proxy {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
@@ -817,7 +817,7 @@ impl Drop for Proxy {
 
 /// Waits until the proxy accepts connections on a loopback port; fails with
 /// its log if it exits first.
-async fn listening(port: u16, proxy: &mut Proxy) {
+pub(crate) async fn listening(port: u16, proxy: &mut Proxy) {
     let deadline = Instant::now() + WAIT;
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         proxy.assert_running();
@@ -879,7 +879,7 @@ async fn node_metric(node: &NodeProcess, name: &str) -> f64 {
 
 /// Three nodes on one Redis, as in docker-compose.yml, with a drain long
 /// enough to watch.
-fn three_nodes(redis: &RedisServer) -> [NodeProcess; 3] {
+pub(crate) fn three_nodes(redis: &RedisServer) -> [NodeProcess; 3] {
     let url = redis.url();
     let args = [
         "--redis-url",

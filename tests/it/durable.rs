@@ -315,7 +315,7 @@ async fn all_three_durable_entry_points_share_one_path() {
 
 /// Publishes `n` durable events straight through the Redis Function,
 /// retrying while Redis is away; returns how many calls succeeded.
-async fn publish_through_outages(url: String, ch: String, n: usize, pause: Duration) -> usize {
+pub(crate) async fn publish_through_outages(url: String, ch: String, n: usize, pause: Duration) -> usize {
     let client = redis::Client::open(url).unwrap();
     let mut ok = 0;
     for i in 0..n {
@@ -365,7 +365,7 @@ fn losses_and_duplicates(got: &[(String, String)], log: &[String]) -> (usize, us
     (lost, dups)
 }
 
-async fn stream_log(redis: &RedisServer, ch: &str) -> Vec<String> {
+pub(crate) async fn stream_log(redis: &RedisServer, ch: &str) -> Vec<String> {
     let mut conn = redis.conn().await;
     let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg(format!("sse:{{{ch}}}:log"))

@@ -49,8 +49,13 @@ impl RedisServer {
 
     /// With extra `redis-server` arguments (e.g. `--appendonly yes`).
     pub fn spawn_with(extra: &[&str]) -> RedisServer {
+        Self::spawn_at(free_port(), extra)
+    }
+
+    /// On a given port.
+    pub fn spawn_at(port: u16, extra: &[&str]) -> RedisServer {
         let mut r = RedisServer {
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -98,6 +103,10 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn kill(&mut self) {
@@ -159,6 +168,13 @@ pub struct Node {
 
 impl Node {
     pub async fn spawn(config: Config) -> Node {
+        // SSEGATE_TEST_LOG=ssegate=debug shows the nodes' logs.
+        if let Ok(filter) = std::env::var("SSEGATE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let app = Application::build(config).await.expect("node starts");
         let addr = app.local_addr();
         let state = app.state().clone();

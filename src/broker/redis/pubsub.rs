@@ -1,32 +1,35 @@
-//! The node's one pub/sub connection to Redis, and the subscription manager
-//! that keeps it in line with what the hub wants.
+//! A pub/sub connection to Redis, and the subscription manager that keeps it
+//! in line with what the hub wants.
 //!
-//! - Batching: subscription commands from the hub are drained in bulk and
-//!   sent as one SUBSCRIBE/UNSUBSCRIBE per run of up to `BATCH` channels,
-//!   in the order they were asked for.
+//! - Batching: subscription commands are drained in bulk and sent as one
+//!   SUBSCRIBE/UNSUBSCRIBE per run of up to `BATCH` channels, in the order
+//!   they were asked for (sharded: one SSUBSCRIBE per slot, since a
+//!   sharded command may not cross slots).
 //! - Every confirmation of a wanted channel is settled through
 //!   `Hub::plan`: a new channel gets its tip read and goes live; a channel
 //!   that was live before a connection loss has its gap repaired from
 //!   history (hard part 2), with bounded concurrency.
-//! - Losing the connection (EOF, error, missed PONG) tells the hub, then
-//!   reconnects with capped, jittered backoff and resubscribes everything.
+//! - Standalone and Sentinel: one connection per node, which reconnects by
+//!   itself with capped, jittered backoff (resolving the master through the
+//!   Sentinels each time). Cluster: one connection per shard, which on loss
+//!   or slot moves hands its channels back to the cluster manager.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use redis::{ConnectionAddr, ConnectionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
 use super::resp::{self, Frame};
-use crate::broker::{BrokerError, encode_incoming};
-use crate::hub::{Hub, Plan, RepairStep, SubCommand};
+use crate::broker::encode_incoming;
+use crate::hub::{Hub, Plan, RepairStep, SubCommand, Ticket};
 use crate::sse::{Channel, StreamId};
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command.
@@ -41,9 +44,60 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-struct Conn {
+pub(super) struct Conn {
     io: Box<dyn Io>,
     buf: BytesMut,
+}
+
+/// Classic pub/sub (standalone, Sentinel) or sharded pub/sub (Cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Classic,
+    Sharded,
+}
+
+impl Kind {
+    fn commands(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Classic => ("SUBSCRIBE", "UNSUBSCRIBE"),
+            Kind::Sharded => ("SSUBSCRIBE", "SUNSUBSCRIBE"),
+        }
+    }
+
+    fn pushes(self) -> (&'static [u8], &'static [u8], &'static [u8]) {
+        match self {
+            Kind::Classic => (b"message", b"subscribe", b"unsubscribe"),
+            Kind::Sharded => (b"smessage", b"ssubscribe", b"sunsubscribe"),
+        }
+    }
+}
+
+/// Where a connection goes, and what happens when it is lost.
+pub(super) enum Target {
+    /// Resolved at every (re)connect; the connection reconnects by itself.
+    /// `switched` forces a reconnect (a Sentinel announced a new master).
+    Resolve {
+        resolve: Box<dyn Fn() -> BoxFuture<'static, Result<ConnectionInfo, String>> + Send + Sync>,
+        switched: Option<Arc<Notify>>,
+    },
+    /// One cluster shard: on loss the task ends and reports.
+    Shard {
+        info: ConnectionInfo,
+        report: mpsc::UnboundedSender<ShardReport>,
+    },
+}
+
+/// What a shard connection hands back to the cluster manager: wanted
+/// channels (with their hub instance) that it no longer serves.
+#[derive(Debug)]
+pub(super) enum ShardReport {
+    /// The connection is gone; the task has ended.
+    Lost {
+        addr: String,
+        channels: Vec<(Channel, u64)>,
+    },
+    /// These slots moved (MOVED, or the server unsubscribed them).
+    Moved { channels: Vec<(Channel, u64)> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,18 +116,31 @@ struct ChanState {
     in_flight: u32,
 }
 
+/// A command sent and not yet fully answered.
+struct Sent {
+    op: Op,
+    channels: Vec<Channel>,
+    /// Confirmations still expected (one per channel).
+    remaining: usize,
+}
+
 pub(super) struct PubSub {
-    info: ConnectionInfo,
+    kind: Kind,
+    target: Target,
     inner: Arc<Inner>,
     hub: Hub,
     control: mpsc::UnboundedReceiver<SubCommand>,
     cancel: CancellationToken,
-    conn: Option<Conn>,
+    connected: bool,
     chans: HashMap<Channel, ChanState>,
     /// Commands to send, in order.
     ops: Vec<(Op, Channel)>,
+    /// Commands sent, in order: Redis answers in order.
+    sent: VecDeque<Sent>,
     /// Confirmed channels to settle through `Hub::plan`.
     settle: Vec<Channel>,
+    /// Channels this connection no longer serves (cluster).
+    moved: Vec<(Channel, u64)>,
 }
 
 enum Ended {
@@ -82,36 +149,63 @@ enum Ended {
 }
 
 impl PubSub {
-    pub(super) async fn connect(
-        info: ConnectionInfo,
+    pub(super) fn new(
+        kind: Kind,
+        target: Target,
         inner: Arc<Inner>,
         hub: Hub,
         control: mpsc::UnboundedReceiver<SubCommand>,
         cancel: CancellationToken,
-    ) -> Result<PubSub, String> {
-        let conn = open(&info).await?;
-        Ok(PubSub {
-            info,
+    ) -> PubSub {
+        PubSub {
+            kind,
+            target,
             inner,
             hub,
             control,
             cancel,
-            conn: Some(conn),
+            connected: false,
             chans: HashMap::new(),
             ops: Vec::new(),
+            sent: VecDeque::new(),
             settle: Vec::new(),
-        })
+            moved: Vec::new(),
+        }
     }
 
-    pub(super) async fn run(mut self) {
+    async fn open(&self) -> Result<Conn, String> {
+        match &self.target {
+            Target::Resolve { resolve, .. } => open(&resolve().await?).await,
+            Target::Shard { info, .. } => open(info).await,
+        }
+    }
+
+    /// Connects once, so that a broken configuration fails the start.
+    pub(super) async fn connect_first(&mut self) -> Result<Conn, String> {
+        self.open().await
+    }
+
+    pub(super) async fn run(mut self, first: Option<Conn>) {
+        let mut conn = match first {
+            Some(c) => Some(c),
+            None => self.open_or_report().await,
+        };
+        if conn.is_none() && matches!(self.target, Target::Shard { .. }) {
+            return;
+        }
         let mut backoff = Backoff::default();
         loop {
-            if let Some(conn) = self.conn.take() {
-                match self.serve(conn).await {
+            if let Some(c) = conn.take() {
+                backoff = Backoff::default();
+                match self.serve(c).await {
                     Ended::Cancelled => return,
                     Ended::Lost(why) => {
-                        tracing::warn!(reason = %why, "lost the Redis pub/sub connection; reconnecting");
+                        tracing::warn!(reason = %why, "lost a Redis pub/sub connection");
                         self.lost();
+                        if matches!(self.target, Target::Shard { .. }) {
+                            self.report_lost();
+                            return;
+                        }
                     }
                 }
             }
@@ -128,29 +222,62 @@ impl PubSub {
                     },
                 }
             }
-            match open(&self.info).await {
-                Ok(conn) => {
+            match self.open().await {
+                Ok(c) => {
                     tracing::info!("reconnected to Redis pub/sub");
                     self.inner.metrics.redis_reconnects.increment(1);
-                    backoff = Backoff::default();
-                    self.conn = Some(conn);
+                    conn = Some(c);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "Redis pub/sub reconnect failed")
-                }
+                Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "Redis pub/sub reconnect failed"),
             }
         }
     }
 
-    fn connected(&self) -> bool {
-        self.inner.connected.load(Ordering::Relaxed)
+    /// A shard connection that cannot connect hands everything back.
+    async fn open_or_report(&mut self) -> Option<Conn> {
+        match self.open().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis pub/sub connection failed");
+                if matches!(self.target, Target::Shard { .. }) {
+                    // Take the commands already routed here along.
+                    while let Ok(cmd) = self.control.try_recv() {
+                        self.on_command(cmd);
+                    }
+                    self.report_lost();
+                }
+                None
+            }
+        }
+    }
+
+    fn report_lost(&mut self) {
+        if let Target::Shard { info, report } = &self.target {
+            let channels = self
+                .chans
+                .drain()
+                .filter_map(|(c, st)| st.want.map(|i| (c, i)))
+                .collect();
+            let _ = report.send(ShardReport::Lost {
+                addr: addr_of(info),
+                channels,
+            });
+        }
     }
 
     fn lost(&mut self) {
-        self.inner.connected.store(false, Ordering::Relaxed);
-        self.inner.metrics.broker_up.set(0.0);
-        self.hub.connection_lost();
+        self.connected = false;
+        if matches!(self.target, Target::Resolve { .. }) {
+            self.inner.set_connected(false);
+        }
+        self.hub.channels_lost(
+            self.chans
+                .iter()
+                .filter(|(_, st)| st.want.is_some())
+                .map(|(c, _)| c),
+        );
         self.ops.clear();
+        self.sent.clear();
         self.settle.clear();
         self.chans.retain(|_, st| {
             st.last_sent = None;
@@ -160,14 +287,22 @@ impl PubSub {
     }
 
     async fn serve(&mut self, mut conn: Conn) -> Ended {
-        self.inner.connected.store(true, Ordering::Relaxed);
-        self.inner.metrics.broker_up.set(1.0);
-        // Resubscribe everything wanted (nothing on the first connection).
+        self.connected = true;
+        if matches!(self.target, Target::Resolve { .. }) {
+            self.inner.set_connected(true);
+        }
+        // Resubscribe everything wanted (nothing on a first connection).
         for (ch, st) in self.chans.iter_mut() {
             st.last_sent = Some(Op::Sub);
             st.in_flight = 1;
             self.ops.push((Op::Sub, ch.clone()));
         }
+        let switched = match &self.target {
+            Target::Resolve {
+                switched: Some(n), ..
+            } => Some(n.clone()),
+            _ => None,
+        };
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         let mut awaiting_pong = false;
         loop {
@@ -175,8 +310,12 @@ impl PubSub {
                 return Ended::Lost(e.to_string());
             }
             self.spawn_settle();
+            self.report_moved();
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ended::Cancelled,
+                _ = async { match &switched { Some(n) => n.notified().await, None => std::future::pending().await } } => {
+                    return Ended::Lost("the Sentinels announced a new master".into());
+                }
                 r = conn.io.read_buf(&mut conn.buf) => match r {
                     Ok(0) => return Ended::Lost("connection closed by Redis".into()),
                     Err(e) => return Ended::Lost(e.to_string()),
@@ -215,12 +354,11 @@ impl PubSub {
     }
 
     fn on_command(&mut self, cmd: SubCommand) {
-        let connected = self.connected();
         match cmd {
             SubCommand::Want { channel, instance } => {
                 let st = self.chans.entry(channel.clone()).or_default();
                 st.want = Some(instance);
-                if !connected {
+                if !self.connected {
                     return; // subscribed on reconnect
                 }
                 match (st.last_sent, st.in_flight) {
@@ -243,7 +381,7 @@ impl PubSub {
                     return; // a newer instance wants it
                 }
                 st.want = None;
-                if st.last_sent == Some(Op::Sub) && connected {
+                if st.last_sent == Some(Op::Sub) && self.connected {
                     st.last_sent = Some(Op::Unsub);
                     st.in_flight += 1;
                     self.ops.push((Op::Unsub, channel));
@@ -254,31 +392,43 @@ impl PubSub {
         }
     }
 
-    /// Sends queued commands: one command per run of the same kind, at most
-    /// `BATCH` channels each.
+    /// Sends queued commands: one per run of the same kind (and, sharded,
+    /// the same slot), at most `BATCH` channels each.
     async fn flush(&mut self, conn: &mut Conn) -> std::io::Result<()> {
         if self.ops.is_empty() {
             return Ok(());
         }
+        let (sub, unsub) = self.kind.commands();
         let mut out = Vec::new();
-        let mut commands = 0u64;
         let ops = std::mem::take(&mut self.ops);
         for run in ops.chunk_by(|a, b| a.0 == b.0) {
-            for batch in run.chunks(BATCH) {
-                let name = if batch[0].0 == Op::Sub {
-                    "SUBSCRIBE"
-                } else {
-                    "UNSUBSCRIBE"
-                };
-                let mut cmd = redis::cmd(name);
-                for (_, ch) in batch {
+            let mut channels: Vec<Channel> = run.iter().map(|(_, c)| c.clone()).collect();
+            let groups: Vec<Vec<Channel>> = match self.kind {
+                Kind::Classic => channels.chunks(BATCH).map(<[Channel]>::to_vec).collect(),
+                Kind::Sharded => {
+                    channels.sort_by_key(|c| slot(c.as_str()));
+                    channels
+                        .chunk_by(|a, b| slot(a.as_str()) == slot(b.as_str()))
+                        .flat_map(|same_slot| same_slot.chunks(BATCH).map(<[Channel]>::to_vec))
+                        .collect()
+                }
+            };
+            for group in groups {
+                let op = run[0].0;
+                let mut cmd = redis::cmd(if op == Op::Sub { sub } else { unsub });
+                for ch in &group {
                     cmd.arg(self.inner.names.channel(ch.as_str()));
                 }
                 out.extend_from_slice(&cmd.get_packed_command());
-                commands += 1;
+                self.inner.metrics.redis_subscribe_commands.increment(1);
+                let remaining = group.len();
+                self.sent.push_back(Sent {
+                    op,
+                    channels: group,
+                    remaining,
+                });
             }
         }
-        self.inner.metrics.redis_subscribe_commands.increment(commands);
         conn.io.write_all(&out).await?;
         conn.io.flush().await
     }
@@ -289,25 +439,49 @@ impl PubSub {
             Frame::Array(parts) => parts,
             Frame::Simple(s) if s.eq_ignore_ascii_case(b"PONG") => return true,
             Frame::Error(e) => {
-                tracing::warn!(error = %String::from_utf8_lossy(&e), "error from Redis on the pub/sub connection");
+                self.on_error(&e);
                 return false;
             }
             other => {
-                tracing::debug!(?other, "unexpected frame on the pub/sub connection");
+                tracing::debug!(?other, "unexpected frame on a pub/sub connection");
                 return false;
             }
         };
+        let (message, subscribed, unsubscribed) = self.kind.pushes();
         let kind = parts.first().and_then(Frame::as_bytes).map(|b| b.as_ref());
         match (kind, parts.get(1).and_then(Frame::as_bytes), parts.get(2)) {
-            (Some(b"message"), Some(chan), Some(Frame::Bulk(payload))) => {
+            (Some(k), Some(chan), Some(Frame::Bulk(payload))) if k == message => {
                 self.on_message(chan, payload.clone())
             }
-            (Some(b"subscribe"), Some(chan), _) => self.on_confirm(chan, Op::Sub),
-            (Some(b"unsubscribe"), Some(chan), _) => self.on_confirm(chan, Op::Unsub),
+            (Some(k), Some(chan), _) if k == subscribed => self.on_confirm(chan, Op::Sub),
+            (Some(k), Some(chan), _) if k == unsubscribed => self.on_confirm(chan, Op::Unsub),
             (Some(b"pong"), ..) => return true,
-            _ => tracing::debug!(?parts, "unexpected push on the pub/sub connection"),
+            _ => tracing::debug!(?parts, "unexpected push on a pub/sub connection"),
         }
         false
+    }
+
+    /// An error answers the oldest command as a whole (MOVED, CROSSSLOT).
+    fn on_error(&mut self, e: &[u8]) {
+        let text = String::from_utf8_lossy(e);
+        let Some(cmd) = self.sent.pop_front() else {
+            tracing::warn!(error = %text, "error from Redis on a pub/sub connection");
+            return;
+        };
+        tracing::warn!(error = %text, channels = cmd.channels.len(), "Redis refused a subscription command");
+        for ch in cmd.channels {
+            let Some(st) = self.chans.get_mut(&ch) else {
+                continue;
+            };
+            st.in_flight = st.in_flight.saturating_sub(1);
+            if cmd.op == Op::Sub && st.last_sent == Some(Op::Sub) && st.in_flight == 0 {
+                // The slot lives elsewhere: hand the channel back.
+                if let Some(instance) = st.want {
+                    self.moved.push((ch.clone(), instance));
+                }
+                self.chans.remove(&ch);
+            }
+        }
     }
 
     fn on_message(&self, redis_channel: &[u8], payload: Bytes) {
@@ -328,6 +502,29 @@ impl PubSub {
         let Some(name) = self.inner.names.parse_channel(redis_channel) else {
             return;
         };
+        let ours = match self.sent.front_mut() {
+            Some(head) if head.op == op && head.channels.iter().any(|c| c.as_str() == name) => {
+                head.remaining -= 1;
+                if head.remaining == 0 {
+                    self.sent.pop_front();
+                }
+                true
+            }
+            _ => false,
+        };
+        if !ours {
+            // Redis unsubscribed the channel by itself: its slot moved to
+            // another shard (or this node stopped being a master).
+            if op == Op::Unsub
+                && let Some(st) = self.chans.remove(name)
+                && let (Some(instance), Ok(ch)) = (st.want, Channel::parse(name))
+            {
+                tracing::info!(channel = %name, "Redis moved a channel's slot; resubscribing at its new owner");
+                self.hub.channels_lost([&ch]);
+                self.moved.push((ch, instance));
+            }
+            return;
+        }
         let Some(st) = self.chans.get_mut(name) else {
             return;
         };
@@ -347,8 +544,29 @@ impl PubSub {
         }
     }
 
-    /// Settles confirmed channels in the background: tips in one pipelined
-    /// round trip, repairs with bounded concurrency.
+    fn report_moved(&mut self) {
+        if self.moved.is_empty() {
+            return;
+        }
+        let channels = std::mem::take(&mut self.moved);
+        match &self.target {
+            Target::Shard { report, .. } => {
+                let _ = report.send(ShardReport::Moved { channels });
+            }
+            Target::Resolve { .. } => {
+                // Not expected outside a cluster: subscribe again here.
+                for (ch, instance) in channels {
+                    self.on_command(SubCommand::Want {
+                        channel: ch,
+                        instance,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Settles confirmed channels in the background: tips in one batch,
+    /// repairs with bounded concurrency.
     fn spawn_settle(&mut self) {
         if self.settle.is_empty() {
             return;
@@ -363,6 +581,18 @@ impl PubSub {
                 _ = settle(inner, hub, channels) => {}
             }
         });
+    }
+}
+
+/// The cluster slot of channel `c` (its Redis names hash on `c`, the tag).
+pub(super) fn slot(c: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(c.as_bytes()) % 16384
+}
+
+fn addr_of(info: &ConnectionInfo) -> String {
+    match info.addr() {
+        ConnectionAddr::Tcp(h, p) | ConnectionAddr::TcpTls { host: h, port: p, .. } => format!("{h}:{p}"),
+        other => format!("{other:?}"),
     }
 }
 
@@ -405,17 +635,12 @@ async fn settle(inner: Arc<Inner>, hub: Hub, channels: Vec<Channel>) {
 
 /// Delivers what `channel` missed after `from`, in order, then lets its
 /// held live events through (hard part 2).
-async fn repair(inner: &Inner, hub: &Hub, channel: &Channel, t: crate::hub::Ticket, mut from: StreamId) {
+async fn repair(inner: &Inner, hub: &Hub, channel: &Channel, t: Ticket, mut from: StreamId) {
     let mut backoff = Backoff::default();
     let mut delivered = 0;
     loop {
         let page = match inner.history(channel.as_str(), from, None, REPAIR_PAGE).await {
             Ok(p) => p,
-            Err(BrokerError::Redis(e)) if e.is_connection_dropped() || e.is_io_error() => {
-                tracing::warn!(error = %e, "gap repair read failed; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
             Err(e) => {
                 tracing::warn!(error = %e, %channel, "gap repair read failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
@@ -529,7 +754,7 @@ async fn request(conn: &mut Conn, cmd: &[u8]) -> Result<Frame, String> {
 /// Capped exponential backoff with jitter: 100 ms doubling up to 5 s, each
 /// delay drawn from its upper half so that nodes do not retry in step.
 #[derive(Default)]
-struct Backoff {
+pub(super) struct Backoff {
     attempt: u32,
 }
 
@@ -537,7 +762,7 @@ impl Backoff {
     const BASE: Duration = Duration::from_millis(100);
     const CAP: Duration = Duration::from_secs(5);
 
-    fn next_delay(&mut self) -> Duration {
+    pub(super) fn next_delay(&mut self) -> Duration {
         let exp = Self::BASE
             .saturating_mul(1 << self.attempt.min(16))
             .min(Self::CAP);
@@ -561,6 +786,13 @@ mod tests {
         assert_eq!(&p[..], b"\x00nope\x00hello");
         let (id, _) = split_durable(Bytes::from_static(b"plain"));
         assert_eq!(id, None);
+    }
+
+    #[test]
+    fn slots_follow_the_hash_tag() {
+        // Reference values from Redis's CLUSTER KEYSLOT.
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("123456789"), 12739);
     }
 
     #[test]

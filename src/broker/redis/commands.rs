@@ -1,0 +1,197 @@
+//! Command connections (durable publish, history, tips, function loading),
+//! a fixed few per node whatever the number of clients:
+//!
+//! - standalone: a deadpool of multiplexed connections;
+//! - Sentinel: one multiplexed connection to the current master, dropped
+//!   and resolved again through the Sentinels after an I/O or `READONLY`
+//!   error (a failover);
+//! - Cluster: the redis crate's cluster connection, which routes `FCALL`
+//!   by key (the channel's hash tag) and follows slot moves.
+
+use std::time::Duration;
+
+use deadpool_redis::{Pool, Runtime};
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult, Value};
+
+use super::Topology;
+use crate::broker::BrokerError;
+
+pub(crate) enum Commands {
+    Pool(Pool),
+    Sentinel(Box<SentinelCommands>),
+    Cluster(ClusterConnection),
+}
+
+pub(crate) struct SentinelCommands {
+    client: tokio::sync::Mutex<SentinelClient>,
+    conn: parking_lot::Mutex<Option<MultiplexedConnection>>,
+}
+
+/// A reply that says the connection no longer reaches a usable master.
+fn stale(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.code() == Some("READONLY")
+}
+
+impl SentinelCommands {
+    async fn conn(&self) -> RedisResult<MultiplexedConnection> {
+        if let Some(c) = self.conn.lock().clone() {
+            return Ok(c);
+        }
+        let client = self.client.lock().await.async_get_client().await?;
+        let c = client.get_multiplexed_async_connection().await?;
+        *self.conn.lock() = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The current master's address, asked of the Sentinels.
+    pub(crate) async fn master(&self) -> RedisResult<ConnectionInfo> {
+        let client = self.client.lock().await.async_get_client().await?;
+        Ok(client.get_connection_info().clone())
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+impl Commands {
+    pub(crate) async fn connect(topology: &Topology, pool_size: usize) -> Result<Commands, BrokerError> {
+        match topology {
+            Topology::Standalone(url) => {
+                let pool = deadpool_redis::Config::from_url(url.as_str())
+                    .builder()
+                    .map_err(unavailable)?
+                    .max_size(pool_size)
+                    .runtime(Runtime::Tokio1)
+                    .wait_timeout(Some(Duration::from_secs(5)))
+                    .create_timeout(Some(Duration::from_secs(5)))
+                    .recycle_timeout(Some(Duration::from_secs(5)))
+                    .build()
+                    .map_err(unavailable)?;
+                Ok(Commands::Pool(pool))
+            }
+            Topology::Sentinel {
+                sentinels,
+                master,
+                node,
+            } => {
+                let node_info = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(node.redis_settings().clone());
+                let client = SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    Some(node_info),
+                    SentinelServerType::Master,
+                )?;
+                Ok(Commands::Sentinel(Box::new(SentinelCommands {
+                    client: tokio::sync::Mutex::new(client),
+                    conn: parking_lot::Mutex::new(None),
+                })))
+            }
+            Topology::Cluster { seeds, .. } => {
+                let client = redis::cluster::ClusterClient::builder(seeds.clone())
+                    .connection_timeout(Duration::from_secs(5))
+                    .response_timeout(Duration::from_secs(5))
+                    .build()?;
+                Ok(Commands::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
+        match self {
+            Commands::Pool(pool) => {
+                let mut c = pool.get().await.map_err(unavailable)?;
+                Ok(cmd.query_async(&mut c).await?)
+            }
+            Commands::Sentinel(s) => {
+                let mut c = s.conn().await?;
+                match cmd.query_async(&mut c).await {
+                    Ok(v) => Ok(v),
+                    Err(e) => {
+                        if stale(&e) {
+                            s.conn.lock().take();
+                        }
+                        Err(e.into())
+                    }
+                }
+            }
+            Commands::Cluster(c) => Ok(cmd.query_async(&mut c.clone()).await?),
+        }
+    }
+
+    /// Several commands: pipelined on one pooled connection, concurrently
+    /// on the multiplexed (Sentinel, Cluster) connections.
+    pub(crate) async fn query_many<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>, BrokerError> {
+        match self {
+            Commands::Pool(pool) => {
+                let mut c = pool.get().await.map_err(unavailable)?;
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                Ok(pipe.query_async(&mut c).await?)
+            }
+            _ => futures_util::future::try_join_all(cmds.iter().map(|c| self.query(c))).await,
+        }
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Commands::Cluster(_))
+    }
+
+    /// Runs `cmd` on every master (function loading).
+    pub(crate) async fn on_every_master(&self, cmd: &Cmd) -> Result<(), BrokerError> {
+        match self {
+            Commands::Cluster(c) => {
+                let routing = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::AllSucceeded),
+                ));
+                c.clone().route_command(cmd.clone(), routing).await?;
+                Ok(())
+            }
+            _ => self.query::<Value>(cmd).await.map(drop),
+        }
+    }
+
+    /// A cluster command sent to any node (topology queries).
+    pub(crate) async fn cluster_any<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
+        match self {
+            Commands::Cluster(c) => {
+                let routing = RoutingInfo::SingleNode(redis::cluster_routing::SingleNodeRoutingInfo::Random);
+                let v = c.clone().route_command(cmd.clone(), routing).await?;
+                T::from_redis_value(v).map_err(|e| BrokerError::Protocol(e.to_string()))
+            }
+            _ => self.query(cmd).await,
+        }
+    }
+
+    pub(crate) fn sentinel(&self) -> Option<&SentinelCommands> {
+        match self {
+            Commands::Sentinel(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Parses each of a comma-separated list of URLs.
+pub(crate) fn parse_urls(list: &str) -> Result<Vec<ConnectionInfo>, BrokerError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.into_connection_info().map_err(|e| {
+                BrokerError::Unavailable(format!("invalid --redis-url {:?}: {e}", super::redact(u)))
+            })
+        })
+        .collect()
+}
