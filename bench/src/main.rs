@@ -260,6 +260,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            if out.streams.opened == 0 && out.streams.requested > 0 {
+                eprintln!("ssegate-bench: no stream opened");
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -484,7 +488,7 @@ impl Plan {
 /// One worker process as the coordinator sees it.
 struct WorkerProc {
     child: Child,
-    stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     ready: Rc<Cell<bool>>,
     alive: Rc<Cell<bool>>,
     progress: Rc<RefCell<Progress>>,
@@ -507,7 +511,7 @@ impl WorkerProc {
         let stdout = child.stdout.take().expect("piped stdout");
         let w = WorkerProc {
             child,
-            stdin,
+            stdin: Some(stdin),
             ready: Rc::default(),
             alive: Rc::new(Cell::new(true)),
             progress: Rc::default(),
@@ -540,7 +544,8 @@ impl WorkerProc {
     async fn send(&mut self, cmd: &Command) -> Result<(), String> {
         let mut line = serde_json::to_vec(cmd).expect("serializable");
         line.push(b'\n');
-        self.stdin
+        let stdin = self.stdin.as_mut().ok_or("worker already told to exit")?;
+        stdin
             .write_all(&line)
             .await
             .map_err(|e| format!("worker gone: {e}"))
@@ -598,8 +603,9 @@ impl Workers {
     }
 
     async fn shutdown(mut self) {
+        // A worker exits when its stdin closes.
         for w in &mut self.0 {
-            let _ = w.stdin.shutdown().await;
+            drop(w.stdin.take());
         }
         for w in &mut self.0 {
             if tokio::time::timeout(Duration::from_secs(5), w.child.wait())
@@ -771,6 +777,24 @@ fn log(plan: &Plan, msg: impl AsRef<str>) {
     }
 }
 
+/// Asks every worker for its report and waits for them all.
+async fn collect(workers: &mut Workers, published: Vec<u64>) -> Result<Vec<WorkerReport>, String> {
+    workers.send_all(&Command::Report { published }).await?;
+    if !workers
+        .until(Duration::from_secs(60), |w| {
+            w.0.iter().all(|p| p.report.borrow().is_some())
+        })
+        .await?
+    {
+        return Err("workers did not report".into());
+    }
+    Ok(workers
+        .0
+        .iter()
+        .map(|w| w.report.borrow_mut().take().expect("checked"))
+        .collect())
+}
+
 async fn coordinate(plan: &Plan) -> Result<Output, String> {
     raise_nofile();
     let started_unix = now_us() / 1_000_000;
@@ -889,6 +913,17 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         ),
     );
 
+    if p.opened == 0 {
+        let reports = collect(&mut workers, vec![0; plan.channel_names.len()]).await?;
+        let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &reports {
+            for (k, v) in &r.failures {
+                *failures.entry(k.clone()).or_insert(0) += v;
+            }
+        }
+        return Err(format!("no stream opened: {failures:?}"));
+    }
+
     // Settle: memory per stream is read after it.
     tokio::time::sleep(plan.settle).await;
     workers.check()?;
@@ -961,25 +996,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
     let server_end = plan.procs.sample();
     let redis_end = redis_sample(&mut redis).await;
 
-    // Collect.
-    workers
-        .send_all(&Command::Report {
-            published: published.clone(),
-        })
-        .await?;
-    if !workers
-        .until(Duration::from_secs(60), |w| {
-            w.0.iter().all(|p| p.report.borrow().is_some())
-        })
-        .await?
-    {
-        return Err("workers did not report".into());
-    }
-    let reports: Vec<WorkerReport> = workers
-        .0
-        .iter()
-        .map(|w| w.report.borrow_mut().take().expect("checked"))
-        .collect();
+    let reports = collect(&mut workers, published).await?;
     workers.shutdown().await;
 
     let mut latency = new_histogram();

@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# Benchmarks ssegate side by side with its peers, in one run on one Redis:
+# Nchan (nginx module, ../shared/peers/nchan.conf) and rawfan (the fan-out
+# "physical limit", ../shared/peers/rawfan). Every scenario runs against a
+# freshly started server, with FLUSHALL before it, driven by the load
+# generator in bench/ (ssegate-bench). Writes the raw JSON results, then
+# docs/benchmarks.md and docs/benchmarks.svg (tables, ratios, chart).
+#
+#   scripts/bench.sh                       # full run: 15,000 streams
+#   scripts/bench.sh --quick               # harness check: 300 streams, ~1 min
+#   scripts/bench.sh --streams 5000 --systems "ssegate rawfan" --scenarios "idle storm"
+#
+# Scenarios (N = --streams):
+#   idle            N streams over N/10 channels, nothing published: memory per stream
+#   sessions        N/10 channels x 10 streams, N*2/3 publishes/s (10,000/s at 15,000) via PUBLISH
+#                   (Nchan: HTTP POST, its only way)
+#   sessions-durable  the same through ssegate's Redis Function (ssegate only)
+#   broadcast-20    1 channel x N streams, 20 publishes/s
+#   broadcast-100   1 channel x N streams, 100 publishes/s
+#   storm           sessions layout; all N streams connect at once while publishing:
+#                   time until all are receiving, SUBSCRIBE commands Redis saw
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+STREAMS=""
+QUICK=0
+SYSTEMS="ssegate nchan rawfan"
+SCENARIOS="idle sessions sessions-durable broadcast-20 broadcast-100 storm"
+DURATION=""
+OUT=""
+RESULTS=""
+SOURCE_ADDRS=8
+BUILD=1
+PEERS=${PEERS:-$ROOT/../shared/peers}
+SSEGATE_ARGS=${SSEGATE_ARGS:-"--client-queue 1MiB"}
+COMMAND="scripts/bench.sh $*"
+
+usage() {
+  cat <<EOF
+usage: scripts/bench.sh [options]
+  --streams N         streams per scenario (default 15000; 300 with --quick)
+  --quick             tiny, short run that only proves the harness works;
+                      skips Nchan when nginx is missing instead of installing it
+  --systems "A B"     among: ssegate nchan rawfan (default: all three)
+  --scenarios "A B"   among: $SCENARIOS
+  --duration D        measured publishing window (default 20s; 1s with --quick)
+  --source-addrs N    client source addresses 127.0.0.1..127.0.0.N (default 8)
+  --results DIR       where the JSON results go (default: target/bench-results/<date>)
+  --out FILE          the report (default docs/benchmarks.md; with --quick: in the results dir)
+  --no-build          use the binaries already built
+environment: PEERS (default ../shared/peers), SSEGATE_ARGS (extra ssegate flags,
+default "--client-queue 1MiB"), CARGO_TARGET_DIR
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --streams) STREAMS=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --systems) SYSTEMS=$2; shift 2 ;;
+    --scenarios) SCENARIOS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --source-addrs) SOURCE_ADDRS=$2; shift 2 ;;
+    --results) RESULTS=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+if [ "$QUICK" = 1 ]; then
+  STREAMS=${STREAMS:-300}
+  DURATION=${DURATION:-1s}
+  WARMUP=500ms; DRAIN=1s; SETTLE=500ms; IDLE_SETTLE=1s; RECEIVE_TIMEOUT=20s
+else
+  STREAMS=${STREAMS:-15000}
+  DURATION=${DURATION:-20s}
+  WARMUP=3s; DRAIN=5s; SETTLE=5s; IDLE_SETTLE=15s; RECEIVE_TIMEOUT=60s
+fi
+SESSION_RATE=$(( STREAMS * 2 / 3 ))
+[ "$SESSION_RATE" -ge 1 ] || SESSION_RATE=1
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+RESULTS=${RESULTS:-$TARGET_DIR/bench-results/$STAMP}
+if [ -z "$OUT" ]; then
+  if [ "$QUICK" = 1 ]; then OUT=$RESULTS/benchmarks.md; else OUT=$ROOT/docs/benchmarks.md; fi
+fi
+mkdir -p "$RESULTS" "$(dirname "$OUT")"
+RUNDIR=$(mktemp -d /tmp/ssegate-bench.XXXXXX)
+
+say() { echo "== $*" >&2; }
+warn() { echo "bench.sh: warning: $*" >&2; }
+
+# Open files: every stream is a descriptor in the server and in a worker.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+say "open-file limit: $(ulimit -n)"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
+}
+apt_install() {
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v redis-server >/dev/null 2>&1 || { say "installing redis-server"; apt_install redis-server; }
+command -v python3 >/dev/null 2>&1 || { say "installing python3"; apt_install python3; }
+
+has_system() { case " $SYSTEMS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+drop_system() { SYSTEMS=$(echo " $SYSTEMS " | sed "s/ $1 / /; s/^ *//; s/ *$//"); }
+
+NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+if has_system nchan; then
+  if ! command -v nginx >/dev/null 2>&1 || [ ! -f "$NCHAN_MODULE" ]; then
+    if [ "$QUICK" = 1 ]; then
+      warn "nginx with the Nchan module is not installed: skipping Nchan (--quick installs nothing)"
+      drop_system nchan
+    else
+      say "installing nginx and libnginx-mod-nchan"
+      if ! apt_install nginx libnginx-mod-nchan; then
+        warn "cannot install nginx/Nchan (not root?): skipping Nchan"
+        drop_system nchan
+      fi
+    fi
+  fi
+  if has_system nchan && [ ! -f "$PEERS/nchan.conf" ]; then
+    warn "$PEERS/nchan.conf not found: skipping Nchan"; drop_system nchan
+  fi
+fi
+if has_system rawfan && [ ! -f "$PEERS/rawfan/Cargo.toml" ]; then
+  warn "$PEERS/rawfan not found: skipping rawfan"; drop_system rawfan
+fi
+# The rawfan peer lives in a directory we may not write: build it elsewhere.
+RAWFAN_TARGET=$TARGET_DIR/peers
+RAWFAN=$RAWFAN_TARGET/release/rawfan
+
+if [ "$BUILD" = 1 ]; then
+  say "building ssegate and ssegate-bench (release)"
+  cargo build --release --quiet -p ssegate -p ssegate-bench
+  if has_system rawfan; then
+    say "building rawfan"
+    CARGO_TARGET_DIR=$RAWFAN_TARGET cargo build --release --quiet \
+      --manifest-path "$PEERS/rawfan/Cargo.toml"
+  fi
+fi
+SSEGATE=$TARGET_DIR/release/ssegate
+BENCH=$TARGET_DIR/release/ssegate-bench
+[ -x "$SSEGATE" ] && [ -x "$BENCH" ] || { echo "bench.sh: missing $SSEGATE or $BENCH (drop --no-build)" >&2; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_port() { # port seconds
+  local i
+  for ((i = 0; i < $2 * 20; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+SERVER_PID=""
+REDIS_PID=""
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 300; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+cleanup() {
+  stop_server
+  if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
+  rm -rf "$RUNDIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Other work on the machine skews every figure: say so, and record it.
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${LOADAVG%% *}" 'BEGIN { exit !(l > 0.5) }'; then
+  warn "load average is $LOADAVG before the run: other work on this machine will skew the figures"
+fi
+
+RPORT=$(free_port)
+REDIS_URL=redis://127.0.0.1:$RPORT
+redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$RUNDIR" --logfile "$RUNDIR/redis.log" &
+REDIS_PID=$!
+wait_port "$RPORT" 10 || { echo "bench.sh: redis-server did not start" >&2; cat "$RUNDIR/redis.log" >&2; exit 1; }
+rcli() { redis-cli -p "$RPORT" "$@"; }
+say "redis $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/') on port $RPORT"
+
+# Flags of ssegate that only some versions have.
+SSEGATE_HELP=$("$SSEGATE" --help 2>&1 || true)
+SSEGATE_FLAGS=()
+grep -q -- '--allow-anonymous' <<<"$SSEGATE_HELP" && SSEGATE_FLAGS+=(--allow-anonymous)
+# The load generator connects from a handful of addresses: no per-IP rate.
+grep -q -- '--ip-rate' <<<"$SSEGATE_HELP" && SSEGATE_FLAGS+=(--ip-rate 0)
+# Streams are gone when a run ends: no need for the graceful drain.
+grep -q -- '--drain-delay' <<<"$SSEGATE_HELP" && SSEGATE_FLAGS+=(--drain-delay 0s)
+grep -q -- '--close-spread' <<<"$SSEGATE_HELP" && SSEGATE_FLAGS+=(--close-spread 0s)
+# shellcheck disable=SC2206
+SSEGATE_FLAGS+=($SSEGATE_ARGS)
+
+# start_server SYSTEM PORT: starts it, sets SERVER_PID and SERVER_ARGS (for ssegate-bench)
+start_server() {
+  local sys=$1 port=$2 log=$RUNDIR/$1.log
+  case "$sys" in
+    ssegate)
+      RUST_LOG=${RUST_LOG:-warn} "$SSEGATE" --listen "127.0.0.1:$port" --redis-url "$REDIS_URL" \
+        "${SSEGATE_FLAGS[@]}" >>"$log" 2>&1 &
+      SERVER_PID=$!
+      SERVER_ARGS=(--target ssegate --server-pid "$SERVER_PID")
+      ;;
+    nchan)
+      local dir=$RUNDIR/nchan
+      mkdir -p "$dir"
+      sed -e "s|redis://127.0.0.1:[0-9]*|$REDIS_URL|" \
+          -e "s|listen 127.0.0.1:[0-9]*;|listen 127.0.0.1:$port;|" \
+          -e "s|/tmp/nchan-peer/|$dir/|g" \
+          "$PEERS/nchan.conf" >"$dir/nginx.conf"
+      nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >>"$log" 2>&1 &
+      SERVER_PID=$!
+      SERVER_ARGS=(--target nchan --server-pid "$SERVER_PID" --server-children)
+      ;;
+    rawfan)
+      "$RAWFAN" "127.0.0.1:$port" "$REDIS_URL" >>"$log" 2>&1 &
+      SERVER_PID=$!
+      SERVER_ARGS=(--target rawfan --server-pid "$SERVER_PID")
+      ;;
+  esac
+  if ! wait_port "$port" 20; then
+    warn "$sys did not start; its log:"; tail -20 "$log" >&2
+    stop_server
+    return 1
+  fi
+  sleep 0.3 # nginx workers, Redis connections
+}
+
+# scenario_args NAME SYSTEM: prints the ssegate-bench flags, or nothing to skip
+scenario_args() {
+  case "$1" in
+    idle) echo "--scenario idle --settle $IDLE_SETTLE" ;;
+    sessions) echo "--scenario sessions --rate $SESSION_RATE --settle $SETTLE" ;;
+    sessions-durable) [ "$2" = ssegate ] && echo "--scenario sessions --rate $SESSION_RATE --publish fcall --settle $SETTLE" ;;
+    broadcast-20) echo "--scenario broadcast --rate 20 --settle $SETTLE" ;;
+    broadcast-100) echo "--scenario broadcast --rate 100 --settle $SETTLE" ;;
+    storm) echo "--scenario storm --rate $SESSION_RATE --receive-timeout $RECEIVE_TIMEOUT --settle $SETTLE" ;;
+    *) echo "bench.sh: unknown scenario $1" >&2; return 1 ;;
+  esac
+  return 0
+}
+
+FAILED=0
+for sys in $SYSTEMS; do
+  for sc in $SCENARIOS; do
+    args=$(scenario_args "$sc" "$sys") || exit 2
+    [ -n "$args" ] || continue
+    rcli FLUSHALL >/dev/null
+    rcli CONFIG RESETSTAT >/dev/null
+    port=$(free_port)
+    say "$sys: $sc ($STREAMS streams)"
+    if ! start_server "$sys" "$port"; then FAILED=$((FAILED + 1)); continue; fi
+    # shellcheck disable=SC2086
+    if ! "$BENCH" "${SERVER_ARGS[@]}" --url "http://127.0.0.1:$port" --redis-url "$REDIS_URL" \
+        --label "$sys" --name "$sc" --streams "$STREAMS" --source-addrs "$SOURCE_ADDRS" \
+        --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" \
+        $args --json "$RESULTS/$sys--$sc.json"; then
+      warn "$sys $sc failed"
+      FAILED=$((FAILED + 1))
+    fi
+    stop_server
+  done
+done
+
+say "machine"
+NGINX_VERSION=$( (nginx -v 2>&1 || true) | sed 's/.*nginx\///')
+NCHAN_VERSION=$( (dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || true) )
+export BENCH_DATE BENCH_NPROC BENCH_MEM BENCH_KERNEL BENCH_CPU BENCH_REDIS BENCH_NGINX BENCH_NCHAN \
+  BENCH_RUSTC BENCH_COMMIT BENCH_COMMAND BENCH_STREAMS BENCH_QUICK BENCH_DURATION BENCH_LOADAVG
+BENCH_LOADAVG="$LOADAVG (before) / $(cut -d' ' -f1-3 /proc/loadavg) (after)"
+BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+BENCH_NPROC=$(nproc)
+BENCH_MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+BENCH_KERNEL=$(uname -sr)
+BENCH_CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+BENCH_REDIS=$(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/')
+BENCH_NGINX=$NGINX_VERSION
+BENCH_NCHAN=$NCHAN_VERSION
+BENCH_RUSTC=$(rustc --version 2>/dev/null || echo unknown)
+BENCH_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then BENCH_COMMIT="$BENCH_COMMIT (with local changes)"; fi
+BENCH_COMMAND=$COMMAND
+BENCH_STREAMS=$STREAMS
+BENCH_QUICK=$QUICK
+BENCH_DURATION=$DURATION
+python3 - "$RESULTS/meta.json" <<'EOF'
+import json, os, sys
+keys = ["DATE", "NPROC", "MEM", "KERNEL", "CPU", "REDIS", "NGINX", "NCHAN", "RUSTC",
+        "COMMIT", "COMMAND", "STREAMS", "QUICK", "DURATION", "LOADAVG"]
+meta = {k.lower(): os.environ.get("BENCH_" + k, "") for k in keys}
+with open(sys.argv[1], "w") as f:
+    json.dump(meta, f, indent=2)
+EOF
+
+python3 "$ROOT/bench/report.py" "$RESULTS" --out "$OUT" --svg "${OUT%.md}.svg"
+say "results: $RESULTS"
+say "report: $OUT"
+if [ "$FAILED" -gt 0 ]; then
+  echo "bench.sh: $FAILED run(s) failed" >&2
+  exit 1
+fi
