@@ -17,6 +17,12 @@ need_pkg() { # command package
 need_pkg redis-server redis-server
 need_pkg haproxy haproxy   # deploy/haproxy.cfg is checked and run in front of real nodes
 need_pkg nginx nginx       # deploy/nginx.conf likewise
+need_pkg chromium chromium                 # tests/it/browser.rs drives headless Chromium
+need_pkg chromedriver chromium-driver
+need_pkg node nodejs                       # playwright-core needs Node >= 20
+need_pkg npm npm
+echo "== npm ci (tests/browser: playwright-core only, no browser download)"
+(cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund --prefer-offline)
 
 echo "== redis: $(redis-server --version)"
 echo "== cargo fmt --check"

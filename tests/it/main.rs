@@ -2,9 +2,11 @@
 //! ports and gateway nodes on real sockets.
 
 mod auth;
+mod browser;
 mod core;
 mod deploy;
 mod docs;
 mod durable;
 mod helpers;
 mod hostile;
+mod scale;
