@@ -32,6 +32,7 @@ OUT=""
 RESULTS=""
 SOURCE_ADDRS=8
 BUILD=1
+PROFILE=release
 PEERS=${PEERS:-$ROOT/../shared/peers}
 SSEGATE_ARGS=${SSEGATE_ARGS:-"--client-queue 1MiB"}
 COMMAND="scripts/bench.sh $*"
@@ -49,6 +50,7 @@ usage: scripts/bench.sh [options]
   --results DIR       where the JSON results go (default: target/bench-results/<date>)
   --out FILE          the report (default docs/benchmarks.md; with --quick: in the results dir)
   --no-build          use the binaries already built
+  --debug             use debug builds (CI's harness check; figures meaningless)
 environment: PEERS (default ../shared/peers), SSEGATE_ARGS (extra ssegate flags,
 default "--client-queue 1MiB"), CARGO_TARGET_DIR
 EOF
@@ -65,6 +67,7 @@ while [ $# -gt 0 ]; do
     --results) RESULTS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --debug) PROFILE=debug; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -137,16 +140,20 @@ RAWFAN_TARGET=$TARGET_DIR/peers
 RAWFAN=$RAWFAN_TARGET/release/rawfan
 
 if [ "$BUILD" = 1 ]; then
-  say "building ssegate and ssegate-bench (release)"
-  cargo build --release --quiet -p ssegate -p ssegate-bench
+  say "building ssegate and ssegate-bench ($PROFILE)"
+  if [ "$PROFILE" = release ]; then
+    cargo build --release --quiet -p ssegate -p ssegate-bench
+  else
+    cargo build --quiet -p ssegate -p ssegate-bench
+  fi
   if has_system rawfan; then
     say "building rawfan"
     CARGO_TARGET_DIR=$RAWFAN_TARGET cargo build --release --quiet \
       --manifest-path "$PEERS/rawfan/Cargo.toml"
   fi
 fi
-SSEGATE=$TARGET_DIR/release/ssegate
-BENCH=$TARGET_DIR/release/ssegate-bench
+SSEGATE=$TARGET_DIR/$PROFILE/ssegate
+BENCH=$TARGET_DIR/$PROFILE/ssegate-bench
 [ -x "$SSEGATE" ] && [ -x "$BENCH" ] || { echo "bench.sh: missing $SSEGATE or $BENCH (drop --no-build)" >&2; exit 1; }
 
 free_port() {

@@ -31,3 +31,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-targets "$@"
+echo "== benchmark harness, tiny scale (proves it works; figures are meaningless here)"
+./scripts/bench.sh --quick --debug --systems ssegate --source-addrs 2 > /dev/null
