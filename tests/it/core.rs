@@ -155,6 +155,17 @@ async fn many_streams_arriving_at_once_are_subscribed_in_few_commands() {
         .await
         .unwrap();
     assert_eq!(channels.len(), 300);
+    // Connections per node stay constant: one pub/sub connection and at
+    // most --redis-pool-size command connections, for 300 streams.
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    assert_eq!(clients.matches("name=ssegate-pubsub").count(), 1, "{clients}");
+    // Everything but the pub/sub connection, this CLIENT LIST and the
+    // test's own connection above (named by its last command).
+    let commands = clients
+        .lines()
+        .filter(|l| !l.contains("name=ssegate-pubsub") && !l.contains("cmd=client") && !l.contains("cmd=pubsub"))
+        .count();
+    assert!(commands <= node.state.config().redis_pool_size, "{clients}");
     drop(streams);
 }
 
