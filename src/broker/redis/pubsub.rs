@@ -319,17 +319,23 @@ impl PubSub {
                 r = conn.io.read_buf(&mut conn.buf) => match r {
                     Ok(0) => return Ended::Lost("connection closed by Redis".into()),
                     Err(e) => return Ended::Lost(e.to_string()),
-                    Ok(_) => loop {
-                        match resp::parse(&mut conn.buf) {
-                            Ok(Some(frame)) => {
-                                if self.on_frame(frame) {
-                                    awaiting_pong = false;
+                    Ok(_) => {
+                        loop {
+                            match resp::parse(&mut conn.buf) {
+                                Ok(Some(frame)) => {
+                                    if self.on_frame(frame) {
+                                        awaiting_pong = false;
+                                    }
                                 }
+                                Ok(None) => break,
+                                Err(e) => return Ended::Lost(e.to_string()),
                             }
-                            Ok(None) => break,
-                            Err(e) => return Ended::Lost(e.to_string()),
                         }
-                    },
+                        // Every read can wake thousands of streams: let them
+                        // write before reading more, rather than when the
+                        // runtime's budget runs out (tail latency).
+                        tokio::task::yield_now().await;
+                    }
                 },
                 cmd = self.control.recv() => match cmd {
                     None => return Ended::Cancelled,
