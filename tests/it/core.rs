@@ -163,7 +163,9 @@ async fn many_streams_arriving_at_once_are_subscribed_in_few_commands() {
     // test's own connection above (named by its last command).
     let commands = clients
         .lines()
-        .filter(|l| !l.contains("name=ssegate-pubsub") && !l.contains("cmd=client") && !l.contains("cmd=pubsub"))
+        .filter(|l| {
+            !l.contains("name=ssegate-pubsub") && !l.contains("cmd=client") && !l.contains("cmd=pubsub")
+        })
         .count();
     assert!(commands <= node.state.config().redis_pool_size, "{clients}");
     drop(streams);
