@@ -74,6 +74,8 @@ fn check(payload: &Bytes) -> Option<Checked> {
     let env: Envelope = serde_json::from_slice(payload).ok()?;
     let event = match clean_field(env.event) {
         Ok(Some(e)) if e.starts_with(RESERVED_EVENT_PREFIX) => Err(EnvelopeError::ReservedEvent),
+        // An empty name is the default one: no `event:` line at all.
+        Ok(Some(e)) if e.is_empty() => Ok(None),
         Ok(e) => Ok(e),
         Err(()) => Err(EnvelopeError::BadEvent),
     };
@@ -172,6 +174,11 @@ mod tests {
         assert_eq!(e.id.as_deref(), Some("7"));
         assert_eq!(e.retry, Some(1500));
         assert_eq!(e.data, Bytes::from("hi"));
+    }
+
+    #[test]
+    fn an_empty_event_name_is_the_default() {
+        assert_eq!(strict(r#"{"data":"","event":""}"#).unwrap().event, None);
     }
 
     #[test]
