@@ -600,26 +600,9 @@ impl Balancer {
 
     /// Each server's status on the stats page (`UP`, `DOWN`, ..).
     async fn status(&self) -> Vec<(String, String)> {
-        let url = format!("http://127.0.0.1:{}/stats;csv", self.stats);
-        let Ok(resp) = reqwest::get(url).await else {
-            return Vec::new();
-        };
-        let csv = resp.text().await.unwrap_or_default();
-        let mut lines = csv.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("# ")
-            .split(',')
-            .collect();
-        let col = |name: &str| header.iter().position(|h| *h == name);
-        let (Some(px), Some(sv), Some(st)) = (col("pxname"), col("svname"), col("status")) else {
-            return Vec::new();
-        };
-        lines
-            .map(|l| l.split(',').collect::<Vec<_>>())
-            .filter(|f| f.len() > st && f[px] == "ssegate" && f[sv] != "BACKEND")
-            .map(|f| (f[sv].to_owned(), f[st].to_owned()))
+        crate::deploy::haproxy_status(self.stats)
+            .await
+            .into_iter()
             .collect()
     }
 }
@@ -629,16 +612,6 @@ impl Drop for Balancer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn node_metric(node: &NodeProcess, name: &str) -> f64 {
-    let text = reqwest::get(node.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric_value(&text, name)
 }
 
 #[tokio::test]
@@ -680,12 +653,10 @@ async fn a_page_reconnects_by_itself_after_its_node_is_killed_and_gets_every_eve
         .await;
     b.wait("page", OPEN).await;
     eventually("the stream is on one node", || async {
-        node_metric(&nodes[0], "ssegate_streams_open").await
-            + node_metric(&nodes[1], "ssegate_streams_open").await
-            == 1.0
+        nodes[0].metric("ssegate_streams_open").await + nodes[1].metric("ssegate_streams_open").await == 1.0
     })
     .await;
-    let (victim, survivor) = if node_metric(&nodes[0], "ssegate_streams_open").await == 1.0 {
+    let (victim, survivor) = if nodes[0].metric("ssegate_streams_open").await == 1.0 {
         (&nodes[0], &nodes[1])
     } else {
         (&nodes[1], &nodes[0])
@@ -751,7 +722,7 @@ async fn a_page_reconnects_by_itself_after_its_node_is_killed_and_gets_every_eve
 
     // One EventSource all along: the browser's reconnect, not the page's.
     assert_eq!(b.eval("page", "window.__sse.sources.length").await, 1);
-    assert_eq!(node_metric(survivor, "ssegate_streams_open").await, 1.0);
+    assert_eq!(survivor.metric("ssegate_streams_open").await, 1.0);
     let status = lb.status().await;
     assert!(
         status.iter().filter(|(_, s)| s == "UP").count() >= 1,
@@ -840,7 +811,7 @@ async fn a_page_on_an_allowed_origin_reads_with_its_cookie_and_other_origins_rea
     // Another origin: with credentials (the cookie is cross-site there) and
     // with a valid token in the URL, which the node serves but the browser
     // does not hand to a page the gateway does not allow.
-    let opened = node_metric(&node, "ssegate_streams_opened_total").await;
+    let opened = node.metric("ssegate_streams_opened_total").await;
     b.open("other", &format!("http://127.0.0.1:{app}/")).await;
     b.eval(
         "other",
@@ -858,7 +829,7 @@ async fn a_page_on_an_allowed_origin_reads_with_its_cookie_and_other_origins_rea
     )
     .await;
     assert!(
-        node_metric(&node, "ssegate_streams_opened_total").await > opened,
+        node.metric("ssegate_streams_opened_total").await > opened,
         "the node served the token stream: the browser refused it for CORS"
     );
 

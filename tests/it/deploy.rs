@@ -832,7 +832,7 @@ pub(crate) async fn listening(port: u16, proxy: &mut Proxy) {
 
 /// The status HAProxy's stats page gives each server of the `ssegate`
 /// backend (`UP`, `DOWN`, `UP 1/2`, ..).
-async fn haproxy_status(stats: u16) -> BTreeMap<String, String> {
+pub(crate) async fn haproxy_status(stats: u16) -> BTreeMap<String, String> {
     let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{stats}/stats;csv")).await else {
         return BTreeMap::new();
     };
@@ -865,16 +865,6 @@ async fn publish_via(base: &str, channel: &str, body: &str) -> String {
     assert_eq!(resp.status(), 201, "publish through the balancer");
     let v: serde_json::Value = resp.json().await.unwrap();
     v["id"].as_str().unwrap().to_owned()
-}
-
-async fn node_metric(node: &NodeProcess, name: &str) -> f64 {
-    let text = reqwest::get(node.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric_value(&text, name)
 }
 
 /// Three nodes on one Redis, as in docker-compose.yml, with a drain long
@@ -931,11 +921,7 @@ async fn through_haproxy_streams_spread_over_the_nodes_and_a_drained_node_hands_
         streams.push(Sse::open(&format!("{base}/v1/stream/{ch}")).await);
     }
     for n in &nodes {
-        assert_eq!(
-            node_metric(n, "ssegate_streams_open").await,
-            1.0,
-            "one stream per node"
-        );
+        assert_eq!(n.metric("ssegate_streams_open").await, 1.0, "one stream per node");
     }
     publish_via(&base, &ch, "one").await;
     for s in &mut streams {
@@ -944,7 +930,7 @@ async fn through_haproxy_streams_spread_over_the_nodes_and_a_drained_node_hands_
 
     // SIGTERM to node1: HAProxy takes it out while it still accepts, so a
     // new stream goes to another node.
-    let opened_before = node_metric(&nodes[0], "ssegate_streams_opened_total").await;
+    let opened_before = nodes[0].metric("ssegate_streams_opened_total").await;
     let signalled = Instant::now();
     nodes[0].signal("-TERM");
     eventually("HAProxy marks node1 DOWN", || async {
@@ -961,7 +947,7 @@ async fn through_haproxy_streams_spread_over_the_nodes_and_a_drained_node_hands_
     );
     let mut late = Sse::open(&format!("{base}/v1/stream/{ch}")).await;
     assert_eq!(
-        node_metric(&nodes[0], "ssegate_streams_opened_total").await,
+        nodes[0].metric("ssegate_streams_opened_total").await,
         opened_before,
         "a stream opened on the draining node"
     );
@@ -1083,11 +1069,7 @@ async fn through_nginx_events_reach_streams_on_every_node() {
         streams.push(Sse::open(&format!("{base}/v1/stream/{ch}")).await);
     }
     for n in &nodes {
-        assert_eq!(
-            node_metric(n, "ssegate_streams_open").await,
-            1.0,
-            "one stream per node"
-        );
+        assert_eq!(n.metric("ssegate_streams_open").await, 1.0, "one stream per node");
     }
     // Each event arrives while the response is still open: nothing buffers.
     for body in ["one", "two"] {

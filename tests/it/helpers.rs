@@ -224,13 +224,7 @@ impl Node {
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_value(&text, name)
+        metric_at(&self.url(""), name).await
     }
 }
 
@@ -240,6 +234,27 @@ impl Drop for Node {
             let _ = tx.send(());
         }
     }
+}
+
+/// The value of metric `name` on the node at `base` (`http://host:port`).
+pub async fn metric_at(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_value(&text, name)
+}
+
+/// A process's resident memory, from `/proc`.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// The value of a metric line `name value` (labels included in `name`).
@@ -400,6 +415,10 @@ impl NodeProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric_at(&self.url(""), name).await
     }
 
     /// Log lines written so far.

@@ -10,15 +10,6 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::helpers::*;
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Sends raw bytes; returns the status code and body of the answer (if
 /// any) once the server closes the connection or stops talking.
 async fn raw(addr: SocketAddr, request: &[u8]) -> (Option<u16>, String) {

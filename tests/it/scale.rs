@@ -606,18 +606,10 @@ async fn behind_haproxy_clients_of_a_killed_and_a_drained_node_resume_elsewhere_
         clients.push(tokio::spawn(follow(url.clone(), last_rx.clone())));
     }
     eventually("every client is subscribed", || async {
-        let n: f64 = futures::future::join_all(nodes.iter().map(|n| async move {
-            let text = reqwest::get(n.url("/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            metric_value(&text, "ssegate_streams_open")
-        }))
-        .await
-        .iter()
-        .sum();
+        let n: f64 = futures::future::join_all(nodes.iter().map(|n| n.metric("ssegate_streams_open")))
+            .await
+            .iter()
+            .sum();
         n >= 30.0
     })
     .await;
