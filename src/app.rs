@@ -87,6 +87,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
         config.validate()?;
+        crate::tls::install_crypto_provider();
         let auth = Auth::from_config(&config)?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),

@@ -38,6 +38,7 @@ pub async fn publish(args: PublishArgs) -> ExitCode {
         parse_payload(payload.clone()).map_err(|e| format!("invalid envelope: {e}"))?;
         match &args.redis_url {
             Some(url) => {
+                crate::tls::install_crypto_provider();
                 let topology = Topology::new(url, args.redis_cluster, args.redis_sentinel_master.as_deref())
                     .map_err(|e| e.to_string())?;
                 publish_once(&topology, &args.channel_prefix, &channel, payload)

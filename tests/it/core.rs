@@ -343,3 +343,124 @@ async fn redis_down_at_start_is_a_clear_error_and_a_nonzero_exit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to redis://127.0.0.1"), "{err}");
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, with openssl.
+fn test_ca(dir: &std::path::Path) -> (String, String, String) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (ca_key, ca, key, csr, cert, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("r.key"),
+        p("r.csr"),
+        p("r.pem"),
+        p("ext"),
+    );
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    (ca, cert, key)
+}
+
+#[tokio::test]
+async fn rediss_urls_carry_events_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca(dir.path());
+    let tls_port = free_port();
+    let redis = RedisServer::spawn_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    // The node trusts the test CA through SSL_CERT_FILE, as a deployment would.
+    let node = NodeProcess::spawn_env(
+        &["--redis-url", &url, "--allow-anonymous"],
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    let ch = unique("tls");
+    let mut s = Sse::open(&node.url(&format!("/v1/stream/{ch}"))).await;
+    // Pub/sub over TLS: an ephemeral event published on the plain port.
+    let _: i64 = redis::AsyncCommands::publish(&mut redis.conn().await, format!("sse:{{{ch}}}"), "via tls")
+        .await
+        .unwrap();
+    assert_eq!(s.next().await.unwrap().data, "via tls");
+    // Commands over TLS: a durable publish through the node's function call.
+    let resp = reqwest::Client::new()
+        .post(node.url(&format!("/v1/stream/{ch}")))
+        .body("durable")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(s.next().await.unwrap().data, "durable");
+    // Without the CA the node refuses to start: certificates are verified.
+    let out = std::process::Command::new(binary())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+            "--redis-url",
+            &url,
+        ])
+        .env("SSL_CERT_FILE", dir.path().join("r.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

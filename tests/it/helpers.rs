@@ -371,9 +371,15 @@ impl NodeProcess {
     /// Starts the binary with `args` (plus a port-0 listener and JSON logs)
     /// and waits for its "ready" line, which carries the bound address.
     pub fn spawn(args: &[&str]) -> NodeProcess {
+        Self::spawn_env(args, &[])
+    }
+
+    /// With extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
         let mut child = Command::new(binary())
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -712,6 +712,29 @@ async fn open(info: &ConnectionInfo) -> Result<Conn, String> {
             let _ = s.set_nodelay(true);
             Box::new(s)
         }
+        ConnectionAddr::TcpTls {
+            host, port, insecure, ..
+        } => {
+            let s = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                tokio::net::TcpStream::connect((host.as_str(), *port)),
+            )
+            .await
+            .map_err(|_| format!("connect to {host}:{port} timed out"))?
+            .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+            let _ = s.set_nodelay(true);
+            let config = crate::tls::redis_client_config(*insecure)?;
+            let name =
+                rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
+            let tls = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                tokio_rustls::TlsConnector::from(config).connect(name, s),
+            )
+            .await
+            .map_err(|_| format!("TLS handshake with {host}:{port} timed out"))?
+            .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+            Box::new(tls)
+        }
         other => return Err(format!("unsupported address for pub/sub: {other:?}")),
     };
     let mut conn = Conn {
