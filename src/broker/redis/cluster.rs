@@ -180,10 +180,19 @@ impl ClusterPubSub {
         };
         let key = (host.clone(), *port);
         let shard = self.shards.entry(key.clone()).or_insert_with(|| {
-            let info = self
-                .node
-                .clone()
-                .set_addr(ConnectionAddr::Tcp(key.0.clone(), key.1));
+            // The seeds' settings (credentials, TLS) at the shard's address.
+            let addr = match self.node.addr() {
+                ConnectionAddr::TcpTls {
+                    insecure, tls_params, ..
+                } => ConnectionAddr::TcpTls {
+                    host: key.0.clone(),
+                    port: key.1,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => ConnectionAddr::Tcp(key.0.clone(), key.1),
+            };
+            let info = Box::new(self.node.clone().set_addr(addr));
             let (tx, rx) = mpsc::unbounded_channel();
             let cancel = self.cancel.child_token();
             let target = Target::Shard {

@@ -82,7 +82,7 @@ pub(super) enum Target {
     },
     /// One cluster shard: on loss the task ends and reports.
     Shard {
-        info: ConnectionInfo,
+        info: Box<ConnectionInfo>,
         report: mpsc::UnboundedSender<ShardReport>,
     },
 }
