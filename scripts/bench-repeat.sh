@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs scripts/bench.sh several times for the same scenarios and prints the
+# median of each figure per system, and the ratio of ssegate's median to
+# each peer's: on a shared, noisy machine single runs vary more than the
+# differences between systems.
+#
+#   scripts/bench-repeat.sh 5 "ssegate rawfan" "sessions broadcast-20"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-5}
+SYSTEMS=${2:-"ssegate rawfan"}
+SCENARIOS=${3:-"sessions"}
+shift $(( $# < 3 ? $# : 3 ))
+DIRS=()
+for i in $(seq 1 "$RUNS"); do
+  dir=target/bench-results/repeat-$(date -u +%Y%m%dT%H%M%SZ)-$i
+  echo "== run $i of $RUNS" >&2
+  ./scripts/bench.sh --no-build --systems "$SYSTEMS" --scenarios "$SCENARIOS" --results "$dir" --out "$dir/benchmarks.md" "$@" > "$dir.log" 2>&1
+  DIRS+=("$dir")
+done
+python3 - "$RUNS" "$SYSTEMS" "$SCENARIOS" "${DIRS[@]}" <<'PY'
+import json, os, statistics, sys
+runs, systems, scenarios, dirs = int(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split(), sys.argv[4:]
+figures = [("delivered/s", lambda d: d.get("delivered_per_sec")), ("p50 ms", lambda d: d.get("latency_ms", {}).get("p50")),
+           ("p99 ms", lambda d: d.get("latency_ms", {}).get("p99")), ("lost", lambda d: d.get("events", {}).get("lost"))]
+print(f"Medians of {runs} runs (`scripts/bench-repeat.sh {runs} \"{' '.join(systems)}\" \"{' '.join(scenarios)}\"`):\n")
+for sc in scenarios:
+    print(f"| {sc} | " + " | ".join(systems) + " | " + " | ".join(f"ssegate ÷ {s}" for s in systems if s != "ssegate") + " | per-run p99 (ms) |")
+    print("|---" * (2 + len(systems) + len([s for s in systems if s != "ssegate"])) + "|")
+    for name, get in figures:
+        meds = {}
+        for s in systems:
+            vals = []
+            for d in dirs:
+                p = os.path.join(d, f"{s}--{sc}.json")
+                if os.path.exists(p):
+                    v = get(json.load(open(p)))
+                    if v is not None:
+                        vals.append(v)
+            meds[s] = statistics.median(vals) if vals else None
+        cells = [f"{meds[s]:.3g}" if meds[s] is not None else "-" for s in systems]
+        ratios = [f"{meds['ssegate'] / meds[s]:.2f}×" if meds.get("ssegate") and meds.get(s) else "-" for s in systems if s != "ssegate"]
+        per_run = ""
+        if name == "p99 ms":
+            per_run = "; ".join(f"{s}: " + ", ".join(f"{json.load(open(os.path.join(d, f'{s}--{sc}.json')))['latency_ms']['p99']:.0f}" for d in dirs if os.path.exists(os.path.join(d, f"{s}--{sc}.json"))) for s in systems)
+        print(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ratios) + f" | {per_run} |")
+    print()
+PY
