@@ -59,9 +59,6 @@ impl AppState {
     pub fn auth(&self) -> &Auth {
         &self.0.auth
     }
-    pub fn gate(&self) -> &Gate {
-        &self.0.gate
-    }
     pub fn hub(&self) -> &Hub {
         &self.0.hub
     }

@@ -286,11 +286,6 @@ impl Auth {
         self.enforced
     }
 
-    /// The cookie carrying a token, for CORS credentials.
-    pub fn cookie_name(&self) -> &str {
-        &self.cookie
-    }
-
     /// A reader's access: from `Authorization: Bearer`, the `token` query
     /// parameter or the cookie, in that order.
     pub fn reader(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {

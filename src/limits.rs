@@ -82,10 +82,6 @@ impl Gate {
         })
     }
 
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Verdict {
         if let Some(limiter) = &self.per_ip
             && let Err(not_until) = limiter.check_key(&ip.to_canonical())

@@ -149,16 +149,6 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(Ok(id)))
     }
 
-    fn publish_ephemeral(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let inner = &self.0;
-        let _order = inner.streams.lock();
-        inner.metrics.events_in_ephemeral.increment(1);
-        inner
-            .hub
-            .dispatch(channel.as_str(), encode_incoming(payload, None, &inner.metrics));
-        Box::pin(std::future::ready(Ok(())))
-    }
-
     fn history(
         &self,
         channel: &Channel,

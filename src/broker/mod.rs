@@ -55,9 +55,6 @@ pub trait Broker: Send + Sync + 'static {
     /// the new id, atomically. Returns the id.
     fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<StreamId, BrokerError>>;
 
-    /// Ephemeral publish: no history, no id.
-    fn publish_ephemeral(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
-
     /// At most `limit` events with `after < id <= until` (no upper bound
     /// when `until` is `None`), oldest first.
     fn history(

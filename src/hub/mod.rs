@@ -358,13 +358,6 @@ impl Hub {
         }
     }
 
-    /// Every channel's broker connection dropped.
-    pub fn connection_lost(&self) {
-        for shard in self.0.channels.iter() {
-            shard.lock().values_mut().for_each(ChannelState::lost);
-        }
-    }
-
     /// Delivers history read during a repair, in order; returns how many
     /// events were new.
     pub fn deliver_history(&self, channel: &str, t: Ticket, events: &[Arc<Encoded>]) -> usize {
@@ -552,7 +545,7 @@ mod tests {
         let (hub, _rx) = Hub::new(Metrics::new());
         let reg = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]));
         ready(&hub, "c", 1);
-        hub.connection_lost();
+        hub.channels_lost([&chan("c")]);
         hub.dispatch("c", durable(4));
         let Plan::Repair(t, from) = hub.plan("c") else {
             panic!()
@@ -572,7 +565,7 @@ mod tests {
         let (hub, _rx) = Hub::new(Metrics::new());
         let reg = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]));
         ready(&hub, "c", 1);
-        hub.connection_lost();
+        hub.channels_lost([&chan("c")]);
         let Plan::Repair(t, _) = hub.plan("c") else {
             panic!()
         };
@@ -598,7 +591,7 @@ mod tests {
         let Plan::Tip(before_loss) = hub.plan("c") else {
             panic!()
         };
-        hub.connection_lost();
+        hub.channels_lost([&chan("c")]);
         hub.channel_ready("c", before_loss, StreamId::new(3, 0));
         assert!(
             sub.poll_ready(&mut cx).is_pending(),

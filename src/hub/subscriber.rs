@@ -160,10 +160,6 @@ impl Subscriber {
         }
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.state.lock().closed.is_some()
-    }
-
     /// Whether the stream is closed; if not, the caller is woken when it is
     /// (or when something is queued).
     pub fn poll_closed(&self, cx: &mut Context<'_>) -> bool {

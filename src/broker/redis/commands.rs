@@ -144,10 +144,6 @@ impl Commands {
         }
     }
 
-    pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self, Commands::Cluster(_))
-    }
-
     /// Runs `cmd` on every master (function loading).
     pub(crate) async fn on_every_master(&self, cmd: &Cmd) -> Result<(), BrokerError> {
         match self {

@@ -394,21 +394,6 @@ impl Broker for RedisBroker {
         Box::pin(async move { self.0.publish(channel.as_str(), &payload).await })
     }
 
-    fn publish_ephemeral(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let name = self.0.names.channel(channel.as_str());
-        let publish = if self.0.commands.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
-        Box::pin(async move {
-            let mut cmd = redis::cmd(publish);
-            cmd.arg(name).arg(payload.as_ref());
-            let _: i64 = self.0.commands.query(&cmd).await?;
-            Ok(())
-        })
-    }
-
     fn history(
         &self,
         channel: &Channel,
