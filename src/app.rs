@@ -230,6 +230,11 @@ impl Application {
                 }
             };
             let _ = stream.set_nodelay(true);
+            if !cfg.write_timeout.is_zero() {
+                // Bounds the life of sockets whose peer vanished without a
+                // FIN or RST (heartbeats then stay unacknowledged).
+                let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(cfg.write_timeout));
+            }
             let (front, watcher, tracker) = (front.clone(), graceful.watcher(), connections.clone());
             if let Some(acceptor) = &tls {
                 let acceptor = acceptor.clone();

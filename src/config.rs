@@ -199,6 +199,12 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
 
+    /// Drop a connection whose written data stays unacknowledged this long
+    /// (TCP_USER_TIMEOUT: clients that vanished without closing). 0s: the
+    /// kernel's default.
+    #[arg(long, env = "SSEGATE_WRITE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub write_timeout: Duration,
+
     /// PEM certificate chain: serve HTTPS, with HTTP/2 (ALPN) and HTTP/1.1.
     #[arg(long, env = "SSEGATE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
