@@ -700,42 +700,35 @@ fn split_durable(payload: Bytes) -> (Option<StreamId>, Bytes) {
 }
 
 async fn open(info: &ConnectionInfo) -> Result<Conn, String> {
-    let io: Box<dyn Io> = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => {
-            let s = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                tokio::net::TcpStream::connect((host.as_str(), *port)),
-            )
-            .await
-            .map_err(|_| format!("connect to {host}:{port} timed out"))?
-            .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-            let _ = s.set_nodelay(true);
-            Box::new(s)
-        }
+    let (host, port, tls) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => (host, *port, None),
         ConnectionAddr::TcpTls {
             host, port, insecure, ..
-        } => {
-            let s = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                tokio::net::TcpStream::connect((host.as_str(), *port)),
-            )
-            .await
-            .map_err(|_| format!("connect to {host}:{port} timed out"))?
-            .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-            let _ = s.set_nodelay(true);
-            let config = crate::tls::redis_client_config(*insecure)?;
+        } => (host, *port, Some(*insecure)),
+        other => return Err(format!("unsupported address for pub/sub: {other:?}")),
+    };
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| format!("connect to {host}:{port} timed out"))?
+    .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some(insecure) => {
+            let config = crate::tls::redis_client_config(insecure)?;
             let name =
                 rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
-            let tls = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                tokio_rustls::TlsConnector::from(config).connect(name, s),
+            let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+            Box::new(
+                tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+                    .await
+                    .map_err(|_| format!("TLS handshake with {host}:{port} timed out"))?
+                    .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?,
             )
-            .await
-            .map_err(|_| format!("TLS handshake with {host}:{port} timed out"))?
-            .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
-            Box::new(tls)
         }
-        other => return Err(format!("unsupported address for pub/sub: {other:?}")),
     };
     let mut conn = Conn {
         io,
