@@ -34,7 +34,7 @@ SOURCE_ADDRS=8
 BUILD=1
 PROFILE=release
 PEERS=${PEERS:-$ROOT/../shared/peers}
-SSEGATE_ARGS=${SSEGATE_ARGS:-"--client-queue 1MiB"}
+SSEGATE_ARGS=${SSEGATE_ARGS:-""}
 COMMAND="scripts/bench.sh $*"
 
 usage() {
@@ -52,7 +52,7 @@ usage: scripts/bench.sh [options]
   --no-build          use the binaries already built
   --debug             use debug builds (CI's harness check; figures meaningless)
 environment: PEERS (default ../shared/peers), SSEGATE_ARGS (extra ssegate flags,
-default "--client-queue 1MiB"), CARGO_TARGET_DIR
+default: none, the server's defaults), CARGO_TARGET_DIR
 EOF
 }
 
