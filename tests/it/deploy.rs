@@ -798,21 +798,34 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        if let Some(sig) = self.stop_signal {
-            let _ = Command::new("kill")
-                .args([sig, &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        let grace = match self.stop_signal {
+            Some(sig) => {
+                let _ = Command::new("kill")
+                    .args([sig, &self.child.id().to_string()])
+                    .status();
+                Duration::from_secs(5)
             }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            None => Duration::ZERO,
+        };
+        wait_or_kill(&mut self.child, grace);
     }
+}
+
+/// deploy/haproxy.cfg in front of three nodes, listening; returns the
+/// proxy (stopped with SIGTERM on drop), its port and its stats port.
+pub(crate) async fn haproxy_in_front(haproxy: PathBuf, nodes: &[NodeProcess; 3]) -> (Proxy, u16, u16) {
+    let (lb, stats) = (free_port(), free_port());
+    let mut cmd = Command::new(haproxy);
+    cmd.arg("-db").arg("-f").arg(root().join("deploy/haproxy.cfg"));
+    cmd.envs(haproxy_env(
+        lb,
+        stats,
+        nodes.each_ref().map(|n| n.addr.to_string()),
+    ));
+    let mut proxy = Proxy::spawn(cmd);
+    proxy.stop_signal = Some("-TERM");
+    listening(lb, &mut proxy).await;
+    (proxy, lb, stats)
 }
 
 /// Waits until the proxy accepts connections on a loopback port; fails with
@@ -896,16 +909,7 @@ async fn through_haproxy_streams_spread_over_the_nodes_and_a_drained_node_hands_
     let Some(haproxy) = haproxy() else { return };
     let redis = RedisServer::spawn();
     let mut nodes = three_nodes(&redis);
-    let (lb, stats) = (free_port(), free_port());
-    let mut cmd = Command::new(haproxy);
-    cmd.arg("-db").arg("-f").arg(root().join("deploy/haproxy.cfg"));
-    cmd.envs(haproxy_env(
-        lb,
-        stats,
-        nodes.each_ref().map(|n| n.addr.to_string()),
-    ));
-    let mut proxy = Proxy::spawn(cmd);
-    listening(lb, &mut proxy).await;
+    let (mut proxy, lb, stats) = haproxy_in_front(haproxy, &nodes).await;
     eventually("HAProxy sees three nodes UP", || async {
         let s = haproxy_status(stats).await;
         s.len() == 3 && s.values().all(|v| v == "UP")

@@ -450,6 +450,19 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Gives a child `grace` to exit by itself, then kills it; always reaps it.
+pub fn wait_or_kill(child: &mut Child, grace: Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Waits until `f` holds, checking every few milliseconds: for state that
 /// offers no notification (Redis's subscription tables, a process's RSS).
 pub async fn eventually<F, Fut>(what: &str, mut f: F)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::deploy::{Proxy, haproxy, haproxy_env, listening, root, three_nodes};
+use crate::deploy::{haproxy, haproxy_in_front, three_nodes};
 use crate::durable::{publish_through_outages, stream_log};
 use crate::helpers::*;
 
@@ -586,17 +586,7 @@ async fn behind_haproxy_clients_of_a_killed_and_a_drained_node_resume_elsewhere_
     let Some(haproxy) = haproxy() else { return };
     let redis = RedisServer::spawn();
     let nodes = three_nodes(&redis);
-    let (lb, stats) = (free_port(), free_port());
-    let mut cmd = Command::new(haproxy);
-    cmd.arg("-db").arg("-f").arg(root().join("deploy/haproxy.cfg"));
-    cmd.envs(haproxy_env(
-        lb,
-        stats,
-        nodes.each_ref().map(|n| n.addr.to_string()),
-    ));
-    let mut proxy = Proxy::spawn(cmd);
-    proxy.stop_signal = Some("-TERM");
-    listening(lb, &mut proxy).await;
+    let (_proxy, lb, _) = haproxy_in_front(haproxy, &nodes).await;
     let ch = unique("lb");
     let url = format!("http://127.0.0.1:{lb}/v1/stream/{ch}");
     // Clients spread over the three nodes by the balancer.
