@@ -1,6 +1,8 @@
 //! The one place where errors become HTTP answers: a status and a JSON body
 //! `{"error": <code>, "message": <what to fix>}` that names the problem and
-//! never leaks internals (the cause is logged instead).
+//! never leaks internals (the cause is logged instead). Handlers return
+//! `ApiError`; the server writes its own refusals (limits, malformed or
+//! late request heads) through the same type.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -21,8 +23,6 @@ pub enum ApiError {
     TooManyChannels { max: usize },
     #[error("channel {0:?} is given twice")]
     DuplicateChannel(String),
-    #[error("the query string is not valid: {0}")]
-    BadQuery(&'static str),
     #[error("invalid envelope: {0}")]
     BadEnvelope(#[from] EnvelopeError),
     #[error("payload larger than {max} bytes")]
@@ -37,6 +37,16 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error("no such route")]
     NotFound,
+    #[error("malformed HTTP request: {0}")]
+    MalformedRequest(String),
+    #[error("the request head is larger than {max} bytes")]
+    HeadTooLarge { max: usize },
+    #[error("the request head did not arrive in time")]
+    RequestTimeout,
+    #[error("this node is at its connection limit; retry later or elsewhere")]
+    TooManyConnections,
+    #[error("too many new connections from this address; retry later")]
+    RateLimited { retry_after: u64 },
     #[error("method not allowed on this route")]
     MethodNotAllowed,
 }
@@ -49,7 +59,6 @@ impl ApiError {
             NoChannel => (StatusCode::BAD_REQUEST, "no_channel"),
             TooManyChannels { .. } => (StatusCode::BAD_REQUEST, "too_many_channels"),
             DuplicateChannel(_) => (StatusCode::BAD_REQUEST, "duplicate_channel"),
-            BadQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             BadEnvelope(_) => (StatusCode::BAD_REQUEST, "invalid_envelope"),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             BadBody => (StatusCode::BAD_REQUEST, "invalid_body"),
@@ -59,6 +68,11 @@ impl ApiError {
             Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            MalformedRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            HeadTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "head_too_large"),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            TooManyConnections => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 }
@@ -88,9 +102,14 @@ impl IntoResponse for ApiError {
         let (status, code) = self.parts();
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
         let mut resp = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

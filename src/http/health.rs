@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub async fn healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()

@@ -1,10 +1,12 @@
-//! HTTP: thin handlers over the stream session, the broker and the health
-//! state. Routes are the contract's; every error is JSON (see `error`).
+//! HTTP: the server (`server`: accept, admission, TLS, protocol choice,
+//! drain), the router with every route of the contract, and thin handlers
+//! over the stream session, the broker and the node's state. Every error
+//! is JSON, written by `error`.
 
 mod error;
-pub mod h1;
 mod health;
 mod publish;
+pub mod server;
 mod subscribe;
 
 pub use error::ApiError;
@@ -17,8 +19,8 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::app::AppState;
 use crate::config::Config;
+use crate::state::AppState;
 
 static DEMO_PAGE: &str = include_str!("demo/index.html");
 

@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::sse::{Channel, ChannelError, parse_payload};
+use crate::state::AppState;
 
 #[tracing::instrument(skip_all)]
 pub async fn publish(

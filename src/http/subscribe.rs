@@ -17,8 +17,8 @@ use http_body::Frame;
 use parking_lot::Mutex;
 
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::sse::Channel;
+use crate::state::AppState;
 use crate::stream::{OpenParams, StreamSession, coalesce};
 
 /// What a subscribe request asks for, parsed from its path and query.

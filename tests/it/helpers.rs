@@ -163,7 +163,7 @@ pub struct Node {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    pub state: ssegate::app::AppState,
+    pub state: ssegate::state::AppState,
 }
 
 impl Node {

@@ -1,4 +1,4 @@
-//! Connection limits, applied as connections are accepted (before any
+//! Admission: connection limits, applied as connections are accepted (before any
 //! HTTP parsing): `--max-connections` open at once and a per-IP rate of new
 //! connections (`governor`). Past a limit the client gets a short canned
 //! answer (503 or 429, with `Retry-After` and a JSON body) and the socket is
@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::response::write_error;
+use crate::http::ApiError;
 use crate::metrics::Metrics;
 
 /// Descriptors kept back from `--max-connections` for Redis, the listener
@@ -117,31 +119,17 @@ impl Gate {
 /// little of the request first so that the close does not reset the
 /// answer away.
 pub async fn refuse(mut sock: TcpStream, verdict: Verdict) {
-    let (status, code, message, retry) = match verdict {
+    let err = match verdict {
         Verdict::Admit(_) => return,
-        Verdict::TooMany => (
-            "503 Service Unavailable",
-            "too_many_connections",
-            "this node is at its connection limit; retry later or elsewhere",
-            1,
-        ),
-        Verdict::RateLimited(wait) => (
-            "429 Too Many Requests",
-            "rate_limited",
-            "too many new connections from this address; retry later",
-            wait.as_secs_f64().ceil().max(1.0) as u64,
-        ),
+        Verdict::TooMany => ApiError::TooManyConnections,
+        Verdict::RateLimited(wait) => ApiError::RateLimited {
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+        },
     };
-    let body = format!(r#"{{"error":"{code}","message":"{message}"}}"#);
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nRetry-After: {retry}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let mut scratch = [0u8; 1024];
         let _ = tokio::time::timeout(Duration::from_millis(50), sock.read(&mut scratch)).await;
-        sock.write_all(resp.as_bytes()).await?;
-        sock.shutdown().await?;
+        write_error(&mut sock, err).await;
         while sock.read(&mut scratch).await? > 0 {}
         Ok::<_, std::io::Error>(())
     })

@@ -1,0 +1,144 @@
+//! One admitted connection, from its first byte to the protocol that
+//! serves it:
+//!
+//! - plain TCP: the first request head is read here (`head`). A lone
+//!   `GET /v1/stream...` goes through the axum router like every request
+//!   (auth, CORS, validation, errors); when the answer is an event stream,
+//!   the response head is written here and the stream is handed back to
+//!   run as a `StreamWriter`. Anything else (publishes, health, metrics,
+//!   HTTP/2 prior knowledge, upgrades, requests with bodies) is served by
+//!   hyper, with the bytes already read replayed in front of the socket.
+//! - TLS: after the handshake, hyper serves HTTP/2 or HTTP/1.1 as ALPN
+//!   chose.
+//!
+//! Malformed heads get a JSON error (400, 431, 408) and the connection is
+//! closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Response, StatusCode};
+use bytes::BytesMut;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+
+use super::head::{Head, HeadError, read_head};
+use super::prefixed::Prefixed;
+use super::response::{Framing, head_bytes, write_and_close, write_error};
+use super::writer::StreamWriter;
+use crate::http::ApiError;
+use crate::http::subscribe::SseHandoff;
+use crate::stream::StreamSession;
+
+pub(super) struct Front {
+    pub router: Router,
+    pub hyper: auto::Builder<TokioExecutor>,
+    pub max_head: usize,
+    pub head_timeout: Duration,
+}
+
+impl Front {
+    /// Serves one plain-TCP connection until it ends or turns out to be an
+    /// event stream, which is returned for the caller to run as its own
+    /// task: everything before it (the head, the router call, hyper) is
+    /// freed, so the long-lived part is the small `StreamWriter`.
+    pub async fn serve(self: Arc<Self>, sock: TcpStream, watcher: Watcher) -> Option<StreamWriter> {
+        let (sock, session, chunked) = self.handle(sock, watcher).await?;
+        Some(StreamWriter::new(sock, session, chunked))
+    }
+
+    /// Serves a connection with hyper (HTTP/1.1 or HTTP/2).
+    pub async fn serve_hyper<I>(&self, io: I, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = TowerToHyperService::new(self.router.clone());
+        let conn = self
+            .hyper
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned();
+        let _ = watcher.watch(conn).await;
+    }
+
+    /// Everything up to the start of an event stream; returns the stream
+    /// to write, if the connection turned out to be one.
+    async fn handle(
+        &self,
+        mut sock: TcpStream,
+        watcher: Watcher,
+    ) -> Option<(TcpStream, StreamSession, bool)> {
+        let mut buf = BytesMut::with_capacity(1024);
+        let head =
+            tokio::time::timeout(self.head_timeout, read_head(&mut sock, &mut buf, self.max_head)).await;
+        let head = match head {
+            Err(_) => {
+                write_error(&mut sock, ApiError::RequestTimeout).await;
+                return None;
+            }
+            Ok(Err(HeadError::Closed)) => return None,
+            Ok(Err(HeadError::TooLarge)) => {
+                let err = ApiError::HeadTooLarge { max: self.max_head };
+                write_error(&mut sock, err).await;
+                return None;
+            }
+            Ok(Err(HeadError::Malformed(why))) => {
+                write_error(&mut sock, ApiError::MalformedRequest(why)).await;
+                return None;
+            }
+            Ok(Ok(head)) => head,
+        };
+        match head {
+            Head::Other => {
+                let io = Prefixed {
+                    prefix: buf.freeze(),
+                    inner: sock,
+                };
+                self.serve_hyper(io, watcher).await;
+                None
+            }
+            Head::Stream(req, chunked) => {
+                drop(buf);
+                let resp = self
+                    .router
+                    .clone()
+                    .oneshot(*req)
+                    .await
+                    .unwrap_or_else(|e| match e {});
+                respond(sock, resp, chunked).await
+            }
+        }
+    }
+}
+
+/// Sends the router's answer: the head of an event stream (returning the
+/// stream to write), or a whole answer that closes the connection.
+async fn respond(
+    mut sock: TcpStream,
+    mut resp: Response<Body>,
+    chunked: bool,
+) -> Option<(TcpStream, StreamSession, bool)> {
+    let session = resp
+        .extensions_mut()
+        .remove::<SseHandoff>()
+        .and_then(|h| h.take());
+    let Some(session) = session.filter(|_| resp.status() == StatusCode::OK) else {
+        write_and_close(&mut sock, resp).await;
+        return None;
+    };
+    let framing = if chunked {
+        Framing::Chunked
+    } else {
+        Framing::UntilClose
+    };
+    let head = head_bytes(resp.status(), resp.headers(), framing);
+    drop(resp);
+    sock.write_all(&head).await.ok()?;
+    Some((sock, session, chunked))
+}

@@ -1,0 +1,175 @@
+//! The front door: every connection of a node enters here. The server
+//! accepts, admits (`admission`: connection limits), terminates TLS,
+//! chooses the protocol (`front`: the hand-written HTTP/1.1 fast path for
+//! event streams, hyper for everything else and for HTTP/2), and drains
+//! at shutdown.
+//!
+//! A new route goes into the router (`http::router`); a new protocol on
+//! the same port (a WebSocket upgrade, say) is recognised in `head` and
+//! served from `front`.
+
+mod admission;
+mod front;
+mod head;
+mod prefixed;
+mod response;
+mod writer;
+
+pub use admission::{Gate, default_max_connections, raise_file_limit};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use crate::state::AppState;
+use admission::{Admitted, Verdict};
+use front::Front;
+
+/// Accepts and serves connections until shutdown, then drains.
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: AppState,
+    gate: Arc<Gate>,
+}
+
+impl Server {
+    pub fn new(listener: TcpListener, tls: Option<TlsAcceptor>, state: AppState, gate: Arc<Gate>) -> Server {
+        Server {
+            listener,
+            tls,
+            state,
+            gate,
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    fn front(&self) -> Arc<Front> {
+        let cfg = self.state.config();
+        let mut hyper = auto::Builder::new(TokioExecutor::new());
+        hyper
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_timeout)
+            .max_buf_size(cfg.max_header_bytes.max(8192));
+        Arc::new(Front {
+            router: crate::http::router(self.state.clone()),
+            hyper,
+            max_head: cfg.max_header_bytes,
+            head_timeout: cfg.header_timeout,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then drains: `/readyz` answers 503
+    /// for `--drain-delay` while the node still accepts (so that a
+    /// balancer's health checks see it), then the listener closes, streams
+    /// are closed over `--close-spread`, and the call returns once every
+    /// connection is done or `--shutdown-grace` has passed since the signal.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        let cfg = self.state.config().clone();
+        let front = self.front();
+        let graceful = GracefulShutdown::new();
+        let connections = TaskTracker::new();
+        let deadline = std::sync::OnceLock::new();
+        let draining = async {
+            shutdown.await;
+            let _ = deadline.set(tokio::time::Instant::now() + cfg.shutdown_grace);
+            tracing::info!(drain_delay = ?cfg.drain_delay, "shutdown signal: draining");
+            self.state.start_draining();
+            tokio::time::sleep(cfg.drain_delay).await;
+        };
+        tokio::pin!(draining);
+        loop {
+            let (sock, peer) = tokio::select! {
+                _ = &mut draining => break,
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let admitted = match self.gate.admit(peer.ip()) {
+                Verdict::Admit(a) => a,
+                refused => {
+                    tokio::spawn(admission::refuse(sock, refused));
+                    continue;
+                }
+            };
+            prepare(&sock, cfg.write_timeout);
+            self.spawn_connection(sock, admitted, &front, &graceful, &connections);
+        }
+        let deadline = *deadline.get().expect("set when draining began");
+        drop(self.listener);
+        connections.close();
+        let hub = self.state.hub().clone();
+        let closing = async move {
+            tokio::join!(
+                hub.close_all(cfg.close_spread),
+                graceful.shutdown(),
+                connections.wait()
+            );
+        };
+        if tokio::time::timeout_at(deadline, closing).await.is_err() {
+            tracing::warn!("shutdown grace period over with connections still open");
+        }
+    }
+
+    fn spawn_connection(
+        &self,
+        sock: TcpStream,
+        admitted: Admitted,
+        front: &Arc<Front>,
+        graceful: &GracefulShutdown,
+        connections: &TaskTracker,
+    ) {
+        let (front, watcher, tracker) = (front.clone(), graceful.watcher(), connections.clone());
+        if let Some(acceptor) = &self.tls {
+            let acceptor = acceptor.clone();
+            connections.spawn(async move {
+                let handshake = tokio::time::timeout(front.head_timeout, acceptor.accept(sock)).await;
+                if let Ok(Ok(tls)) = handshake {
+                    front.serve_hyper(tls, watcher).await;
+                }
+                drop(admitted);
+            });
+            return;
+        }
+        connections.spawn(async move {
+            if let Some(writer) = Box::pin(front.serve(sock, watcher)).await {
+                tracker.spawn(async move {
+                    writer.await;
+                    drop(admitted);
+                });
+            }
+        });
+    }
+}
+
+/// Socket options of every admitted connection.
+fn prepare(sock: &TcpStream, write_timeout: Duration) {
+    let _ = sock.set_nodelay(true);
+    if !write_timeout.is_zero() {
+        // Bounds the life of sockets whose peer vanished without a FIN or
+        // RST (heartbeats then stay unacknowledged).
+        let _ = socket2::SockRef::from(sock).set_tcp_user_timeout(Some(write_timeout));
+    }
+}

@@ -1,0 +1,199 @@
+//! The long-lived part of a fast-path event stream: a small hand-written
+//! future that writes the stream's shared, pre-encoded frames straight to
+//! the socket with vectored writes (chunked encoding on HTTP/1.1), with no
+//! buffer of its own.
+//!
+//! Why by hand: an idle event stream should cost little more than its
+//! socket. An async fn is as large as its largest state, and hyper keeps an
+//! 8 KiB read buffer and an 8 KiB write buffer for the life of every
+//! connection; this future holds the socket, the stream's session and a
+//! vector of shared frames, and is pinned under 256 bytes by a test.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use crate::stream::StreamSession;
+
+/// Frames per vectored write.
+const IOV: usize = 64;
+
+/// Writes an event stream's chunks until it ends, the client leaves, or a
+/// write fails. Holds no buffer: each chunk is the session's shared frames,
+/// written with one vectored write per wake-up where the socket allows.
+pub(crate) struct StreamWriter {
+    sock: TcpStream,
+    session: StreamSession,
+    frames: Vec<Bytes>,
+    /// Bytes of the current chunk already written, while writing one.
+    offset: Option<usize>,
+    chunked: bool,
+}
+
+impl StreamWriter {
+    pub(super) fn new(sock: TcpStream, session: StreamSession, chunked: bool) -> StreamWriter {
+        StreamWriter {
+            sock,
+            session,
+            frames: Vec::new(),
+            offset: None,
+            chunked,
+        }
+    }
+
+    fn finish(&mut self) {
+        // The last chunk is best-effort: a socket too full for five bytes
+        // belongs to a client that is not reading anyway. Dropping the
+        // socket closes it.
+        if self.chunked {
+            let _ = self.sock.try_write(b"0\r\n\r\n");
+        }
+    }
+}
+
+impl Future for StreamWriter {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let Some(offset) = &mut this.offset else {
+                if client_gone(&this.sock, cx) {
+                    return Poll::Ready(());
+                }
+                match ready!(this.session.poll_chunk(cx, &mut this.frames)) {
+                    Some(()) => this.offset = Some(0),
+                    None => {
+                        this.finish();
+                        return Poll::Ready(());
+                    }
+                }
+                continue;
+            };
+            match poll_write_chunk(cx, &mut this.sock, &this.frames, this.chunked, offset) {
+                Poll::Ready(Ok(())) => {
+                    this.offset = None;
+                    this.frames.clear();
+                    if this.frames.capacity() > IOV * 4 {
+                        this.frames.shrink_to(IOV);
+                    }
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                // A stream closed while its socket is stuck (a client that
+                // stopped reading) ends here rather than waiting forever.
+                Poll::Pending if this.session.poll_closed(cx) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Whether the client closed its side (anything it sends on an event
+/// stream is read and ignored).
+fn client_gone(sock: &TcpStream, cx: &mut Context<'_>) -> bool {
+    let mut scratch = [0u8; 64];
+    loop {
+        match sock.poll_read_ready(cx) {
+            Poll::Pending => return false,
+            Poll::Ready(Err(_)) => return true,
+            Poll::Ready(Ok(())) => match sock.try_read(&mut scratch) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return true,
+            },
+        }
+    }
+}
+
+/// Writes `frames` as one chunk (size line, frames, CRLF; or the frames
+/// alone on HTTP/1.0), resuming at `offset`.
+fn poll_write_chunk(
+    cx: &mut Context<'_>,
+    sock: &mut TcpStream,
+    frames: &[Bytes],
+    chunked: bool,
+    offset: &mut usize,
+) -> Poll<io::Result<()>> {
+    let body: usize = frames.iter().map(Bytes::len).sum();
+    let mut size_line = [0u8; 20];
+    let size_len = if chunked {
+        hex_line(body, &mut size_line)
+    } else {
+        0
+    };
+    let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
+    let total = size_len + body + tail.len();
+    while *offset < total {
+        let mut slices = [IoSlice::new(&[]); IOV + 2];
+        let mut n = 0;
+        let mut skip = *offset;
+        let parts = std::iter::once(&size_line[..size_len])
+            .chain(frames.iter().map(|b| &b[..]))
+            .chain(std::iter::once(tail));
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[n] = IoSlice::new(&part[skip..]);
+            skip = 0;
+            n += 1;
+            if n == slices.len() {
+                break;
+            }
+        }
+        let written = ready!(Pin::new(&mut *sock).poll_write_vectored(cx, &slices[..n]))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *offset += written;
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// `<hex length>\r\n` into `out`; returns its length.
+fn hex_line(mut n: usize, out: &mut [u8; 20]) -> usize {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    out[..len].copy_from_slice(&digits[i..]);
+    out[len..len + 2].copy_from_slice(b"\r\n");
+    len + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_lines_are_chunk_sizes() {
+        let mut out = [0u8; 20];
+        let n = hex_line(0, &mut out);
+        assert_eq!(&out[..n], b"0\r\n");
+        let n = hex_line(0x1a2b, &mut out);
+        assert_eq!(&out[..n], b"1a2b\r\n");
+        let n = hex_line(usize::MAX, &mut out);
+        assert_eq!(&out[..n], b"ffffffffffffffff\r\n");
+    }
+
+    /// An event stream's task lives as long as the stream: keep it small.
+    #[test]
+    fn a_stream_writer_stays_small() {
+        let size = std::mem::size_of::<StreamWriter>();
+        assert!(size <= 256, "the stream writer is {size} bytes");
+    }
+}
