@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::RedisBroker;
+use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{Retention, SharedBroker};
 use crate::config::Config;
 use crate::http::server::{Gate, Server};
@@ -30,7 +30,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("cannot start the Redis broker: {0}")]
-    Redis(String),
+    Redis(crate::broker::BrokerError),
     #[error(transparent)]
     Auth(#[from] crate::auth::SetupError),
     #[error(transparent)]
@@ -65,7 +65,7 @@ impl Application {
             size: config.history_size,
             ttl: config.history_ttl,
         };
-        let broker: SharedBroker = match &config.redis_url {
+        let broker: SharedBroker = match RedisSettings::from_config(&config) {
             None => {
                 tracing::info!(
                     "no --redis-url: using the embedded in-process broker (single node, history in memory)"
@@ -78,10 +78,10 @@ impl Application {
                     tasks.clone(),
                 ))
             }
-            Some(_) => Arc::new(
-                RedisBroker::start(&config, hub.clone(), control, metrics.clone(), tasks.clone())
+            Some(settings) => Arc::new(
+                RedisBroker::start(&settings, hub.clone(), control, metrics.clone(), tasks.clone())
                     .await
-                    .map_err(|e| StartError::Redis(e.to_string()))?,
+                    .map_err(StartError::Redis)?,
             ),
         };
         let listener = TcpListener::bind(config.listen)

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use crate::broker::{BrokerError, SharedBroker, encode_incoming, now_us};
 use crate::hub::{Close, Hub, Item, Registration, Subscriber};
 use crate::metrics::Metrics;
-use crate::sse::{Channel, Cursor, Encoded, StreamId, encode_comment, encode_control, encode_retry_hint};
+use crate::sse::{Channel, Cursor, Encoded, EventId, encode_comment, encode_control, encode_retry_hint};
 
 /// History is read in pages of this many events.
 const PAGE: usize = 500;
@@ -55,7 +55,7 @@ pub struct StreamSession {
     /// When the stream's token expires, if it has one.
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The client's position per channel: what its next cursor will say.
-    positions: Box<[StreamId]>,
+    positions: Box<[EventId]>,
     /// Reused between drains so that the queue swap does not allocate.
     spare: VecDeque<Item>,
     metrics: Metrics,
@@ -120,7 +120,7 @@ impl StreamSession {
     async fn replay(
         &mut self,
         broker: &SharedBroker,
-        live: &[StreamId],
+        live: &[EventId],
         out: &mut Vec<Bytes>,
     ) -> Result<(), BrokerError> {
         let mut replayed = 0u64;

@@ -21,12 +21,12 @@ use super::{
 };
 use crate::hub::{Hub, Plan, SubCommand};
 use crate::metrics::Metrics;
-use crate::sse::{Channel, StreamId};
+use crate::sse::{Channel, EventId};
 
 struct Stream {
     entries: VecDeque<HistoryEntry>,
-    last: StreamId,
-    max_deleted: StreamId,
+    last: EventId,
+    max_deleted: EventId,
     expires: Option<Instant>,
 }
 
@@ -103,12 +103,12 @@ fn live<'a>(streams: &'a mut HashMap<Channel, Stream>, channel: &Channel) -> Opt
     streams.get_mut(channel)
 }
 
-fn next_id(last: StreamId) -> StreamId {
+fn next_id(last: EventId) -> EventId {
     let now_ms = now_us() / 1000;
     if now_ms > last.ms {
-        StreamId::new(now_ms, 0)
+        EventId::new(now_ms, 0)
     } else {
-        StreamId::new(last.ms, last.seq + 1)
+        EventId::new(last.ms, last.seq + 1)
     }
 }
 
@@ -117,14 +117,14 @@ impl Broker for MemoryBroker {
         "memory"
     }
 
-    fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<StreamId, BrokerError>> {
+    fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<EventId, BrokerError>> {
         let inner = &self.0;
         let mut streams = inner.streams.lock();
         let last = live(&mut streams, channel).map(|s| s.last).unwrap_or_default();
         let stream = streams.entry(channel.clone()).or_insert_with(|| Stream {
             entries: VecDeque::new(),
             last,
-            max_deleted: StreamId::ZERO,
+            max_deleted: EventId::ZERO,
             expires: None,
         });
         let id = next_id(stream.last);
@@ -152,8 +152,8 @@ impl Broker for MemoryBroker {
     fn history(
         &self,
         channel: &Channel,
-        after: StreamId,
-        until: Option<StreamId>,
+        after: EventId,
+        until: Option<EventId>,
         limit: usize,
     ) -> BoxFuture<'_, Result<History, BrokerError>> {
         let mut streams = self.0.streams.lock();
@@ -163,7 +163,7 @@ impl Broker for MemoryBroker {
                     after,
                     &StreamFacts {
                         exists: false,
-                        max_deleted: StreamId::ZERO,
+                        max_deleted: EventId::ZERO,
                         first: None,
                     },
                     self.0.retention.ttl,

@@ -18,11 +18,11 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use crate::metrics::Metrics;
-use crate::sse::{Channel, Encoded, StreamId, parse_payload_lenient};
+use crate::sse::{Channel, Encoded, EventId, parse_payload_lenient};
 
 #[derive(Debug, Clone)]
 pub struct HistoryEntry {
-    pub id: StreamId,
+    pub id: EventId,
     pub payload: Bytes,
 }
 
@@ -34,17 +34,33 @@ pub struct History {
     /// expired): the reader must be reset.
     pub trimmed: bool,
     /// The newest id the channel ever had (`0-0` if it has no history).
-    pub tip: StreamId,
+    pub tip: EventId,
 }
 
+/// Why a broker request failed, in the terms a caller acts on: whether
+/// the request may have been carried out matters to a publisher that
+/// retries.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The request never reached the broker (no connection, none free in
+    /// time, connection refused): nothing was done.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
-    #[error("unexpected reply from redis: {0}")]
+    /// The request was sent and no answer came (a response timeout, a
+    /// connection lost meanwhile): it may or may not have been carried out.
+    #[error("no answer from the broker: {0}")]
+    OutcomeUnknown(String),
+    /// The broker answered with an error: nothing was done.
+    #[error("the broker refused the request: {0}")]
+    Refused(String),
+    /// Redis has no `ssegate` function library (a fresh or flushed server,
+    /// a replica promoted before it had the library).
+    #[error("the ssegate function library is not loaded in Redis")]
+    FunctionMissing,
+    #[error("unexpected reply from the broker: {0}")]
     Protocol(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -53,15 +69,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Durable publish: append to the channel's history, then publish with
     /// the new id, atomically. Returns the id.
-    fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<StreamId, BrokerError>>;
+    fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<EventId, BrokerError>>;
 
     /// At most `limit` events with `after < id <= until` (no upper bound
     /// when `until` is `None`), oldest first.
     fn history(
         &self,
         channel: &Channel,
-        after: StreamId,
-        until: Option<StreamId>,
+        after: EventId,
+        until: Option<EventId>,
         limit: usize,
     ) -> BoxFuture<'_, Result<History, BrokerError>>;
 
@@ -84,8 +100,8 @@ pub struct Retention {
 /// everything after `after`.
 pub struct StreamFacts {
     pub exists: bool,
-    pub max_deleted: StreamId,
-    pub first: Option<StreamId>,
+    pub max_deleted: EventId,
+    pub first: Option<EventId>,
 }
 
 /// Whether events after `after` may have been lost: trimmed entries newer
@@ -93,8 +109,8 @@ pub struct StreamFacts {
 /// or was re-created after expiring from idleness. A stream idle for the TTL
 /// expires, so an idle gap of at least the TTL right after `after` means the
 /// stream was re-created in between.
-pub fn gap_after(after: StreamId, facts: &StreamFacts, ttl: Duration) -> bool {
-    if after == StreamId::ZERO {
+pub fn gap_after(after: EventId, facts: &StreamFacts, ttl: Duration) -> bool {
+    if after == EventId::ZERO {
         return facts.exists && facts.max_deleted > after;
     }
     if !facts.exists || facts.max_deleted > after {
@@ -109,7 +125,7 @@ pub fn gap_after(after: StreamId, facts: &StreamFacts, ttl: Duration) -> bool {
 
 /// Decodes one payload from the broker (leniently: a bad envelope field is
 /// dropped and counted) and encodes it once for every local stream.
-pub fn encode_incoming(payload: Bytes, id: Option<StreamId>, metrics: &Metrics) -> Arc<Encoded> {
+pub fn encode_incoming(payload: Bytes, id: Option<EventId>, metrics: &Metrics) -> Arc<Encoded> {
     let (event, dropped) = parse_payload_lenient(payload);
     if dropped > 0 {
         metrics.envelope_fields_dropped.increment(dropped as u64);
@@ -135,19 +151,19 @@ mod tests {
     fn facts(exists: bool, max_deleted: u64, first: Option<u64>) -> StreamFacts {
         StreamFacts {
             exists,
-            max_deleted: StreamId::new(max_deleted, 0),
-            first: first.map(|f| StreamId::new(f, 0)),
+            max_deleted: EventId::new(max_deleted, 0),
+            first: first.map(|f| EventId::new(f, 0)),
         }
     }
 
     #[test]
     fn gaps_are_detected_from_trimming_and_expiry() {
         let ttl = Duration::from_secs(60);
-        let at = |ms| StreamId::new(ms, 0);
+        let at = |ms| EventId::new(ms, 0);
         // A reader that has seen nothing never misses anything of a new stream.
-        assert!(!gap_after(StreamId::ZERO, &facts(false, 0, None), ttl));
-        assert!(!gap_after(StreamId::ZERO, &facts(true, 0, Some(5)), ttl));
-        assert!(gap_after(StreamId::ZERO, &facts(true, 3, Some(5)), ttl));
+        assert!(!gap_after(EventId::ZERO, &facts(false, 0, None), ttl));
+        assert!(!gap_after(EventId::ZERO, &facts(true, 0, Some(5)), ttl));
+        assert!(gap_after(EventId::ZERO, &facts(true, 3, Some(5)), ttl));
         // Trimmed past the reader.
         assert!(gap_after(at(10), &facts(true, 11, Some(12)), ttl));
         assert!(!gap_after(at(10), &facts(true, 10, Some(11)), ttl));

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use subscriber::{Close, Item, Subscriber};
 
 use crate::metrics::Metrics;
-use crate::sse::{Channel, Encoded, StreamId};
+use crate::sse::{Channel, Encoded, EventId};
 
 const CHANNEL_SHARDS: usize = 64;
 const STREAM_SHARDS: usize = 16;
@@ -61,7 +61,7 @@ pub enum Plan {
     /// New on this node: read the tip, then `channel_ready`.
     Tip(Ticket),
     /// Live before a connection loss: repair the gap after this id.
-    Repair(Ticket, StreamId),
+    Repair(Ticket, EventId),
     Nothing,
 }
 
@@ -71,7 +71,7 @@ pub enum RepairStep {
     /// Caught up; the channel is live again.
     Done,
     /// Events were dropped from the hold while repairing: read again after this id.
-    More(StreamId),
+    More(EventId),
     /// The channel is no longer waiting for this repair.
     Gone,
 }
@@ -94,7 +94,7 @@ enum Mode {
 
 struct ChannelState {
     subs: Slab<SubRef>,
-    last_id: StreamId,
+    last_id: EventId,
     instance: u64,
     /// Incremented whenever the channel's broker connection is lost.
     epoch: u64,
@@ -125,7 +125,7 @@ impl ChannelState {
             // repairing channel reads history again before going live; a
             // pending one starts its streams after them (a resuming stream
             // replays them from history).
-            let mut newest = StreamId::ZERO;
+            let mut newest = EventId::ZERO;
             self.held.retain(|e| match e.id {
                 Some(id) => {
                     newest = newest.max(id);
@@ -240,7 +240,7 @@ impl Hub {
                 });
                 ChannelState {
                     subs: Slab::new(),
-                    last_id: StreamId::ZERO,
+                    last_id: EventId::ZERO,
                     instance,
                     epoch: 0,
                     mode: Mode::Pending,
@@ -332,7 +332,7 @@ impl Hub {
 
     /// `tip` is the newest durable id the broker has for `channel`, read
     /// after its subscription was confirmed: the channel goes live there.
-    pub fn channel_ready(&self, channel: &str, t: Ticket, tip: StreamId) {
+    pub fn channel_ready(&self, channel: &str, t: Ticket, tip: EventId) {
         let metrics = &self.0.metrics;
         self.with_ticket(channel, t, |state| {
             if !matches!(state.mode, Mode::Pending) {
@@ -396,7 +396,7 @@ impl Hub {
 
     /// The gap of `channel` cannot be repaired (history trimmed or expired):
     /// its streams get `ssegate.reset` and continue from `tip`.
-    pub fn reset_channel(&self, channel: &str, t: Ticket, tip: StreamId) {
+    pub fn reset_channel(&self, channel: &str, t: Ticket, tip: EventId) {
         let metrics = &self.0.metrics;
         self.with_ticket(channel, t, |state| {
             if !matches!(state.mode, Mode::Repairing { .. }) {
@@ -479,14 +479,14 @@ mod tests {
             data: Bytes::from(ms.to_string()),
             ..Default::default()
         };
-        Arc::new(Encoded::new(&e, Some(StreamId::new(ms, 0)), 0))
+        Arc::new(Encoded::new(&e, Some(EventId::new(ms, 0)), 0))
     }
 
     fn ready(hub: &Hub, c: &str, tip_ms: u64) {
         let Plan::Tip(t) = hub.plan(c) else {
             panic!("not pending")
         };
-        hub.channel_ready(c, t, StreamId::new(tip_ms, 0));
+        hub.channel_ready(c, t, EventId::new(tip_ms, 0));
     }
 
     fn drained(sub: &Subscriber) -> Vec<u64> {
@@ -550,7 +550,7 @@ mod tests {
         let Plan::Repair(t, from) = hub.plan("c") else {
             panic!()
         };
-        assert_eq!(from, StreamId::new(1, 0));
+        assert_eq!(from, EventId::new(1, 0));
         assert_eq!(
             hub.deliver_history("c", t, &[durable(2), durable(3), durable(4)]),
             3
@@ -569,7 +569,7 @@ mod tests {
         let Plan::Repair(t, _) = hub.plan("c") else {
             panic!()
         };
-        hub.reset_channel("c", t, StreamId::new(9, 0));
+        hub.reset_channel("c", t, EventId::new(9, 0));
         hub.dispatch("c", durable(9));
         hub.dispatch("c", durable(10));
         assert_eq!(drained(reg.subscriber()), vec![1_000_009, 10]);
@@ -586,19 +586,19 @@ mod tests {
         let sub = Subscriber::new(1, 1 << 20);
         let _reg = hub.register(sub.clone(), Box::new([chan("c")]));
         let mut cx = Context::from_waker(noop_waker_ref());
-        hub.channel_ready("c", old_instance, StreamId::new(3, 0));
+        hub.channel_ready("c", old_instance, EventId::new(3, 0));
         assert!(sub.poll_ready(&mut cx).is_pending());
         let Plan::Tip(before_loss) = hub.plan("c") else {
             panic!()
         };
         hub.channels_lost([&chan("c")]);
-        hub.channel_ready("c", before_loss, StreamId::new(3, 0));
+        hub.channel_ready("c", before_loss, EventId::new(3, 0));
         assert!(
             sub.poll_ready(&mut cx).is_pending(),
             "a tip read before the loss is stale"
         );
         let Plan::Tip(t) = hub.plan("c") else { panic!() };
-        hub.channel_ready("c", t, StreamId::new(3, 0));
+        hub.channel_ready("c", t, EventId::new(3, 0));
         assert!(sub.poll_ready(&mut cx).is_ready());
     }
 

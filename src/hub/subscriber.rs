@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
-use crate::sse::{Encoded, StreamId};
+use crate::sse::{Encoded, EventId};
 
 /// What the hub hands a stream.
 #[derive(Debug, Clone)]
@@ -21,7 +21,7 @@ pub enum Item {
     Event(Arc<Encoded>, u16),
     /// The channel could not be repaired after a broker outage: its history
     /// no longer reaches back far enough. The stream continues from `tip`.
-    Reset(u16, StreamId),
+    Reset(u16, EventId),
     Heartbeat,
 }
 
@@ -65,7 +65,7 @@ struct State {
 
 struct Start {
     pending: usize,
-    positions: Box<[StreamId]>,
+    positions: Box<[EventId]>,
 }
 
 /// What a push did, for the hub's bookkeeping.
@@ -108,7 +108,7 @@ impl Subscriber {
                 closed: None,
                 start: Some(Box::new(Start {
                     pending: channels,
-                    positions: vec![StreamId::ZERO; channels].into_boxed_slice(),
+                    positions: vec![EventId::ZERO; channels].into_boxed_slice(),
                 })),
             }),
         })
@@ -172,7 +172,7 @@ impl Subscriber {
     }
 
     /// The hub tells the stream where channel `ch` stands on this node.
-    pub(super) fn set_ready(&self, ch: u16, position: StreamId) {
+    pub(super) fn set_ready(&self, ch: u16, position: EventId) {
         let waker = {
             let mut s = self.state.lock();
             let Some(start) = s.start.as_mut() else {
@@ -192,7 +192,7 @@ impl Subscriber {
 
     /// Resolves once every channel is live on this node, with the position
     /// of each: the last durable id this node delivered on it.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<Box<[StreamId]>, Close>> {
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<Box<[EventId]>, Close>> {
         let mut s = self.state.lock();
         if let Some(c) = s.closed {
             return Poll::Ready(Err(c));
@@ -210,7 +210,7 @@ impl Subscriber {
         }
     }
 
-    pub async fn ready(&self) -> Result<Box<[StreamId]>, Close> {
+    pub async fn ready(&self) -> Result<Box<[EventId]>, Close> {
         std::future::poll_fn(|cx| self.poll_ready(cx)).await
     }
 
@@ -286,11 +286,11 @@ mod tests {
     fn ready_resolves_after_every_channel_reported() {
         let sub = Subscriber::new(2, 1 << 20);
         let mut cx = Context::from_waker(noop_waker_ref());
-        sub.set_ready(1, StreamId::new(5, 0));
+        sub.set_ready(1, EventId::new(5, 0));
         assert!(sub.poll_ready(&mut cx).is_pending());
-        sub.set_ready(0, StreamId::new(3, 1));
+        sub.set_ready(0, EventId::new(3, 1));
         match sub.poll_ready(&mut cx) {
-            Poll::Ready(Ok(p)) => assert_eq!(&*p, &[StreamId::new(3, 1), StreamId::new(5, 0)]),
+            Poll::Ready(Ok(p)) => assert_eq!(&*p, &[EventId::new(3, 1), EventId::new(5, 0)]),
             other => panic!("{other:?}"),
         }
     }

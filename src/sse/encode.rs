@@ -8,20 +8,20 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Event, StreamId};
+use super::{Event, EventId};
 
 #[derive(Debug)]
 pub struct Encoded {
     frame: Bytes,
     body_start: u32,
     /// The stream id of a durable event; `None` for ephemeral ones.
-    pub id: Option<StreamId>,
+    pub id: Option<EventId>,
     /// When the event was published (µs since the epoch), for the latency metric.
     pub published_us: u64,
 }
 
 impl Encoded {
-    pub fn new(ev: &Event, durable: Option<StreamId>, published_us: u64) -> Encoded {
+    pub fn new(ev: &Event, durable: Option<EventId>, published_us: u64) -> Encoded {
         let mut buf = BytesMut::with_capacity(ev.data.len() + 48);
         if let Some(id) = durable {
             buf.put_slice(b"id: ");
@@ -167,7 +167,7 @@ mod tests {
             data: Bytes::from("x"),
             ..Default::default()
         };
-        let enc = Encoded::new(&ev, Some(StreamId::new(5, 1)), 5);
+        let enc = Encoded::new(&ev, Some(EventId::new(5, 1)), 5);
         assert_eq!(&enc.frame()[..], b"id: 5-1\nevent: e\ndata: x\n\n");
         assert_eq!(&enc.body()[..], b"event: e\ndata: x\n\n");
     }
@@ -209,7 +209,7 @@ mod tests {
         #[test]
         fn any_event_round_trips_through_a_real_parser((event, id, retry, data) in arb_event(), durable in proptest::option::of((any::<u64>(), any::<u64>()))) {
             let ev = Event { event: event.clone(), id: id.clone(), retry, data: Bytes::from(data.clone()) };
-            let durable = durable.map(|(a, b)| StreamId::new(a, b));
+            let durable = durable.map(|(a, b)| EventId::new(a, b));
             let enc = Encoded::new(&ev, durable, 0);
             let parsed = parse_all(enc.frame().clone());
             prop_assert_eq!(parsed.len(), 1);

@@ -82,7 +82,7 @@ proptest! {
         }
         // The lenient (Redis) path always yields exactly one safe event.
         let (ev, _) = parse_payload_lenient(payload);
-        let parsed = parse_sse(Encoded::new(&ev, Some(StreamId::new(1, 2)), 0).frame().clone());
+        let parsed = parse_sse(Encoded::new(&ev, Some(EventId::new(1, 2)), 0).frame().clone());
         prop_assert_eq!(parsed.len(), 1);
         prop_assert_eq!(&parsed[0].id, "1-2");
     }
@@ -95,8 +95,9 @@ proptest! {
     ], n in 1usize..6) {
         if let Ok(Cursor(ids)) = Cursor::parse(&text, n) {
             prop_assert_eq!(ids.len(), n);
-            let again = Cursor::to_text(&ids);
-            prop_assert_eq!(Cursor::parse(again.as_bytes(), n), Ok(Cursor(ids)));
+            let mut again = Vec::new();
+            Cursor::write(&ids, &mut again);
+            prop_assert_eq!(Cursor::parse(&again, n), Ok(Cursor(ids)));
         }
     }
 
@@ -104,8 +105,10 @@ proptest! {
     /// events.
     #[test]
     fn control_frames_stay_single_events(ids in proptest::collection::vec((any::<u64>(), any::<u64>()), 1..5)) {
-        let ids: Vec<StreamId> = ids.into_iter().map(|(a, b)| StreamId::new(a, b)).collect();
-        let cursor = Cursor::to_text(&ids);
+        let ids: Vec<EventId> = ids.into_iter().map(|(a, b)| EventId::new(a, b)).collect();
+        let mut text = Vec::new();
+        Cursor::write(&ids, &mut text);
+        let cursor = String::from_utf8(text).unwrap();
         let reset = encode_control("ssegate.reset", r#"{"channels":["a"]}"#, Some(cursor.as_bytes()));
         let parsed = parse_sse(reset);
         prop_assert_eq!(parsed.len(), 1);

@@ -19,7 +19,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
-use super::pubsub::{Backoff, Kind, PubSub, ShardReport, Target, slot};
+use super::backoff::Backoff;
+use super::names::slot;
+use super::pubsub::{Kind, PubSub, ShardReport, Target};
+use crate::broker::BrokerError;
 use crate::hub::{Hub, SubCommand};
 use crate::sse::Channel;
 
@@ -57,7 +60,7 @@ impl ClusterPubSub {
         hub: Hub,
         control: mpsc::UnboundedReceiver<SubCommand>,
         cancel: CancellationToken,
-    ) -> Result<ClusterPubSub, String> {
+    ) -> Result<ClusterPubSub, BrokerError> {
         let mut me = ClusterPubSub {
             inner,
             node,
@@ -207,7 +210,7 @@ impl ClusterPubSub {
                 rx,
                 cancel.clone(),
             );
-            tokio::spawn(ps.run(None));
+            ps.spawn();
             Shard { control: tx, cancel }
         });
         let _ = shard.control.send(SubCommand::Want {
@@ -218,15 +221,14 @@ impl ClusterPubSub {
     }
 
     /// Reads `CLUSTER SLOTS`: `[[start, end, [ip, port, id], replicas...]...]`.
-    async fn refresh(&mut self) -> Result<(), String> {
+    async fn refresh(&mut self) -> Result<(), BrokerError> {
         let v: Value = self
             .inner
             .commands
             .cluster_any(&redis::cmd("CLUSTER").arg("SLOTS").clone())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let Value::Array(ranges) = v else {
-            return Err("CLUSTER SLOTS: not an array".into());
+            return Err(BrokerError::Protocol("CLUSTER SLOTS: not an array".into()));
         };
         let mut slots = Vec::with_capacity(ranges.len());
         for r in ranges {
@@ -246,7 +248,7 @@ impl ClusterPubSub {
             slots.push((*start as u16, *end as u16, host, *port as u16));
         }
         if slots.is_empty() {
-            return Err("the cluster serves no slot".into());
+            return Err(BrokerError::Unavailable("the cluster serves no slot".into()));
         }
         slots.sort();
         self.slots = slots;

@@ -15,7 +15,7 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult, Value};
+use redis::{Cmd, ConnectionInfo, FromRedisValue, RedisError, RedisResult, Value};
 
 use super::Topology;
 use crate::broker::BrokerError;
@@ -62,6 +62,27 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
+/// What a failed command means for its caller. Redis reports a missing
+/// function only in the text of its error reply; this is the one place
+/// that reads it.
+pub(crate) fn classify(e: RedisError) -> BrokerError {
+    if e.is_connection_refusal() {
+        return BrokerError::Unavailable(e.to_string());
+    }
+    if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+        return BrokerError::OutcomeUnknown(e.to_string());
+    }
+    if e.code().is_some_and(|c| c.eq_ignore_ascii_case("ERR"))
+        && e.detail().is_some_and(|d| d.starts_with("Function not found"))
+    {
+        return BrokerError::FunctionMissing;
+    }
+    if e.code().is_some() {
+        return BrokerError::Refused(e.to_string());
+    }
+    BrokerError::Protocol(e.to_string())
+}
+
 impl Commands {
     pub(crate) async fn connect(topology: &Topology, pool_size: usize) -> Result<Commands, BrokerError> {
         match topology {
@@ -90,7 +111,8 @@ impl Commands {
                     master.clone(),
                     Some(node_info),
                     SentinelServerType::Master,
-                )?;
+                )
+                .map_err(|e| BrokerError::Config(e.to_string()))?;
                 Ok(Commands::Sentinel(Box::new(SentinelCommands {
                     client: tokio::sync::Mutex::new(client),
                     conn: parking_lot::Mutex::new(None),
@@ -100,8 +122,10 @@ impl Commands {
                 let client = redis::cluster::ClusterClient::builder(seeds.clone())
                     .connection_timeout(Duration::from_secs(5))
                     .response_timeout(Duration::from_secs(5))
-                    .build()?;
-                Ok(Commands::Cluster(client.get_async_connection().await?))
+                    .build()
+                    .map_err(|e| BrokerError::Config(e.to_string()))?;
+                let conn = client.get_async_connection().await.map_err(unavailable)?;
+                Ok(Commands::Cluster(conn))
             }
         }
     }
@@ -110,21 +134,21 @@ impl Commands {
         match self {
             Commands::Pool(pool) => {
                 let mut c = pool.get().await.map_err(unavailable)?;
-                Ok(cmd.query_async(&mut c).await?)
+                cmd.query_async(&mut c).await.map_err(classify)
             }
             Commands::Sentinel(s) => {
-                let mut c = s.conn().await?;
+                let mut c = s.conn().await.map_err(unavailable)?;
                 match cmd.query_async(&mut c).await {
                     Ok(v) => Ok(v),
                     Err(e) => {
                         if stale(&e) {
                             s.conn.lock().take();
                         }
-                        Err(e.into())
+                        Err(classify(e))
                     }
                 }
             }
-            Commands::Cluster(c) => Ok(cmd.query_async(&mut c.clone()).await?),
+            Commands::Cluster(c) => cmd.query_async(&mut c.clone()).await.map_err(classify),
         }
     }
 
@@ -138,7 +162,7 @@ impl Commands {
                 for cmd in cmds {
                     pipe.add_command(cmd);
                 }
-                Ok(pipe.query_async(&mut c).await?)
+                pipe.query_async(&mut c).await.map_err(classify)
             }
             _ => futures_util::future::try_join_all(cmds.iter().map(|c| self.query(c))).await,
         }
@@ -152,7 +176,10 @@ impl Commands {
                     MultipleNodeRoutingInfo::AllMasters,
                     Some(ResponsePolicy::AllSucceeded),
                 ));
-                c.clone().route_command(cmd.clone(), routing).await?;
+                c.clone()
+                    .route_command(cmd.clone(), routing)
+                    .await
+                    .map_err(classify)?;
                 Ok(())
             }
             _ => self.query::<Value>(cmd).await.map(drop),
@@ -164,7 +191,11 @@ impl Commands {
         match self {
             Commands::Cluster(c) => {
                 let routing = RoutingInfo::SingleNode(redis::cluster_routing::SingleNodeRoutingInfo::Random);
-                let v = c.clone().route_command(cmd.clone(), routing).await?;
+                let v = c
+                    .clone()
+                    .route_command(cmd.clone(), routing)
+                    .await
+                    .map_err(classify)?;
                 T::from_redis_value(v).map_err(|e| BrokerError::Protocol(e.to_string()))
             }
             _ => self.query(cmd).await,
@@ -177,17 +208,4 @@ impl Commands {
             _ => None,
         }
     }
-}
-
-/// Parses each of a comma-separated list of URLs.
-pub(crate) fn parse_urls(list: &str) -> Result<Vec<ConnectionInfo>, BrokerError> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(|u| {
-            u.into_connection_info().map_err(|e| {
-                BrokerError::Unavailable(format!("invalid --redis-url {:?}: {e}", super::redact(u)))
-            })
-        })
-        .collect()
 }

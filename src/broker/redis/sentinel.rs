@@ -21,7 +21,7 @@ pub(super) async fn watch_switches(
     switched: Arc<Notify>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = super::pubsub::Backoff::default();
+    let mut backoff = super::backoff::Backoff::default();
     for info in sentinels.iter().cycle() {
         let watched = async {
             let client = redis::Client::open(info.clone())?;

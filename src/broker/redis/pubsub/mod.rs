@@ -1,0 +1,412 @@
+//! The pub/sub task of the Redis broker: it keeps one connection
+//! (`conn`) in line with what the hub wants (`registry`), feeds every
+//! message to the hub, and settles confirmed channels in the background
+//! (`settle`: tips for new channels, gap repair after a loss).
+//!
+//! Standalone and Sentinel: one connection per node, which reconnects by
+//! itself with capped, jittered backoff (resolving the master through the
+//! Sentinels each time). Cluster: one connection per shard, which on loss
+//! or slot moves hands its channels back to the cluster manager.
+
+mod conn;
+mod registry;
+mod settle;
+
+pub(crate) use conn::ConnError;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use redis::ConnectionInfo;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use super::backoff::Backoff;
+use super::names::split_durable;
+use super::resp::Frame;
+use crate::broker::encode_incoming;
+use crate::hub::{Hub, SubCommand};
+use crate::sse::Channel;
+use conn::{Conn, addr_of};
+use registry::{Op, Registry};
+
+const PING_EVERY: Duration = Duration::from_secs(10);
+
+/// Classic pub/sub (standalone, Sentinel) or sharded pub/sub (Cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Classic,
+    Sharded,
+}
+
+impl Kind {
+    fn commands(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Classic => ("SUBSCRIBE", "UNSUBSCRIBE"),
+            Kind::Sharded => ("SSUBSCRIBE", "SUNSUBSCRIBE"),
+        }
+    }
+
+    fn pushes(self) -> (&'static [u8], &'static [u8], &'static [u8]) {
+        match self {
+            Kind::Classic => (b"message", b"subscribe", b"unsubscribe"),
+            Kind::Sharded => (b"smessage", b"ssubscribe", b"sunsubscribe"),
+        }
+    }
+}
+
+type Resolve = Box<dyn Fn() -> BoxFuture<'static, Result<ConnectionInfo, ConnError>> + Send + Sync>;
+
+/// Where a connection goes, and what happens when it is lost.
+pub(super) enum Target {
+    /// Resolved at every (re)connect; the connection reconnects by itself.
+    /// `switched` forces a reconnect (a Sentinel announced a new master).
+    Resolve {
+        resolve: Resolve,
+        switched: Option<Arc<Notify>>,
+    },
+    /// One cluster shard: on loss the task ends and reports.
+    Shard {
+        info: Box<ConnectionInfo>,
+        report: mpsc::UnboundedSender<ShardReport>,
+    },
+}
+
+/// What a shard connection hands back to the cluster manager: wanted
+/// channels (with their hub instance) that it no longer serves.
+#[derive(Debug)]
+pub(super) enum ShardReport {
+    /// The connection is gone; the task has ended.
+    Lost {
+        addr: String,
+        channels: Vec<(Channel, u64)>,
+    },
+    /// These slots moved (MOVED, or the server unsubscribed them).
+    Moved { channels: Vec<(Channel, u64)> },
+}
+
+enum Ended {
+    Cancelled,
+    Lost(ConnError),
+    /// The Sentinels announced a new master.
+    Switched,
+    NoPong,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Cancelled => f.write_str("stopping"),
+            Ended::Lost(e) => e.fmt(f),
+            Ended::Switched => f.write_str("the Sentinels announced a new master"),
+            Ended::NoPong => write!(f, "no PONG within {PING_EVERY:?}"),
+        }
+    }
+}
+
+pub(super) struct PubSub {
+    kind: Kind,
+    target: Target,
+    inner: Arc<Inner>,
+    hub: Hub,
+    control: mpsc::UnboundedReceiver<SubCommand>,
+    cancel: CancellationToken,
+    registry: Registry,
+}
+
+impl PubSub {
+    pub(super) fn new(
+        kind: Kind,
+        target: Target,
+        inner: Arc<Inner>,
+        hub: Hub,
+        control: mpsc::UnboundedReceiver<SubCommand>,
+        cancel: CancellationToken,
+    ) -> PubSub {
+        PubSub {
+            kind,
+            target,
+            inner,
+            hub,
+            control,
+            cancel,
+            registry: Registry::new(kind),
+        }
+    }
+
+    async fn open(&self) -> Result<Conn, ConnError> {
+        match &self.target {
+            Target::Resolve { resolve, .. } => Conn::open(&resolve().await?).await,
+            Target::Shard { info, .. } => Conn::open(info).await,
+        }
+    }
+
+    /// Connects once, so that a broken configuration fails the start, then
+    /// runs in the background.
+    pub(super) async fn start(self) -> Result<(), ConnError> {
+        let first = self.open().await?;
+        tokio::spawn(self.run(Some(first)));
+        Ok(())
+    }
+
+    /// Runs in the background, connecting there (a cluster shard).
+    pub(super) fn spawn(self) {
+        tokio::spawn(self.run(None));
+    }
+
+    fn is_shard(&self) -> bool {
+        matches!(self.target, Target::Shard { .. })
+    }
+
+    async fn run(mut self, first: Option<Conn>) {
+        let mut conn = match first {
+            Some(c) => Some(c),
+            None => self.open_or_report().await,
+        };
+        if conn.is_none() && self.is_shard() {
+            return;
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            if let Some(c) = conn.take() {
+                backoff = Backoff::default();
+                match self.serve(c).await {
+                    Ended::Cancelled => return,
+                    why => {
+                        tracing::warn!(reason = %why, "lost a Redis pub/sub connection");
+                        self.lost();
+                        if self.is_shard() {
+                            self.report_lost();
+                            return;
+                        }
+                    }
+                }
+            }
+            let delay = backoff.next_delay();
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    _ = &mut sleep => break,
+                    cmd = self.control.recv() => match cmd {
+                        Some(cmd) => self.registry.on_command(cmd),
+                        None => return,
+                    },
+                }
+            }
+            match self.open().await {
+                Ok(c) => {
+                    tracing::info!("reconnected to Redis pub/sub");
+                    self.inner.metrics.redis_reconnects.increment(1);
+                    conn = Some(c);
+                }
+                Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "Redis pub/sub reconnect failed"),
+            }
+        }
+    }
+
+    /// A shard connection that cannot connect hands everything back.
+    async fn open_or_report(&mut self) -> Option<Conn> {
+        match self.open().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis pub/sub connection failed");
+                if self.is_shard() {
+                    // Take the commands already routed here along.
+                    while let Ok(cmd) = self.control.try_recv() {
+                        self.registry.on_command(cmd);
+                    }
+                    self.report_lost();
+                }
+                None
+            }
+        }
+    }
+
+    fn report_lost(&mut self) {
+        if let Target::Shard { info, report } = &self.target {
+            let _ = report.send(ShardReport::Lost {
+                addr: addr_of(info),
+                channels: self.registry.drain_wanted(),
+            });
+        }
+    }
+
+    fn lost(&mut self) {
+        if !self.is_shard() {
+            self.inner.set_connected(false);
+        }
+        let wanted = self.registry.lost();
+        self.hub.channels_lost(wanted.iter());
+    }
+
+    async fn serve(&mut self, mut conn: Conn) -> Ended {
+        if !self.is_shard() {
+            self.inner.set_connected(true);
+        }
+        // Resubscribe everything wanted (nothing on a first connection).
+        self.registry.connected();
+        let switched = match &self.target {
+            Target::Resolve {
+                switched: Some(n), ..
+            } => Some(n.clone()),
+            _ => None,
+        };
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut awaiting_pong = false;
+        loop {
+            if let Err(e) = self.flush(&mut conn).await {
+                return Ended::Lost(e);
+            }
+            self.spawn_settle();
+            self.report_moved();
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Ended::Cancelled,
+                _ = async { match &switched { Some(n) => n.notified().await, None => std::future::pending().await } } => {
+                    return Ended::Switched;
+                }
+                r = conn.read_more() => {
+                    if let Err(e) = r {
+                        return Ended::Lost(e);
+                    }
+                    loop {
+                        match conn.next_frame() {
+                            Ok(Some(frame)) => {
+                                if self.on_frame(frame) {
+                                    awaiting_pong = false;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => return Ended::Lost(e),
+                        }
+                    }
+                    // Every read can wake thousands of streams: let them
+                    // write before reading more, rather than when the
+                    // runtime's budget runs out (tail latency).
+                    tokio::task::yield_now().await;
+                },
+                cmd = self.control.recv() => match cmd {
+                    None => return Ended::Cancelled,
+                    Some(cmd) => {
+                        self.registry.on_command(cmd);
+                        while let Ok(cmd) = self.control.try_recv() {
+                            self.registry.on_command(cmd);
+                        }
+                    }
+                },
+                _ = ping.tick() => {
+                    if awaiting_pong {
+                        return Ended::NoPong;
+                    }
+                    awaiting_pong = true;
+                    if let Err(e) = conn.write_all(b"*1\r\n$4\r\nPING\r\n").await {
+                        return Ended::Lost(e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self, conn: &mut Conn) -> Result<(), ConnError> {
+        let (bytes, count) = self.registry.take_commands(&self.inner.names);
+        if count == 0 {
+            return Ok(());
+        }
+        self.inner
+            .metrics
+            .redis_subscribe_commands
+            .increment(count as u64);
+        conn.write_all(&bytes).await
+    }
+
+    /// Handles one frame; true if it was a PONG.
+    fn on_frame(&mut self, frame: Frame) -> bool {
+        let parts = match frame {
+            Frame::Array(parts) => parts,
+            Frame::Simple(s) if s.eq_ignore_ascii_case(b"PONG") => return true,
+            Frame::Error(e) => {
+                self.registry.on_error(&String::from_utf8_lossy(&e));
+                return false;
+            }
+            other => {
+                tracing::debug!(?other, "unexpected frame on a pub/sub connection");
+                return false;
+            }
+        };
+        let (message, subscribed, unsubscribed) = self.kind.pushes();
+        let kind = parts.first().and_then(Frame::as_bytes).map(|b| b.as_ref());
+        match (kind, parts.get(1).and_then(Frame::as_bytes), parts.get(2)) {
+            (Some(k), Some(chan), Some(Frame::Bulk(payload))) if k == message => {
+                self.on_message(chan, payload.clone())
+            }
+            (Some(k), Some(chan), _) if k == subscribed => self.on_confirm(chan, Op::Sub),
+            (Some(k), Some(chan), _) if k == unsubscribed => self.on_confirm(chan, Op::Unsub),
+            (Some(b"pong"), ..) => return true,
+            _ => tracing::debug!(?parts, "unexpected push on a pub/sub connection"),
+        }
+        false
+    }
+
+    fn on_message(&self, redis_channel: &[u8], payload: Bytes) {
+        let Some(name) = self.inner.names.parse_channel(redis_channel) else {
+            return;
+        };
+        let (id, payload) = split_durable(payload);
+        let m = &self.inner.metrics;
+        if id.is_some() {
+            m.events_in_durable.increment(1);
+        } else {
+            m.events_in_ephemeral.increment(1);
+        }
+        self.hub.dispatch(name, encode_incoming(payload, id, m));
+    }
+
+    fn on_confirm(&mut self, redis_channel: &[u8], op: Op) {
+        let Some(name) = self.inner.names.parse_channel(redis_channel) else {
+            return;
+        };
+        if let Some(moved) = self.registry.on_confirm(name, op) {
+            tracing::info!(channel = %name, "Redis moved a channel's slot; resubscribing at its new owner");
+            self.hub.channels_lost([&moved]);
+        }
+    }
+
+    fn report_moved(&mut self) {
+        let channels = self.registry.take_moved();
+        if channels.is_empty() {
+            return;
+        }
+        match &self.target {
+            Target::Shard { report, .. } => {
+                let _ = report.send(ShardReport::Moved { channels });
+            }
+            Target::Resolve { .. } => {
+                // Not expected outside a cluster: subscribe again here.
+                for (channel, instance) in channels {
+                    self.registry.on_command(SubCommand::Want { channel, instance });
+                }
+            }
+        }
+    }
+
+    /// Settles confirmed channels in the background.
+    fn spawn_settle(&mut self) {
+        let channels = self.registry.take_settle();
+        if channels.is_empty() {
+            return;
+        }
+        let inner = self.inner.clone();
+        let hub = self.hub.clone();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = settle::settle(inner, hub, channels) => {}
+            }
+        });
+    }
+}
