@@ -9,4 +9,5 @@ mod docs;
 mod durable;
 mod helpers;
 mod hostile;
+mod library;
 mod scale;

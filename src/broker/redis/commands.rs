@@ -72,15 +72,17 @@ pub(crate) fn classify(e: RedisError) -> BrokerError {
     if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
         return BrokerError::OutcomeUnknown(e.to_string());
     }
-    if e.code().is_some_and(|c| c.eq_ignore_ascii_case("ERR"))
-        && e.detail().is_some_and(|d| d.starts_with("Function not found"))
-    {
-        return BrokerError::FunctionMissing;
+    let text = e.to_string();
+    match e.into_server_errors() {
+        Some(errors) if errors.iter().any(|(_, s)| is_function_missing(s)) => BrokerError::FunctionMissing,
+        Some(_) => BrokerError::Refused(text),
+        None => BrokerError::Protocol(text),
     }
-    if e.code().is_some() {
-        return BrokerError::Refused(e.to_string());
-    }
-    BrokerError::Protocol(e.to_string())
+}
+
+/// `ERR Function not found`, alone or inside a pipeline's failures.
+fn is_function_missing(e: &redis::ServerError) -> bool {
+    e.code() == "ERR" && e.details().is_some_and(|d| d.starts_with("Function not found"))
 }
 
 impl Commands {
