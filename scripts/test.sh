@@ -25,6 +25,8 @@ echo "== npm ci (tests/browser: playwright-core only, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund --prefer-offline)
 
 echo "== redis: $(redis-server --version)"
+echo "== module graph (fails on an import cycle)"
+python3 scripts/module-graph.py
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

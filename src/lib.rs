@@ -1,6 +1,29 @@
 //! ssegate: a Server-Sent Events gateway.
 //!
-//! An event travels through the modules in this order:
+//! # Words
+//!
+//! One word per concept, here and in every module:
+//!
+//! - **channel**: a named topic (`[A-Za-z0-9_.:@-]`, 1..=200 bytes); a
+//!   session is the channel named after the session id.
+//! - **event**: one published message. A **durable** event is appended to
+//!   its channel's history and has an **event id** ([`sse::EventId`],
+//!   `ms-seq`, ordered per channel); an **ephemeral** event (a plain
+//!   `PUBLISH`) has none.
+//! - **history**: a channel's retained durable events: the Redis stream
+//!   `<prefix>{C}:log`, or the embedded broker's log. Never "stream".
+//! - **stream**: one client's open `text/event-stream` response (an
+//!   `EventSource`), and nothing else; [`stream`] is its lifecycle.
+//! - **cursor**: a stream's position, one event id per channel of the
+//!   stream; the `id:` a browser remembers as `Last-Event-ID`.
+//! - **position** of a channel on a node: the last durable event id the
+//!   node delivered on it ([`hub`]).
+//! - **subscription**: this node's broker subscription to a channel, held
+//!   while at least one local stream reads it.
+//! - **broker**: what carries events between nodes and keeps history:
+//!   Redis, or the embedded in-process broker.
+//!
+//! # The path of an event
 //!
 //! 1. A backend publishes: `PUBLISH sse:{C}` (ephemeral), or durably through
 //!    `POST /v1/stream/{C}` ([`http`]), `ssegate publish` ([`cli`]) or the
@@ -12,13 +35,15 @@
 //! 3. The [`hub`] hands the shared bytes to the bounded queue of every local
 //!    stream on the channel, deduplicating by id; a full queue closes its
 //!    stream (the client resumes from history).
-//! 4. Each stream's [`stream`] session writes its queue to the socket,
-//!    with an `id:` cursor over all its channels, so that a reconnect to any
-//!    node resumes exactly where it stopped.
+//! 4. Each stream ([`stream`]) writes its queue to the socket through the
+//!    server's fast path ([`http::server`]), with an `id:` cursor over all
+//!    its channels, so that a reconnect to any node resumes exactly where it
+//!    stopped.
 //!
-//! Around that path: [`config`], [`app`] (build, serve, drain), [`auth`]
-//! (who reads and publishes what), [`limits`] (connection limits),
-//! [`metrics`], [`telemetry`] and [`shutdown`].
+//! Around that path: [`config`], [`app`] (build and run a node), [`state`]
+//! (what handlers share), [`auth`] (who reads and publishes what),
+//! [`metrics`], [`telemetry`], [`tls`] and [`shutdown`].
+//! `docs/architecture.md` has the module map and the function at each hop.
 
 pub mod app;
 pub mod auth;

@@ -17,13 +17,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerError, History, HistoryEntry, Retention, StreamFacts, encode_incoming, gap_after, now_us,
+    Broker, BrokerError, History, HistoryEntry, HistoryFacts, Retention, encode_incoming, gap_after, now_us,
 };
 use crate::hub::{Hub, Plan, SubCommand};
 use crate::metrics::Metrics;
 use crate::sse::{Channel, EventId};
 
-struct Stream {
+/// One channel's history.
+struct Log {
     entries: VecDeque<HistoryEntry>,
     last: EventId,
     max_deleted: EventId,
@@ -31,7 +32,7 @@ struct Stream {
 }
 
 struct Inner {
-    streams: Mutex<HashMap<Channel, Stream>>,
+    logs: Mutex<HashMap<Channel, Log>>,
     hub: Hub,
     metrics: Metrics,
     retention: Retention,
@@ -48,7 +49,7 @@ impl MemoryBroker {
         cancel: CancellationToken,
     ) -> MemoryBroker {
         let inner = Arc::new(Inner {
-            streams: Mutex::default(),
+            logs: Mutex::default(),
             hub,
             metrics,
             retention,
@@ -65,9 +66,9 @@ impl MemoryBroker {
                 if let SubCommand::Want { channel, .. } = cmd {
                     // Read the tip and report under the lock, so no publish
                     // slips between the two.
-                    let mut streams = me.streams.lock();
+                    let mut logs = me.logs.lock();
                     if let Plan::Tip(t) = me.hub.plan(channel.as_str()) {
-                        let tip = live(&mut streams, &channel).map(|s| s.last).unwrap_or_default();
+                        let tip = live(&mut logs, &channel).map(|s| s.last).unwrap_or_default();
                         me.hub.channel_ready(channel.as_str(), t, tip);
                     }
                 }
@@ -84,7 +85,7 @@ impl MemoryBroker {
                     }
                     let Some(me) = me.upgrade() else { return };
                     let now = Instant::now();
-                    me.streams.lock().retain(|_, s| s.expires.is_none_or(|e| e > now));
+                    me.logs.lock().retain(|_, s| s.expires.is_none_or(|e| e > now));
                 }
             });
         }
@@ -92,15 +93,15 @@ impl MemoryBroker {
     }
 }
 
-/// The channel's stream, unless it expired (which removes it, as Redis does).
-fn live<'a>(streams: &'a mut HashMap<Channel, Stream>, channel: &Channel) -> Option<&'a mut Stream> {
-    let expired = streams
+/// The channel's log, unless it expired (which removes it, as Redis does).
+fn live<'a>(logs: &'a mut HashMap<Channel, Log>, channel: &Channel) -> Option<&'a mut Log> {
+    let expired = logs
         .get(channel)
         .is_some_and(|s| s.expires.is_some_and(|e| e <= Instant::now()));
     if expired {
-        streams.remove(channel);
+        logs.remove(channel);
     }
-    streams.get_mut(channel)
+    logs.get_mut(channel)
 }
 
 fn next_id(last: EventId) -> EventId {
@@ -119,33 +120,33 @@ impl Broker for MemoryBroker {
 
     fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<EventId, BrokerError>> {
         let inner = &self.0;
-        let mut streams = inner.streams.lock();
-        let last = live(&mut streams, channel).map(|s| s.last).unwrap_or_default();
-        let stream = streams.entry(channel.clone()).or_insert_with(|| Stream {
+        let mut logs = inner.logs.lock();
+        let last = live(&mut logs, channel).map(|s| s.last).unwrap_or_default();
+        let log = logs.entry(channel.clone()).or_insert_with(|| Log {
             entries: VecDeque::new(),
             last,
             max_deleted: EventId::ZERO,
             expires: None,
         });
-        let id = next_id(stream.last);
-        stream.last = id;
-        stream.entries.push_back(HistoryEntry {
+        let id = next_id(log.last);
+        log.last = id;
+        log.entries.push_back(HistoryEntry {
             id,
             payload: payload.clone(),
         });
-        while stream.entries.len() > inner.retention.size {
-            let gone = stream.entries.pop_front().expect("non-empty");
-            stream.max_deleted = gone.id;
+        while log.entries.len() > inner.retention.size {
+            let gone = log.entries.pop_front().expect("non-empty");
+            log.max_deleted = gone.id;
         }
         if !inner.retention.ttl.is_zero() {
-            stream.expires = Some(Instant::now() + inner.retention.ttl);
+            log.expires = Some(Instant::now() + inner.retention.ttl);
         }
         inner.metrics.events_in_durable.increment(1);
         inner.hub.dispatch(
             channel.as_str(),
             encode_incoming(payload, Some(id), &inner.metrics),
         );
-        drop(streams);
+        drop(logs);
         Box::pin(std::future::ready(Ok(id)))
     }
 
@@ -156,12 +157,12 @@ impl Broker for MemoryBroker {
         until: Option<EventId>,
         limit: usize,
     ) -> BoxFuture<'_, Result<History, BrokerError>> {
-        let mut streams = self.0.streams.lock();
-        let history = match live(&mut streams, channel) {
+        let mut logs = self.0.logs.lock();
+        let history = match live(&mut logs, channel) {
             None => History {
                 trimmed: gap_after(
                     after,
-                    &StreamFacts {
+                    &HistoryFacts {
                         exists: false,
                         max_deleted: EventId::ZERO,
                         first: None,
@@ -171,7 +172,7 @@ impl Broker for MemoryBroker {
                 ..History::default()
             },
             Some(s) => {
-                let facts = StreamFacts {
+                let facts = HistoryFacts {
                     exists: true,
                     max_deleted: s.max_deleted,
                     first: s.entries.front().map(|e| e.id),

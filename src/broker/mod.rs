@@ -98,7 +98,7 @@ pub struct Retention {
 
 /// What is known of a channel's stored history when a reader asks for
 /// everything after `after`.
-pub struct StreamFacts {
+pub struct HistoryFacts {
     pub exists: bool,
     pub max_deleted: EventId,
     pub first: Option<EventId>,
@@ -109,7 +109,7 @@ pub struct StreamFacts {
 /// or was re-created after expiring from idleness. A stream idle for the TTL
 /// expires, so an idle gap of at least the TTL right after `after` means the
 /// stream was re-created in between.
-pub fn gap_after(after: EventId, facts: &StreamFacts, ttl: Duration) -> bool {
+pub fn gap_after(after: EventId, facts: &HistoryFacts, ttl: Duration) -> bool {
     if after == EventId::ZERO {
         return facts.exists && facts.max_deleted > after;
     }
@@ -148,8 +148,8 @@ pub fn now_us() -> u64 {
 mod tests {
     use super::*;
 
-    fn facts(exists: bool, max_deleted: u64, first: Option<u64>) -> StreamFacts {
-        StreamFacts {
+    fn facts(exists: bool, max_deleted: u64, first: Option<u64>) -> HistoryFacts {
+        HistoryFacts {
             exists,
             max_deleted: EventId::new(max_deleted, 0),
             first: first.map(|f| EventId::new(f, 0)),

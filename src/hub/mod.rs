@@ -13,6 +13,7 @@
 //! registration, never across an await; a stream's own mutex may be taken
 //! inside a shard lock, never the reverse.
 
+mod channel;
 mod subscriber;
 
 use std::collections::HashMap;
@@ -28,14 +29,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use subscriber::{Close, Item, Subscriber};
 
+use channel::{ChannelState, Mode, SubRef};
+
 use crate::metrics::Metrics;
 use crate::sse::{Channel, Encoded, EventId};
 
 const CHANNEL_SHARDS: usize = 64;
 const STREAM_SHARDS: usize = 16;
-/// How many live events a channel holds while it waits for its
-/// subscription to be confirmed or its gap to be repaired.
-const HOLD_LIMIT: usize = 10_000;
 
 /// Requests from the hub to the broker's subscription manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,92 +74,6 @@ pub enum RepairStep {
     More(EventId),
     /// The channel is no longer waiting for this repair.
     Gone,
-}
-
-struct SubRef {
-    sub: Arc<Subscriber>,
-    ch: u16,
-}
-
-enum Mode {
-    /// Waiting for the broker's subscription and tip.
-    Pending,
-    Live,
-    /// The broker connection was lost; holding live events until the gap
-    /// from `last_id` is repaired from history.
-    Repairing {
-        reread: bool,
-    },
-}
-
-struct ChannelState {
-    subs: Slab<SubRef>,
-    last_id: EventId,
-    instance: u64,
-    /// Incremented whenever the channel's broker connection is lost.
-    epoch: u64,
-    mode: Mode,
-    held: Vec<Arc<Encoded>>,
-}
-
-impl ChannelState {
-    /// Delivers one event to every local stream, once: durable events at or
-    /// before the channel's position are duplicates and are dropped.
-    fn deliver(&mut self, ev: &Arc<Encoded>, metrics: &Metrics) {
-        if let Some(id) = ev.id {
-            if id <= self.last_id {
-                return;
-            }
-            self.last_id = id;
-        }
-        for (_, s) in self.subs.iter() {
-            if s.sub.push(Item::Event(ev.clone(), s.ch)).wake() {
-                metrics.slow_client_disconnects.increment(1);
-            }
-        }
-    }
-
-    fn hold(&mut self, ev: Arc<Encoded>) {
-        if self.held.len() >= HOLD_LIMIT {
-            // Durable events are in history, so they can leave the hold: a
-            // repairing channel reads history again before going live; a
-            // pending one starts its streams after them (a resuming stream
-            // replays them from history).
-            let mut newest = EventId::ZERO;
-            self.held.retain(|e| match e.id {
-                Some(id) => {
-                    newest = newest.max(id);
-                    false
-                }
-                None => true,
-            });
-            match &mut self.mode {
-                Mode::Repairing { reread } => *reread = true,
-                _ => self.last_id = self.last_id.max(newest),
-            }
-        }
-        if self.held.len() < HOLD_LIMIT {
-            self.held.push(ev);
-        } else {
-            // Only ephemeral events are left: they are lost, as pub/sub loses
-            // them during any outage.
-            tracing::warn!("dropping an ephemeral event held during a broker outage");
-        }
-    }
-
-    fn lost(&mut self) {
-        self.epoch += 1;
-        if matches!(self.mode, Mode::Live) {
-            self.mode = Mode::Repairing { reread: false };
-        }
-    }
-
-    fn go_live(&mut self, metrics: &Metrics) {
-        self.mode = Mode::Live;
-        for ev in std::mem::take(&mut self.held) {
-            self.deliver(&ev, metrics);
-        }
-    }
 }
 
 struct Inner {
