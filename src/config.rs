@@ -91,6 +91,12 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_REDIS_SENTINEL_MASTER", conflicts_with = "redis_cluster")]
     pub redis_sentinel_master: Option<String>,
 
+    /// Time Redis has to answer a command, and to answer the pub/sub
+    /// connection's pings, before the node gives up on it. A publish that
+    /// times out after it was sent has an unknown outcome (504).
+    #[arg(long, env = "SSEGATE_REDIS_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub redis_timeout: Duration,
+
     /// Command connections to Redis per node (pub/sub uses one more).
     #[arg(long, env = "SSEGATE_REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: usize,
@@ -122,6 +128,16 @@ pub struct Config {
     /// Bytes a stream may have queued before it counts as a slow client and is closed.
     #[arg(long, env = "SSEGATE_CLIENT_QUEUE", default_value = "256KiB", value_parser = byte_size)]
     pub client_queue: usize,
+
+    /// Memory all resuming streams of a node may hold in history pages not
+    /// yet written to their sockets; a resume waits for room beyond it.
+    #[arg(long, env = "SSEGATE_REPLAY_MEMORY", default_value = "64MiB", value_parser = byte_size)]
+    pub replay_memory: usize,
+
+    /// Embedded broker only: bytes of history kept over all channels
+    /// (the oldest events go first).
+    #[arg(long, env = "SSEGATE_HISTORY_MEMORY", default_value = "256MiB", value_parser = byte_size)]
+    pub history_memory: usize,
 
     /// Largest publish body.
     #[arg(long, env = "SSEGATE_MAX_PAYLOAD", default_value = "64KiB", value_parser = byte_size)]
@@ -195,13 +211,27 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = byte_size)]
     pub max_header_bytes: usize,
 
-    /// Time a client has to send its request head (against slow-loris clients).
+    /// Time a client has to send a request head: on a new connection (the
+    /// TLS handshake and the HTTP/2 preface included), and on a kept-alive
+    /// or HTTP/2 connection with no request in progress. Past it the
+    /// connection is closed.
     #[arg(long, env = "SSEGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
 
+    /// Time a client has to send a request body once its head arrived (408 after).
+    #[arg(long, env = "SSEGATE_BODY_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub body_timeout: Duration,
+
+    /// /readyz answers 503 while the node is at --max-connections (by
+    /// default a full node is ready: it is healthy, just full).
+    #[arg(long, env = "SSEGATE_NOT_READY_WHEN_FULL", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub not_ready_when_full: bool,
+
     /// Drop a connection whose written data stays unacknowledged this long
-    /// (TCP_USER_TIMEOUT: clients that vanished without closing). 0s: the
-    /// kernel's default.
+    /// (TCP_USER_TIMEOUT: clients that vanished without closing), and a
+    /// stream that has not taken anything from its queue for this long
+    /// (a client that stopped reading). 0s: the kernel's default, and no
+    /// stall check.
     #[arg(long, env = "SSEGATE_WRITE_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub write_timeout: Duration,
 
@@ -275,6 +305,27 @@ impl Config {
         }
         if self.client_queue < 1024 {
             return Err(bad("client-queue", "must be at least 1KiB"));
+        }
+        if self.client_queue < self.max_payload {
+            return Err(bad(
+                "client-queue",
+                format!(
+                    "must be at least --max-payload ({} bytes): a stream must be able to queue the largest event",
+                    self.max_payload
+                ),
+            ));
+        }
+        if self.replay_memory < self.client_queue {
+            return Err(bad("replay-memory", "must be at least --client-queue"));
+        }
+        if self.history_memory < self.max_payload {
+            return Err(bad("history-memory", "must be at least --max-payload"));
+        }
+        if self.redis_timeout < Duration::from_millis(100) {
+            return Err(bad("redis-timeout", "must be at least 100ms"));
+        }
+        if self.body_timeout.is_zero() {
+            return Err(bad("body-timeout", "must be more than 0s"));
         }
         if self.redis_pool_size == 0 {
             return Err(bad("redis-pool-size", "must be at least 1"));
