@@ -1,22 +1,27 @@
 //! Who may read and publish which channel. Tokens are JWTs verified with
 //! `jsonwebtoken` (HS256 secret, RS256/ES256/EdDSA public key from a PEM
-//! file, keys from a JWKS file); publishers may also use static API keys.
+//! file, keys from a JWKS file); publishers may also use static API
+//! keys.
 //!
 //! Every key is tried only with its own algorithm, so a token cannot
 //! choose how it is checked (no `alg: none`, no HS256 signed with a public
 //! key). Error messages say what is wrong with the token, never anything
-//! about the keys.
+//! about the keys. No claim value, however large or oddly typed, can panic:
+//! the claims are read by hand (`claims`) with a clear error for each.
 
-use std::path::Path;
-use std::str::FromStr;
+mod claims;
+mod keys;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use jsonwebtoken::{Algorithm, Header, Validation};
+use serde_json::{Map, Value};
+
+pub use claims::{MAX_EXPIRY_SECS, MAX_PATTERNS};
+use keys::{ApiKeys, Key, jwks_keys, pem_key, read_file};
 
 use crate::config::Config;
 use crate::sse::Channel;
@@ -40,7 +45,8 @@ pub enum SetupError {
     NoApiKeys(String),
     #[error(
         "refusing to start: Redis is configured but no authentication is (--jwt-secret, --jwt-public-key, \
-         --jwks-file or --publish-keys-file); pass --allow-anonymous to let everyone read and publish every channel"
+         --jwks-file or --publish-keys-file); pass --allow-anonymous to let everyone read and publish every \
+         channel"
     )]
     NoAuthWithRedis,
 }
@@ -64,8 +70,16 @@ pub enum AuthError {
     Signature,
     #[error("token lacks the required `{0}` claim")]
     MissingClaim(String),
+    #[error("token claim `{0}` is not a date: it must be a number of seconds since the epoch")]
+    NotADate(&'static str),
+    #[error("token claim `{0}` must be an array of strings (channel names or patterns)")]
+    NotPatterns(&'static str),
+    #[error("token claim `{0}` holds more than {MAX_PATTERNS} patterns, the most one token may carry")]
+    TooManyPatterns(&'static str),
     #[error("token algorithm {0} is not accepted here")]
     Algorithm(String),
+    #[error("token key id (kid) is not accepted here")]
+    UnknownKey,
     #[error("malformed token")]
     Malformed,
     #[error("the token does not grant reading channel {0:?}")]
@@ -104,16 +118,6 @@ impl Pattern {
     }
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    /// Required; optional here so that a token without it gets a clear error.
-    exp: Option<u64>,
-    #[serde(default)]
-    channels: Vec<String>,
-    #[serde(default)]
-    publish: Vec<String>,
-}
-
 /// What a request may do.
 #[derive(Debug, Clone)]
 pub enum Access {
@@ -132,13 +136,14 @@ pub enum Access {
 impl Access {
     /// Every channel must be granted, or the request is refused whole.
     pub fn check_read(&self, channels: &[Channel]) -> Result<(), AuthError> {
+        let forbidden = |c: &Channel| Err(AuthError::ReadForbidden(c.to_string()));
         match self {
             Access::Anonymous => Ok(()),
-            Access::ApiKey => Err(AuthError::ReadForbidden(channels[0].to_string())),
+            Access::ApiKey => channels.first().map_or(Ok(()), forbidden),
             Access::Token { read, .. } => channels
                 .iter()
                 .find(|c| !read.iter().any(|p| p.matches(c.as_str())))
-                .map_or(Ok(()), |c| Err(AuthError::ReadForbidden(c.to_string()))),
+                .map_or(Ok(()), forbidden),
         }
     }
 
@@ -150,87 +155,30 @@ impl Access {
         }
     }
 
-    /// When a stream opened with this access must close.
+    /// When a stream opened with this access must close. Expiry dates past
+    /// `MAX_EXPIRY_SECS` (which no clock may represent) are that date.
     pub fn expires_at(&self) -> Option<SystemTime> {
         match self {
-            Access::Token { expires, .. } => Some(UNIX_EPOCH + Duration::from_secs(*expires)),
+            Access::Token { expires, .. } => {
+                let secs = (*expires).min(MAX_EXPIRY_SECS);
+                Some(
+                    UNIX_EPOCH
+                        .checked_add(Duration::from_secs(secs))
+                        .unwrap_or(UNIX_EPOCH),
+                )
+            }
             _ => None,
         }
     }
 }
 
-struct Key {
-    kid: Option<String>,
-    alg: Algorithm,
-    key: DecodingKey,
-}
-
 pub struct Auth {
     enforced: bool,
     keys: Vec<Key>,
-    api_keys: Vec<Vec<u8>>,
+    api_keys: ApiKeys,
     audience: Vec<String>,
     issuer: Vec<String>,
     cookie: String,
-}
-
-fn read_file(flag: &'static str, path: &Path) -> Result<Vec<u8>, SetupError> {
-    std::fs::read(path).map_err(|source| SetupError::Read {
-        flag,
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-fn pem_key(pem: &[u8], path: &str) -> Result<Key, SetupError> {
-    let (key, alg) = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-        (k, Algorithm::RS256)
-    } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-        (k, Algorithm::ES256)
-    } else if let Ok(k) = DecodingKey::from_ed_pem(pem) {
-        (k, Algorithm::EdDSA)
-    } else {
-        return Err(SetupError::Pem(path.to_owned()));
-    };
-    Ok(Key { kid: None, alg, key })
-}
-
-fn jwks_keys(json: &[u8]) -> Result<Vec<Key>, SetupError> {
-    let set: JwkSet =
-        serde_json::from_slice(json).map_err(|e| SetupError::Jwks(format!("not a JWK set: {e}")))?;
-    let mut keys = Vec::new();
-    for jwk in &set.keys {
-        let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
-            (Some(ka), _) => key_algorithm(ka),
-            (None, AlgorithmParameters::RSA(_)) => Some(Algorithm::RS256),
-            (None, AlgorithmParameters::EllipticCurve(p)) => match p.curve {
-                EllipticCurve::P256 => Some(Algorithm::ES256),
-                EllipticCurve::P384 => Some(Algorithm::ES384),
-                _ => None,
-            },
-            (None, AlgorithmParameters::OctetKeyPair(_)) => Some(Algorithm::EdDSA),
-            (None, AlgorithmParameters::OctetKey(_)) => Some(Algorithm::HS256),
-            (None, _) => None,
-        };
-        let Some(alg) = alg else {
-            tracing::warn!(kid = ?jwk.common.key_id, "skipping a JWK of an unsupported algorithm");
-            continue;
-        };
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| SetupError::Jwks(format!("bad key: {e}")))?;
-        keys.push(Key {
-            kid: jwk.common.key_id.clone(),
-            alg,
-            key,
-        });
-    }
-    if keys.is_empty() {
-        return Err(SetupError::Jwks("no usable key in the set".into()));
-    }
-    Ok(keys)
-}
-
-fn key_algorithm(ka: &KeyAlgorithm) -> Option<Algorithm> {
-    Algorithm::from_str(&format!("{ka:?}")).ok()
 }
 
 impl Auth {
@@ -240,7 +188,7 @@ impl Auth {
             keys.push(Key {
                 kid: None,
                 alg: Algorithm::HS256,
-                key: DecodingKey::from_secret(secret.as_bytes()),
+                key: jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
             });
         }
         if let Some(path) = &cfg.jwt_public_key {
@@ -250,21 +198,12 @@ impl Auth {
             )?);
         }
         if let Some(path) = &cfg.jwks_file {
-            keys.extend(jwks_keys(&read_file("--jwks-file", path)?)?);
+            keys.extend(jwks_keys(&read_file("--jwks-file", path)?).map_err(SetupError::Jwks)?);
         }
-        let mut api_keys = Vec::new();
-        if let Some(path) = &cfg.publish_keys_file {
-            let text = read_file("--publish-keys-file", path)?;
-            api_keys = String::from_utf8_lossy(&text)
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(|l| l.as_bytes().to_vec())
-                .collect();
-            if api_keys.is_empty() {
-                return Err(SetupError::NoApiKeys(path.display().to_string()));
-            }
-        }
+        let api_keys = match &cfg.publish_keys_file {
+            Some(path) => ApiKeys::load(path)?,
+            None => ApiKeys::none(),
+        };
         let configured = !keys.is_empty() || !api_keys.is_empty();
         if !configured && cfg.redis_url.is_some() && !cfg.allow_anonymous {
             return Err(SetupError::NoAuthWithRedis);
@@ -306,64 +245,45 @@ impl Auth {
             return Ok(Access::Anonymous);
         }
         let token = bearer(headers).ok_or(AuthError::MissingPublisher)?;
-        if self.is_api_key(token.as_bytes()) {
+        if self.api_keys.contains(token.as_bytes()) {
             return Ok(Access::ApiKey);
         }
         self.verify(token)
     }
 
-    /// Compares against every key without stopping at the first mismatch.
-    fn is_api_key(&self, candidate: &[u8]) -> bool {
-        let mut found = false;
-        for k in &self.api_keys {
-            let mut diff = (k.len() ^ candidate.len()) as u8;
-            for (i, b) in k.iter().enumerate() {
-                diff |= b ^ candidate.get(i).copied().unwrap_or(0);
-            }
-            found |= diff == 0;
-        }
-        found
-    }
-
     fn verify(&self, token: &str) -> Result<Access, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        let candidates: Vec<&Key> = self
+        self.verify_with(token, &header, &[])
+    }
+
+    fn verify_with(&self, token: &str, header: &Header, remote: &[Key]) -> Result<Access, AuthError> {
+        let of_alg: Vec<&Key> = self
             .keys
             .iter()
+            .chain(remote)
             .filter(|k| k.alg == header.alg)
+            .collect();
+        let candidates: Vec<&Key> = of_alg
+            .iter()
+            .copied()
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
                 _ => true,
             })
             .collect();
         if candidates.is_empty() {
-            return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
+            return Err(if of_alg.is_empty() {
+                AuthError::Algorithm(format!("{:?}", header.alg))
+            } else {
+                AuthError::UnknownKey
+            });
         }
         let mut last = AuthError::Signature;
         for k in candidates {
-            let mut v = Validation::new(k.alg);
-            v.leeway = LEEWAY_SECS;
-            v.validate_nbf = true;
-            v.set_required_spec_claims(&["exp"]);
-            if !self.audience.is_empty() {
-                v.set_audience(&self.audience);
-                v.required_spec_claims.insert("aud".into());
-            } else {
-                v.validate_aud = false;
-            }
-            if !self.issuer.is_empty() {
-                v.set_issuer(&self.issuer);
-                v.required_spec_claims.insert("iss".into());
-            }
-            match jsonwebtoken::decode::<Claims>(token, &k.key, &v) {
-                Ok(data) => {
-                    let c = data.claims;
-                    return Ok(Access::Token {
-                        read: c.channels.iter().map(|s| Pattern::parse(s)).collect(),
-                        publish: c.publish.iter().map(|s| Pattern::parse(s)).collect(),
-                        expires: c.exp.ok_or_else(|| AuthError::MissingClaim("exp".into()))?,
-                    });
-                }
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &self.validation(k.alg)) {
+                // A signature that verified means the key was right: its
+                // verdict on the claims stands.
+                Ok(data) => return claims::access(&data.claims),
                 Err(e) => {
                     last = match e.kind() {
                         ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -372,11 +292,12 @@ impl Auth {
                         ErrorKind::InvalidIssuer => AuthError::Issuer,
                         ErrorKind::InvalidSignature => AuthError::Signature,
                         ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+                        ErrorKind::InvalidClaimFormat(c) if c == "exp" => AuthError::NotADate("exp"),
+                        ErrorKind::InvalidClaimFormat(c) if c == "nbf" => AuthError::NotADate("nbf"),
                         ErrorKind::InvalidAlgorithm => AuthError::Algorithm(format!("{:?}", header.alg)),
+                        ErrorKind::Json(_) => claims_problem(token),
                         _ => AuthError::Malformed,
                     };
-                    // A signature that verified means the key was right:
-                    // its verdict on the claims stands.
                     if !matches!(last, AuthError::Signature | AuthError::Malformed) {
                         return Err(last);
                     }
@@ -385,6 +306,40 @@ impl Auth {
         }
         Err(last)
     }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = LEEWAY_SECS;
+        v.validate_nbf = true;
+        // `exp` is required, but by `claims::access`: here a wrong type would
+        // read as a missing claim, there it gets its own message.
+        v.set_required_spec_claims::<&str>(&[]);
+        v.validate_exp = true;
+        if !self.audience.is_empty() {
+            v.set_audience(&self.audience);
+            v.required_spec_claims.insert("aud".into());
+        } else {
+            v.validate_aud = false;
+        }
+        if !self.issuer.is_empty() {
+            v.set_issuer(&self.issuer);
+            v.required_spec_claims.insert("iss".into());
+        }
+        v
+    }
+}
+
+/// The claims of a token whose signature verified (`jsonwebtoken` checks
+/// it before it reads them) did not read: names the claim at fault when it
+/// is a date of the wrong type, such as an object.
+fn claims_problem(token: &str) -> AuthError {
+    let Ok(claims) = jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token) else {
+        return AuthError::Malformed;
+    };
+    ["exp", "nbf"]
+        .into_iter()
+        .find(|c| claims.get(*c).is_some_and(|v| claims::numeric_date(v).is_none()))
+        .map_or(AuthError::Malformed, AuthError::NotADate)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -404,95 +359,4 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use jsonwebtoken::{EncodingKey, Header, encode};
-
-    fn auth(secret: &str) -> Auth {
-        let mut cfg = Config::default_for_tests();
-        cfg.jwt_secret = Some(secret.into());
-        Auth::from_config(&cfg).unwrap()
-    }
-
-    fn token(secret: &str, claims: serde_json::Value) -> String {
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
-    }
-
-    fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-    }
-
-    fn chans(names: &[&str]) -> Vec<Channel> {
-        names.iter().map(|n| Channel::parse(n).unwrap()).collect()
-    }
-
-    #[test]
-    fn patterns_grant_exact_names_and_prefixes() {
-        let a = auth("s");
-        let t = token(
-            "s",
-            serde_json::json!({"exp": now() + 60, "channels": ["user:42", "room:*"]}),
-        );
-        let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
-        let access = a.reader(&h, None).unwrap();
-        assert!(access.check_read(&chans(&["user:42", "room:1", "room:"])).is_ok());
-        assert_eq!(
-            access.check_read(&chans(&["room:1", "user:43"])),
-            Err(AuthError::ReadForbidden("user:43".into()))
-        );
-        assert_eq!(
-            access.check_publish(&Channel::parse("user:42").unwrap()),
-            Err(AuthError::PublishForbidden("user:42".into()))
-        );
-    }
-
-    #[test]
-    fn tokens_come_from_header_query_or_cookie() {
-        let a = auth("s");
-        let t = token("s", serde_json::json!({"exp": now() + 60}));
-        let mut h = HeaderMap::new();
-        h.insert(COOKIE, format!("other=1; ssegate_token={t}").parse().unwrap());
-        assert!(a.reader(&h, None).is_ok());
-        assert!(a.reader(&HeaderMap::new(), Some(&t)).is_ok());
-        assert_eq!(
-            a.reader(&HeaderMap::new(), None).unwrap_err(),
-            AuthError::Missing("ssegate_token".into())
-        );
-    }
-
-    #[test]
-    fn api_keys_compare_whole_keys() {
-        let mut cfg = Config::default_for_tests();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys");
-        std::fs::write(&path, "# backends\nkey-one\n\nkey-two\n").unwrap();
-        cfg.publish_keys_file = Some(path);
-        let a = Auth::from_config(&cfg).unwrap();
-        assert!(a.is_api_key(b"key-one") && a.is_api_key(b"key-two"));
-        assert!(!a.is_api_key(b"key-on") && !a.is_api_key(b"key-one1") && !a.is_api_key(b""));
-    }
-
-    #[test]
-    fn redis_without_auth_needs_allow_anonymous() {
-        let mut cfg = Config::default_for_tests();
-        cfg.redis_url = Some("redis://127.0.0.1:1".into());
-        assert!(matches!(
-            Auth::from_config(&cfg),
-            Err(SetupError::NoAuthWithRedis)
-        ));
-        cfg.allow_anonymous = true;
-        assert!(!Auth::from_config(&cfg).unwrap().is_enforced());
-        cfg.redis_url = None;
-        cfg.allow_anonymous = false;
-        assert!(
-            !Auth::from_config(&cfg).unwrap().is_enforced(),
-            "the embedded default is open"
-        );
-    }
-}
+mod tests;
