@@ -1,6 +1,6 @@
 //! Who may read and publish which channel. Tokens are JWTs verified with
 //! `jsonwebtoken` (HS256 secret, RS256/ES256/EdDSA public key from a PEM
-//! file, keys from a JWKS file); publishers may also use static API
+//! file, keys from a JWKS file or URL); publishers may also use static API
 //! keys.
 //!
 //! Every key is tried only with its own algorithm, so a token cannot
@@ -10,6 +10,7 @@
 //! the claims are read by hand (`claims`) with a clear error for each.
 
 mod claims;
+mod jwks_url;
 mod keys;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,9 +22,11 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use serde_json::{Map, Value};
 
 pub use claims::{MAX_EXPIRY_SECS, MAX_PATTERNS};
+use jwks_url::RemoteKeys;
 use keys::{ApiKeys, Key, jwks_keys, pem_key, read_file};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::sse::Channel;
 
 /// Allowed clock skew for `exp` and `nbf`.
@@ -41,12 +44,14 @@ pub enum SetupError {
     Pem(String),
     #[error("--jwks-file: {0}")]
     Jwks(String),
+    #[error("--jwks-url: {0}")]
+    JwksUrl(String),
     #[error("--publish-keys-file: {0} holds no key")]
     NoApiKeys(String),
     #[error(
         "refusing to start: Redis is configured but no authentication is (--jwt-secret, --jwt-public-key, \
-         --jwks-file or --publish-keys-file); pass --allow-anonymous to let everyone read and publish every \
-         channel"
+         --jwks-file, --jwks-url or --publish-keys-file); pass --allow-anonymous to let everyone read and \
+         publish every channel"
     )]
     NoAuthWithRedis,
 }
@@ -175,6 +180,7 @@ impl Access {
 pub struct Auth {
     enforced: bool,
     keys: Vec<Key>,
+    remote: Option<RemoteKeys>,
     api_keys: ApiKeys,
     audience: Vec<String>,
     issuer: Vec<String>,
@@ -182,7 +188,10 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn from_config(cfg: &Config) -> Result<Auth, SetupError> {
+    /// Loads the configured keys; with `--jwks-url`, fetches the provider's
+    /// set first (a node that cannot get it does not start) and keeps it
+    /// fresh in the background, counted in `metrics`.
+    pub async fn from_config(cfg: &Config, metrics: &Metrics) -> Result<Auth, SetupError> {
         let mut keys = Vec::new();
         if let Some(secret) = &cfg.jwt_secret {
             keys.push(Key {
@@ -204,16 +213,22 @@ impl Auth {
             Some(path) => ApiKeys::load(path)?,
             None => ApiKeys::none(),
         };
-        let configured = !keys.is_empty() || !api_keys.is_empty();
+        let configured = !keys.is_empty() || cfg.jwks_url.is_some() || !api_keys.is_empty();
         if !configured && cfg.redis_url.is_some() && !cfg.allow_anonymous {
             return Err(SetupError::NoAuthWithRedis);
         }
+        let remote = match &cfg.jwks_url {
+            Some(_) if cfg.allow_anonymous => None,
+            Some(url) => Some(RemoteKeys::start(url, cfg.jwks_min_refresh, metrics).await?),
+            None => None,
+        };
         if configured && cfg.allow_anonymous {
             tracing::warn!("--allow-anonymous is set: the configured keys are ignored and access is open");
         }
         Ok(Auth {
             enforced: configured && !cfg.allow_anonymous,
             keys,
+            remote,
             api_keys,
             audience: cfg.jwt_audience.clone(),
             issuer: cfg.jwt_issuer.clone(),
@@ -227,7 +242,7 @@ impl Auth {
 
     /// A reader's access: from `Authorization: Bearer`, the `token` query
     /// parameter or the cookie, in that order.
-    pub fn reader(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {
+    pub async fn reader(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {
         if !self.enforced {
             return Ok(Access::Anonymous);
         }
@@ -235,12 +250,12 @@ impl Auth {
             .or(query_token)
             .or_else(|| cookie(headers, &self.cookie))
             .ok_or_else(|| AuthError::Missing(self.cookie.clone()))?;
-        self.verify(token)
+        self.verify(token).await
     }
 
     /// A publisher's access: `Authorization: Bearer` with an API key or a
     /// token.
-    pub fn publisher(&self, headers: &HeaderMap) -> Result<Access, AuthError> {
+    pub async fn publisher(&self, headers: &HeaderMap) -> Result<Access, AuthError> {
         if !self.enforced {
             return Ok(Access::Anonymous);
         }
@@ -248,12 +263,31 @@ impl Auth {
         if self.api_keys.contains(token.as_bytes()) {
             return Ok(Access::ApiKey);
         }
-        self.verify(token)
+        self.verify(token).await
     }
 
-    fn verify(&self, token: &str) -> Result<Access, AuthError> {
+    /// Verifies with the keys at hand; a token that fails and names a key
+    /// id the provider's set lacks may be signed with a key the provider
+    /// has just published: the set is fetched again (rate-limited, waited
+    /// for within bounds) and the token verified once more.
+    async fn verify(&self, token: &str) -> Result<Access, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        self.verify_with(token, &header, &[])
+        let Some(remote) = &self.remote else {
+            return self.verify_with(token, &header, &[]);
+        };
+        let set = remote.current();
+        let first = self.verify_with(token, &header, &set.keys);
+        let rotated = matches!(
+            first,
+            Err(AuthError::UnknownKey | AuthError::Algorithm(_) | AuthError::Signature)
+        );
+        match &header.kid {
+            Some(kid) if rotated && !set.has_kid(kid) => match remote.refresh_for_unknown_kid(&set).await {
+                Some(newer) => self.verify_with(token, &header, &newer.keys),
+                None => first,
+            },
+            _ => first,
+        }
     }
 
     fn verify_with(&self, token: &str, header: &Header, remote: &[Key]) -> Result<Access, AuthError> {

@@ -2,10 +2,10 @@ use super::*;
 use jsonwebtoken::{EncodingKey, encode};
 use serde_json::json;
 
-fn auth(secret: &str) -> Auth {
+async fn auth(secret: &str) -> Auth {
     let mut cfg = Config::default_for_tests();
     cfg.jwt_secret = Some(secret.into());
-    Auth::from_config(&cfg).unwrap()
+    Auth::from_config(&cfg, &Metrics::new()).await.unwrap()
 }
 
 fn token(secret: &str, claims: Value) -> String {
@@ -31,11 +31,11 @@ fn chans(names: &[&str]) -> Vec<Channel> {
     names.iter().map(|n| Channel::parse(n).unwrap()).collect()
 }
 
-#[test]
-fn patterns_grant_exact_names_and_prefixes() {
-    let a = auth("s");
+#[tokio::test]
+async fn patterns_grant_exact_names_and_prefixes() {
+    let a = auth("s").await;
     let t = token("s", json!({"exp": now() + 60, "channels": ["user:42", "room:*"]}));
-    let access = a.reader(&bearer_of(&t), None).unwrap();
+    let access = a.reader(&bearer_of(&t), None).await.unwrap();
     assert!(access.check_read(&chans(&["user:42", "room:1", "room:"])).is_ok());
     assert_eq!(
         access.check_read(&chans(&["room:1", "user:43"])),
@@ -47,37 +47,37 @@ fn patterns_grant_exact_names_and_prefixes() {
     );
 }
 
-#[test]
-fn tokens_come_from_header_query_or_cookie() {
-    let a = auth("s");
+#[tokio::test]
+async fn tokens_come_from_header_query_or_cookie() {
+    let a = auth("s").await;
     let t = token("s", json!({"exp": now() + 60}));
     let mut h = HeaderMap::new();
     h.insert(COOKIE, format!("other=1; ssegate_token={t}").parse().unwrap());
-    assert!(a.reader(&h, None).is_ok());
-    assert!(a.reader(&HeaderMap::new(), Some(&t)).is_ok());
+    assert!(a.reader(&h, None).await.is_ok());
+    assert!(a.reader(&HeaderMap::new(), Some(&t)).await.is_ok());
     assert_eq!(
-        a.reader(&HeaderMap::new(), None).unwrap_err(),
+        a.reader(&HeaderMap::new(), None).await.unwrap_err(),
         AuthError::Missing("ssegate_token".into())
     );
 }
 
-#[test]
-fn an_expiry_past_any_clock_verifies_and_means_far_ahead() {
-    let a = auth("s");
+#[tokio::test]
+async fn an_expiry_past_any_clock_verifies_and_means_far_ahead() {
+    let a = auth("s").await;
     let far = UNIX_EPOCH + Duration::from_secs(MAX_EXPIRY_SECS);
     for exp in [json!(1u64 << 63), json!(u64::MAX), json!(1.8e19)] {
         let t = token(
             "s",
             json!({"exp": exp, "iat": u64::MAX, "nbf": 0, "channels": ["c"]}),
         );
-        let access = a.reader(&bearer_of(&t), None).unwrap();
+        let access = a.reader(&bearer_of(&t), None).await.unwrap();
         assert_eq!(access.expires_at(), Some(far), "exp {exp}");
     }
 }
 
-#[test]
-fn claims_of_the_wrong_type_get_an_error_that_names_them() {
-    let a = auth("s");
+#[tokio::test]
+async fn claims_of_the_wrong_type_get_an_error_that_names_them() {
+    let a = auth("s").await;
     let exp = now() + 60;
     let cases = [
         (json!({"exp": "tomorrow"}), AuthError::NotADate("exp")),
@@ -102,48 +102,51 @@ fn claims_of_the_wrong_type_get_an_error_that_names_them() {
         (json!([exp]), AuthError::Malformed),
     ];
     for (claims, want) in cases {
-        let got = a.reader(&bearer_of(&token("s", claims.clone())), None);
+        let got = a.reader(&bearer_of(&token("s", claims.clone())), None).await;
         assert_eq!(got.unwrap_err(), want, "{claims}");
     }
     let fractional = token("s", json!({"exp": exp as f64 + 0.25}));
-    assert!(a.reader(&bearer_of(&fractional), None).is_ok());
+    assert!(a.reader(&bearer_of(&fractional), None).await.is_ok());
 }
 
-#[test]
-fn an_unknown_key_id_is_named_as_such() {
+#[tokio::test]
+async fn an_unknown_key_id_is_named_as_such() {
     let mut cfg = Config::default_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
     let set = json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256", "k": "c2VjcmV0"}]});
     std::fs::write(&path, set.to_string()).unwrap();
     cfg.jwks_file = Some(path);
-    let a = Auth::from_config(&cfg).unwrap();
+    let a = Auth::from_config(&cfg, &Metrics::new()).await.unwrap();
     let claims = json!({"exp": now() + 60});
     let mut header = Header::new(Algorithm::HS256);
     let key = EncodingKey::from_secret(b"secret");
     header.kid = Some("k1".into());
     let good = encode(&header, &claims, &key).unwrap();
-    assert!(a.reader(&bearer_of(&good), None).is_ok());
+    assert!(a.reader(&bearer_of(&good), None).await.is_ok());
     header.kid = Some("k2".into());
     let unknown = encode(&header, &claims, &key).unwrap();
     assert_eq!(
-        a.reader(&bearer_of(&unknown), None).unwrap_err(),
+        a.reader(&bearer_of(&unknown), None).await.unwrap_err(),
         AuthError::UnknownKey
     );
 }
 
-#[test]
-fn publishers_use_api_keys_or_tokens() {
+#[tokio::test]
+async fn publishers_use_api_keys_or_tokens() {
     let mut cfg = Config::default_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys");
     std::fs::write(&path, "key-one\n").unwrap();
     cfg.publish_keys_file = Some(path);
-    let a = Auth::from_config(&cfg).unwrap();
-    assert!(matches!(a.publisher(&bearer_of("key-one")), Ok(Access::ApiKey)));
+    let a = Auth::from_config(&cfg, &Metrics::new()).await.unwrap();
+    assert!(matches!(
+        a.publisher(&bearer_of("key-one")).await,
+        Ok(Access::ApiKey)
+    ));
     let longer = format!("key-one{}", "x".repeat(256));
     assert_eq!(
-        a.publisher(&bearer_of(&longer)).unwrap_err(),
+        a.publisher(&bearer_of(&longer)).await.unwrap_err(),
         AuthError::Malformed
     );
     assert!(
@@ -152,20 +155,46 @@ fn publishers_use_api_keys_or_tokens() {
     );
 }
 
-#[test]
-fn redis_without_auth_needs_allow_anonymous() {
+#[tokio::test]
+async fn redis_without_auth_needs_allow_anonymous() {
     let mut cfg = Config::default_for_tests();
     cfg.redis_url = Some("redis://127.0.0.1:1".into());
+    let m = Metrics::new();
     assert!(matches!(
-        Auth::from_config(&cfg),
+        Auth::from_config(&cfg, &m).await,
         Err(SetupError::NoAuthWithRedis)
     ));
     cfg.allow_anonymous = true;
-    assert!(!Auth::from_config(&cfg).unwrap().is_enforced());
+    assert!(!Auth::from_config(&cfg, &m).await.unwrap().is_enforced());
     cfg.redis_url = None;
     cfg.allow_anonymous = false;
     assert!(
-        !Auth::from_config(&cfg).unwrap().is_enforced(),
+        !Auth::from_config(&cfg, &m).await.unwrap().is_enforced(),
         "the embedded default is open"
     );
+}
+
+#[tokio::test]
+async fn a_jwks_url_that_cannot_be_fetched_stops_the_start_with_its_reason() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut cfg = Config::default_for_tests();
+    cfg.jwks_url = Some(format!("http://127.0.0.1:{port}/jwks.json"));
+    let e = Auth::from_config(&cfg, &Metrics::new())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.starts_with("--jwks-url: cannot fetch the key set from http://127.0.0.1:") && e.contains("onnect"),
+        "{e}"
+    );
+    cfg.jwks_url = Some("http://idp.example/jwks.json".into());
+    let e = Auth::from_config(&cfg, &Metrics::new())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("https://"), "{e}");
 }
