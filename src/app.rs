@@ -48,12 +48,12 @@ impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
         config.validate()?;
         crate::tls::install_crypto_provider();
-        let auth = Auth::from_config(&config)?;
+        let metrics = Metrics::new();
+        let auth = Auth::from_config(&config, &metrics).await?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
-        let metrics = Metrics::new();
         let file_limit = crate::http::server::raise_file_limit();
         let max_connections = config
             .max_connections

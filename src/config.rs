@@ -171,6 +171,18 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
 
+    /// JWKS URL (an identity provider's `jwks_uri`) with the keys that verify
+    /// tokens: fetched at start, then kept fresh. https://, or http:// to a
+    /// loopback address.
+    #[arg(long, env = "SSEGATE_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// Shortest time between two fetches of --jwks-url caused by unknown
+    /// `kid`s; also the floor of its max-age and the retry delay after a
+    /// failed fetch.
+    #[arg(long, env = "SSEGATE_JWKS_MIN_REFRESH", default_value = "30s", value_parser = duration)]
+    pub jwks_min_refresh: Duration,
+
     /// Accepted token audiences (`aud` then required); comma-separated.
     #[arg(long, env = "SSEGATE_JWT_AUDIENCE", value_delimiter = ',')]
     pub jwt_audience: Vec<String>,
@@ -337,6 +349,9 @@ impl Config {
         {
             return Err(bad("channel-prefix", "may not contain braces or whitespace"));
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.jwks_min_refresh) {
+            return Err(bad("jwks-min-refresh", "must be between 1s and 1h"));
+        }
         if self.max_header_bytes < 1024 {
             return Err(bad("max-header-bytes", "must be at least 1KiB"));
         }
@@ -395,6 +410,23 @@ mod tests {
         assert_eq!(byte_size("10"), Ok(10));
         assert!(byte_size("ten").is_err());
         assert!(byte_size("1XB").is_err());
+    }
+
+    #[test]
+    fn the_jwks_refresh_floor_stays_between_a_second_and_an_hour() {
+        let mut c = Config::default_for_tests();
+        assert_eq!(c.jwks_min_refresh, Duration::from_secs(30));
+        for bad in [
+            Duration::ZERO,
+            Duration::from_millis(999),
+            Duration::from_secs(3601),
+        ] {
+            c.jwks_min_refresh = bad;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("SSEGATE_JWKS_MIN_REFRESH"), "{e}");
+        }
+        c.jwks_min_refresh = Duration::from_secs(1);
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod names {
     pub const GAP_REPAIRS: &str = "ssegate_gap_repairs_total";
     pub const GAP_REPAIRED_EVENTS: &str = "ssegate_gap_repaired_events_total";
     pub const REJECTED: &str = "ssegate_requests_rejected_total";
+    pub const JWKS_REFRESHES: &str = "ssegate_jwks_refreshes_total";
     pub const LATENCY: &str = "ssegate_publish_to_write_seconds";
 }
 
@@ -177,6 +178,11 @@ impl Metrics {
             "Channels repaired from history after a broker reconnect.",
         );
         describe(GAP_REPAIRED_EVENTS, None, "Events delivered by gap repair.");
+        describe(
+            JWKS_REFRESHES,
+            None,
+            "Fetches of the --jwks-url key set, by result (ok, error, invalid).",
+        );
         let counter = |name: &'static str| r.register_counter(&Key::from_static_name(name), &META);
         let labelled = |name: &'static str, k: &'static str, v: &'static str| {
             r.register_counter(&labelled_key(name, k, v), &META)
@@ -213,6 +219,12 @@ impl Metrics {
     pub fn rejected(&self, reason: &'static str) -> Counter {
         self.registry
             .register_counter(&labelled_key(names::REJECTED, "reason", reason), &META)
+    }
+
+    /// Fetches of the `--jwks-url` key set with one `result`.
+    pub fn jwks_refreshes(&self, result: &'static str) -> Counter {
+        self.registry
+            .register_counter(&labelled_key(names::JWKS_REFRESHES, "result", result), &META)
     }
 
     /// `n` events written `us` microseconds after they were published.

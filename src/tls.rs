@@ -1,7 +1,7 @@
 //! TLS with rustls (the `ring` provider): termination for browsers, with
 //! HTTP/2 and HTTP/1.1 chosen by ALPN (over HTTP/2 a page can hold many
 //! event streams on one connection; HTTP/1.1 allows six per origin), and
-//! the client side of `rediss://` connections.
+//! the client side of `rediss://` connections and of `--jwks-url` fetches.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -57,7 +57,6 @@ pub fn install_crypto_provider() {
 /// roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured), or no
 /// verification at all for URLs ending in `#insecure`, as in the redis crate.
 pub fn redis_client_config(insecure: bool) -> Result<Arc<ClientConfig>, String> {
-    static VERIFIED: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
     static INSECURE: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     let provider = || Arc::new(rustls::crypto::ring::default_provider());
     if insecure {
@@ -73,6 +72,14 @@ pub fn redis_client_config(insecure: bool) -> Result<Arc<ClientConfig>, String> 
             })
             .clone());
     }
+    verified_client_config()
+}
+
+/// Client configuration that checks servers against the system's roots
+/// (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
+pub fn verified_client_config() -> Result<Arc<ClientConfig>, String> {
+    static VERIFIED: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    let provider = || Arc::new(rustls::crypto::ring::default_provider());
     VERIFIED
         .get_or_init(|| {
             let mut roots = RootCertStore::empty();

@@ -20,7 +20,7 @@ pub async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let access = app.auth().publisher(&headers)?;
+    let access = app.auth().publisher(&headers).await?;
     let Path(channel) = path.map_err(|_| ApiError::InvalidChannel(ChannelError::BadChar))?;
     let channel = Channel::parse(&channel)?;
     access.check_publish(&channel)?;

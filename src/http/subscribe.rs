@@ -90,7 +90,7 @@ async fn serve(app: AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<
         return Err(ApiError::Draining);
     }
     let cfg = app.config();
-    let access = app.auth().reader(headers, q.token.as_deref())?;
+    let access = app.auth().reader(headers, q.token.as_deref()).await?;
     let channels = validate_channels(q.channels, cfg.max_channels)?;
     access.check_read(&channels)?;
     // The header (sent by EventSource on reconnect) wins over the query.

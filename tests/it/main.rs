@@ -2,6 +2,7 @@
 //! ports and gateway nodes on real sockets.
 
 mod auth;
+mod auth_jwks;
 mod browser;
 mod core;
 mod deploy;

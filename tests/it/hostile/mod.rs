@@ -10,6 +10,8 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::helpers::*;
 
+mod auth;
+
 /// Sends raw bytes; returns the status code and body of the answer (if
 /// any) once the server closes the connection or stops talking.
 async fn raw(addr: SocketAddr, request: &[u8]) -> (Option<u16>, String) {
