@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::http::server::{Gate, Server};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Occupancy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,6 +35,16 @@ pub enum StartError {
     Auth(#[from] crate::auth::SetupError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "invalid --max-connections (SSEGATE_MAX_CONNECTIONS): {max_connections} connections need {needed} open \
+         files (Redis, refusals and files take the rest), and this process may open {file_limit}: lower it \
+         or raise the hard limit (ulimit -Hn)"
+    )]
+    FileLimit {
+        max_connections: usize,
+        needed: u64,
+        file_limit: u64,
+    },
 }
 
 pub struct Application {
@@ -58,7 +68,21 @@ impl Application {
         let max_connections = config
             .max_connections
             .unwrap_or_else(|| crate::http::server::default_max_connections(file_limit));
-        let gate = Gate::new(max_connections, config.ip_rate, config.ip_burst, metrics.clone());
+        let needed = max_connections as u64 + crate::http::server::RESERVED_FDS;
+        if needed > file_limit {
+            return Err(StartError::FileLimit {
+                max_connections,
+                needed,
+                file_limit,
+            });
+        }
+        let occupancy = Arc::new(Occupancy::new(max_connections));
+        let gate = Gate::new(
+            occupancy.clone(),
+            config.ip_rate,
+            config.ip_burst,
+            metrics.clone(),
+        );
         let (hub, control) = Hub::new(metrics.clone());
         let tasks = CancellationToken::new();
         let retention = Retention {
@@ -102,7 +126,7 @@ impl Application {
                  (configure --jwt-secret, --jwt-public-key, --jwks-file or --publish-keys-file to require tokens)"
             );
         }
-        let state = AppState::new(config, auth, hub, broker, metrics);
+        let state = AppState::new(config, occupancy, auth, hub, broker, metrics);
         let server = Server::new(listener, tls, state.clone(), gate);
         Ok(Application { server, state, tasks })
     }

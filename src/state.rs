@@ -4,7 +4,7 @@
 //! or `app`, so both can depend on it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::auth::Auth;
 use crate::broker::SharedBroker;
@@ -12,8 +12,47 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
+/// How many connections the node holds, against `--max-connections`:
+/// counted by the server's admission, read by `/readyz`.
+#[derive(Debug)]
+pub struct Occupancy {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl Occupancy {
+    pub fn new(max: usize) -> Occupancy {
+        Occupancy {
+            open: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes a place if one is free.
+    pub fn try_take(&self) -> bool {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub fn release(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.open.load(Ordering::Relaxed) >= self.max
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
 struct Inner {
     config: Config,
+    occupancy: Arc<Occupancy>,
     auth: Auth,
     hub: Hub,
     broker: SharedBroker,
@@ -26,9 +65,17 @@ struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    pub fn new(config: Config, auth: Auth, hub: Hub, broker: SharedBroker, metrics: Metrics) -> AppState {
+    pub fn new(
+        config: Config,
+        occupancy: Arc<Occupancy>,
+        auth: Auth,
+        hub: Hub,
+        broker: SharedBroker,
+        metrics: Metrics,
+    ) -> AppState {
         AppState(Arc::new(Inner {
             config,
+            occupancy,
             auth,
             hub,
             broker,
@@ -39,6 +86,9 @@ impl AppState {
 
     pub fn config(&self) -> &Config {
         &self.0.config
+    }
+    pub fn occupancy(&self) -> &Arc<Occupancy> {
+        &self.0.occupancy
     }
     pub fn auth(&self) -> &Auth {
         &self.0.auth

@@ -1,8 +1,14 @@
 //! Admission: connection limits, applied as connections are accepted (before any
 //! HTTP parsing): `--max-connections` open at once and a per-IP rate of new
-//! connections (`governor`). Past a limit the client gets a short canned
-//! answer (503 or 429, with `Retry-After` and a JSON body) and the socket is
-//! closed; nothing else is allocated for it.
+//! connections (`governor`). Past a limit the client gets a short answer
+//! (503 or 429, with `Retry-After` and a JSON body) and the socket is
+//! closed.
+//!
+//! Refusing costs a file descriptor and a task for up to two seconds, so
+//! refusals in progress are bounded (`REFUSALS`); past that a refused
+//! connection is closed at once, without an answer, and the descriptors
+//! kept back for Redis stay free. A full node still answers `GET /healthz`
+//! and `GET /readyz` on a refused connection: it is healthy, just full.
 //!
 //! At start the process raises its soft file limit to the hard limit; the
 //! default `--max-connections` is derived from it.
@@ -10,22 +16,30 @@
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
-use super::response::write_error;
+use super::head::probe_request;
+use super::response::{write_and_close, write_error};
 use crate::http::ApiError;
 use crate::metrics::Metrics;
+use crate::state::Occupancy;
 
-/// Descriptors kept back from `--max-connections` for Redis, the listener
-/// and files.
-const RESERVED_FDS: u64 = 64;
+/// Refused connections answered at the same time.
+const REFUSALS: usize = 64;
+/// Descriptors kept back from `--max-connections`: Redis connections, the
+/// listener, files, and the refusals in progress.
+pub const RESERVED_FDS: u64 = 64 + REFUSALS as u64;
+/// Time a refused client has to send a health-check head.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Raises the soft limit on open files to the hard limit; returns the new
 /// soft limit.
@@ -47,18 +61,18 @@ pub fn default_max_connections(file_limit: u64) -> usize {
 }
 
 pub struct Gate {
-    open: AtomicUsize,
-    max: usize,
+    occupancy: Arc<Occupancy>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    refusals: Arc<Semaphore>,
     metrics: Metrics,
 }
 
 /// Holds one connection's place; released on drop.
-pub struct Admitted(Arc<Gate>);
+pub struct Admitted(Arc<Occupancy>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.release();
     }
 }
 
@@ -71,32 +85,45 @@ pub enum Verdict {
 impl Gate {
     /// `rate` new connections per second per IP with bursts of `burst`;
     /// a rate of 0 turns the per-IP limit off.
-    pub fn new(max: usize, rate: u32, burst: u32, metrics: Metrics) -> Arc<Gate> {
+    pub fn new(occupancy: Arc<Occupancy>, rate: u32, burst: u32, metrics: Metrics) -> Arc<Gate> {
         let per_ip = NonZeroU32::new(rate).map(|r| {
             let burst = NonZeroU32::new(burst.max(rate)).expect("nonzero");
             RateLimiter::keyed(Quota::per_second(r).allow_burst(burst))
         });
         Arc::new(Gate {
-            open: AtomicUsize::new(0),
-            max,
+            occupancy,
             per_ip,
+            refusals: Arc::new(Semaphore::new(REFUSALS)),
             metrics,
         })
     }
 
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Verdict {
+    pub fn admit(&self, ip: IpAddr) -> Verdict {
         if let Some(limiter) = &self.per_ip
             && let Err(not_until) = limiter.check_key(&ip.to_canonical())
         {
             self.metrics.rejected("rate_limited").increment(1);
             return Verdict::RateLimited(not_until.wait_time_from(DefaultClock::default().now()));
         }
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
-            self.open.fetch_sub(1, Ordering::Relaxed);
+        if !self.occupancy.try_take() {
             self.metrics.rejected("too_many_connections").increment(1);
             return Verdict::TooMany;
         }
-        Verdict::Admit(Admitted(self.clone()))
+        Verdict::Admit(Admitted(self.occupancy.clone()))
+    }
+
+    /// Answers a refused connection in the background, or closes it at
+    /// once when too many refusals are in progress.
+    pub fn refuse(&self, sock: TcpStream, verdict: Verdict, router: &axum::Router) {
+        let Ok(permit) = self.refusals.clone().try_acquire_owned() else {
+            self.metrics.rejected("closed_unanswered").increment(1);
+            return;
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            refuse(sock, verdict, router).await;
+            drop(permit);
+        });
     }
 
     /// Forgets idle per-IP state now and then, so that many distinct
@@ -115,10 +142,11 @@ impl Gate {
     }
 }
 
-/// Answers a refused connection and closes it, reading (and discarding) a
-/// little of the request first so that the close does not reset the
-/// answer away.
-pub async fn refuse(mut sock: TcpStream, verdict: Verdict) {
+/// Answers a refused connection and closes it. The request head is read
+/// first (briefly): a health check is answered as usual; anything else
+/// gets the refusal, and reading first means the close does not reset
+/// the answer away.
+async fn refuse(mut sock: TcpStream, verdict: Verdict, router: axum::Router) {
     let err = match verdict {
         Verdict::Admit(_) => return,
         Verdict::TooMany => ApiError::TooManyConnections,
@@ -126,10 +154,32 @@ pub async fn refuse(mut sock: TcpStream, verdict: Verdict) {
             retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
         },
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let too_many = matches!(err, ApiError::TooManyConnections);
+    let _ = tokio::time::timeout(PROBE_TIMEOUT, async {
+        let mut buf = BytesMut::with_capacity(1024);
+        let probe = tokio::time::timeout(PROBE_TIMEOUT / 2, async {
+            while buf.len() < 4096 {
+                if sock.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+                if let Some(req) = probe_request(&buf) {
+                    return Ok(req);
+                }
+                if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(std::io::Error::from(std::io::ErrorKind::InvalidData))
+        })
+        .await;
+        match probe {
+            Ok(Ok(req)) if too_many => {
+                let resp = router.oneshot(*req).await.unwrap_or_else(|e| match e {});
+                write_and_close(&mut sock, resp).await;
+            }
+            _ => write_error(&mut sock, err).await,
+        }
         let mut scratch = [0u8; 1024];
-        let _ = tokio::time::timeout(Duration::from_millis(50), sock.read(&mut scratch)).await;
-        write_error(&mut sock, err).await;
         while sock.read(&mut scratch).await? > 0 {}
         Ok::<_, std::io::Error>(())
     })
@@ -142,7 +192,7 @@ mod tests {
 
     #[test]
     fn the_gate_counts_open_connections() {
-        let gate = Gate::new(2, 0, 0, Metrics::new());
+        let gate = Gate::new(Arc::new(Occupancy::new(2)), 0, 0, Metrics::new());
         let ip = IpAddr::from([127, 0, 0, 1]);
         let a = gate.admit(ip);
         let b = gate.admit(ip);
@@ -154,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_per_ip_rate_allows_a_burst_then_refuses() {
-        let gate = Gate::new(1000, 1, 3, Metrics::new());
+        let gate = Gate::new(Arc::new(Occupancy::new(1000)), 1, 3, Metrics::new());
         let ip = IpAddr::from([10, 0, 0, 1]);
         let admitted: Vec<_> = (0..3).map(|_| gate.admit(ip)).collect();
         assert!(admitted.iter().all(|v| matches!(v, Verdict::Admit(_))));

@@ -21,17 +21,17 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Response, StatusCode};
 use bytes::BytesMut;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::head::{Head, HeadError, read_head};
 use super::prefixed::Prefixed;
 use super::response::{Framing, head_bytes, write_and_close, write_error};
+use super::watch;
 use super::writer::StreamWriter;
 use crate::http::ApiError;
 use crate::http::subscribe::SseHandoff;
@@ -49,22 +49,18 @@ impl Front {
     /// event stream, which is returned for the caller to run as its own
     /// task: everything before it (the head, the router call, hyper) is
     /// freed, so the long-lived part is the small `StreamWriter`.
-    pub async fn serve(self: Arc<Self>, sock: TcpStream, watcher: Watcher) -> Option<StreamWriter> {
-        let (sock, session, chunked) = self.handle(sock, watcher).await?;
+    pub async fn serve(self: Arc<Self>, sock: TcpStream, drain: CancellationToken) -> Option<StreamWriter> {
+        let (sock, session, chunked) = self.handle(sock, drain).await?;
         Some(StreamWriter::new(sock, session, chunked))
     }
 
-    /// Serves a connection with hyper (HTTP/1.1 or HTTP/2).
-    pub async fn serve_hyper<I>(&self, io: I, watcher: Watcher)
+    /// Serves a connection with hyper (HTTP/1.1 or HTTP/2), closed when
+    /// idle for `--header-timeout` (see `watch`).
+    pub async fn serve_hyper<I>(&self, io: I, drain: &CancellationToken)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let svc = TowerToHyperService::new(self.router.clone());
-        let conn = self
-            .hyper
-            .serve_connection_with_upgrades(TokioIo::new(io), svc)
-            .into_owned();
-        let _ = watcher.watch(conn).await;
+        watch::serve(&self.hyper, &self.router, io, self.head_timeout, drain).await;
     }
 
     /// Everything up to the start of an event stream; returns the stream
@@ -72,7 +68,7 @@ impl Front {
     async fn handle(
         &self,
         mut sock: TcpStream,
-        watcher: Watcher,
+        drain: CancellationToken,
     ) -> Option<(TcpStream, StreamSession, bool)> {
         let mut buf = BytesMut::with_capacity(1024);
         let head =
@@ -100,7 +96,7 @@ impl Front {
                     prefix: buf.freeze(),
                     inner: sock,
                 };
-                self.serve_hyper(io, watcher).await;
+                self.serve_hyper(io, &drain).await;
                 None
             }
             Head::Stream(req, chunked) => {

@@ -98,6 +98,26 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     Ok(Some(Head::Stream(Box::new(req), minor == 1)))
 }
 
+/// A complete `GET /healthz` or `GET /readyz` head, for a node that
+/// refuses the connection otherwise (it is full).
+pub(super) fn probe_request(buf: &[u8]) -> Option<Box<Request<Body>>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(_) = req.parse(buf).ok()? else {
+        return None;
+    };
+    let path = req.path?;
+    if req.method? != "GET" || !(path == "/healthz" || path == "/readyz") {
+        return None;
+    }
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .body(Body::empty())
+        .ok()?;
+    Some(Box::new(req))
+}
+
 /// The body framing rules hyper would enforce, checked here so that the
 /// answer is a JSON error: one Content-Length (repeats must agree), a
 /// number, and not together with Transfer-Encoding.

@@ -13,9 +13,10 @@ mod front;
 mod head;
 mod prefixed;
 mod response;
+mod watch;
 mod writer;
 
-pub use admission::{Gate, default_max_connections, raise_file_limit};
+pub use admission::{Gate, RESERVED_FDS, default_max_connections, raise_file_limit};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,14 +25,19 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::state::AppState;
 use admission::{Admitted, Verdict};
 use front::Front;
+
+/// Streams (requests) one HTTP/2 connection may have open at once.
+const H2_STREAMS: u32 = 100;
+/// Bytes hyper queues per HTTP/2 stream before it stops polling the body.
+const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Accepts and serves connections until shutdown, then drains.
 pub struct Server {
@@ -67,6 +73,16 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.header_timeout)
             .max_buf_size(cfg.max_header_bytes.max(8192));
+        hyper
+            .http2()
+            .timer(TokioTimer::new())
+            // A peer that stops answering pings is gone.
+            .keep_alive_interval(Some(cfg.heartbeat))
+            .keep_alive_timeout(cfg.heartbeat)
+            .max_concurrent_streams(H2_STREAMS)
+            .max_header_list_size(cfg.max_header_bytes as u32)
+            // What hyper buffers per stream for a client that does not read.
+            .max_send_buf_size(H2_SEND_BUFFER);
         Arc::new(Front {
             router: crate::http::router(self.state.clone()),
             hyper,
@@ -83,7 +99,7 @@ impl Server {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         let cfg = self.state.config().clone();
         let front = self.front();
-        let graceful = GracefulShutdown::new();
+        let drain = CancellationToken::new();
         let connections = TaskTracker::new();
         let deadline = std::sync::OnceLock::new();
         let draining = async {
@@ -110,23 +126,20 @@ impl Server {
             let admitted = match self.gate.admit(peer.ip()) {
                 Verdict::Admit(a) => a,
                 refused => {
-                    tokio::spawn(admission::refuse(sock, refused));
+                    self.gate.refuse(sock, refused, &front.router);
                     continue;
                 }
             };
             prepare(&sock, cfg.write_timeout);
-            self.spawn_connection(sock, admitted, &front, &graceful, &connections);
+            self.spawn_connection(sock, admitted, &front, &drain, &connections);
         }
         let deadline = *deadline.get().expect("set when draining began");
         drop(self.listener);
         connections.close();
         let hub = self.state.hub().clone();
+        drain.cancel();
         let closing = async move {
-            tokio::join!(
-                hub.close_all(cfg.close_spread),
-                graceful.shutdown(),
-                connections.wait()
-            );
+            tokio::join!(hub.close_all(cfg.close_spread), connections.wait());
         };
         if tokio::time::timeout_at(deadline, closing).await.is_err() {
             tracing::warn!("shutdown grace period over with connections still open");
@@ -138,23 +151,23 @@ impl Server {
         sock: TcpStream,
         admitted: Admitted,
         front: &Arc<Front>,
-        graceful: &GracefulShutdown,
+        drain: &CancellationToken,
         connections: &TaskTracker,
     ) {
-        let (front, watcher, tracker) = (front.clone(), graceful.watcher(), connections.clone());
+        let (front, drain, tracker) = (front.clone(), drain.clone(), connections.clone());
         if let Some(acceptor) = &self.tls {
             let acceptor = acceptor.clone();
             connections.spawn(async move {
                 let handshake = tokio::time::timeout(front.head_timeout, acceptor.accept(sock)).await;
                 if let Ok(Ok(tls)) = handshake {
-                    front.serve_hyper(tls, watcher).await;
+                    front.serve_hyper(tls, &drain).await;
                 }
                 drop(admitted);
             });
             return;
         }
         connections.spawn(async move {
-            if let Some(writer) = Box::pin(front.serve(sock, watcher)).await {
+            if let Some(writer) = Box::pin(front.serve(sock, drain)).await {
                 tracker.spawn(async move {
                     writer.await;
                     drop(admitted);
