@@ -16,6 +16,47 @@ use tokio::sync::oneshot;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// Whether the tests run under CI (`CI` set, and not to `false` or `0`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A program on PATH, or `None`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A program a test needs, found on PATH (scripts/test.sh installs them all).
+/// When it is missing, the test fails under CI with a message naming it;
+/// elsewhere it prints that the test is skipped and returns `None`, and the
+/// caller returns.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let found = on_path(name);
+    if found.is_none() {
+        unavailable(&format!(
+            "{name} is missing (not on PATH); scripts/test.sh installs it"
+        ));
+    }
+    found
+}
+
+/// Something a test needs cannot be had (`why`): the test fails under CI;
+/// elsewhere this prints that it is skipped, and the caller returns.
+pub fn unavailable(why: &str) {
+    let test = std::thread::current().name().unwrap_or("this test").to_owned();
+    assert!(!in_ci(), "{test} cannot run: {why}");
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// A program nearly every test needs (`redis-server`, `redis-cli`): a test
+/// that cannot find it fails, in CI or not, naming it.
+pub fn essential_tool(name: &str) -> PathBuf {
+    on_path(name).unwrap_or_else(|| panic!("{name} is missing (not on PATH); scripts/test.sh installs it"))
+}
+
 /// A channel name no other test uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -65,7 +106,7 @@ impl RedisServer {
     }
 
     fn start(&mut self) {
-        let mut child = Command::new("redis-server")
+        let mut child = Command::new(essential_tool("redis-server"))
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -82,7 +123,7 @@ impl RedisServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server on PATH (bash .ci/run installs it)");
+            .expect("redis-server starts");
         // Wait for the server's own "ready" line rather than polling.
         let out = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -132,11 +173,11 @@ impl RedisServer {
 
     /// Runs redis-cli, as an operator would.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let out = Command::new(essential_tool("redis-cli"))
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
-            .expect("redis-cli");
+            .expect("redis-cli runs");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -258,11 +299,39 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The value of a metric line `name value` (labels included in `name`).
+/// A name the text does not have fails the test, listing the names it has
+/// with the same stem: a typo must not read as zero.
 pub fn metric_value(text: &str, name: &str) -> f64 {
+    metric_lookup(text, name).unwrap_or_else(|| {
+        let stem = name.split('{').next().unwrap_or(name);
+        let stem = stem.strip_suffix("_total").unwrap_or(stem);
+        let similar: Vec<&str> = sample_names(text).filter(|n| n.starts_with(stem)).collect();
+        let listed = if similar.is_empty() {
+            sample_names(text).collect()
+        } else {
+            similar
+        };
+        panic!("no metric {name}; the node has: {}", listed.join(", "))
+    })
+}
+
+/// The value of metric `name`, or `None` when the text has no such line
+/// (labelled counters appear on first use).
+pub fn metric_lookup(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("metric {name} has value {v:?}: {e}"))
+        })
+}
+
+/// The names (labels included) of the samples in a Prometheus text.
+fn sample_names(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name))
 }
 
 type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
@@ -312,18 +381,30 @@ impl Sse {
         }
     }
 
-    /// The next event, or `None` once the server has closed the stream.
+    /// The next event, or `None` once the server has ended the stream
+    /// cleanly. A read error (a connection cut mid-stream) fails the test.
     /// Data-less blocks, which only set the id, update `last_id` as in a
     /// browser and are skipped.
     pub async fn next(&mut self) -> Option<Event> {
+        self.next_or_cut()
+            .await
+            .unwrap_or_else(|e| panic!("the stream broke instead of ending cleanly: {e}"))
+    }
+
+    /// Like `next`, with a read error (the connection cut without the end
+    /// of the body, as when a node is killed) returned as `Err`.
+    pub async fn next_or_cut(&mut self) -> Result<Option<Event>, String> {
         loop {
-            let ev = tokio::time::timeout(WAIT, self.events.next())
+            let Some(ev) = tokio::time::timeout(WAIT, self.events.next())
                 .await
-                .expect("an event or the end within the wait")?
-                .ok()?;
+                .expect("an event or the end within the wait")
+            else {
+                return Ok(None);
+            };
+            let ev = ev?;
             self.last_id = ev.id.clone();
             if !ev.data.is_empty() || ev.event != "message" {
-                return Some(ev);
+                return Ok(Some(ev));
             }
         }
     }
@@ -341,12 +422,14 @@ impl Sse {
         out
     }
 
-    /// Whether the stream ends (the server closed it) within the wait.
+    /// Whether the server ends the stream cleanly within the wait (events
+    /// before the end are skipped); a read error fails the test.
     pub async fn ends(&mut self) -> bool {
         loop {
             match tokio::time::timeout(WAIT, self.events.next()).await {
                 Err(_) => return false,
-                Ok(None) | Ok(Some(Err(_))) => return true,
+                Ok(None) => return true,
+                Ok(Some(Err(e))) => panic!("the stream broke instead of ending cleanly: {e}"),
                 Ok(Some(Ok(_))) => {}
             }
         }
@@ -457,25 +540,52 @@ pub fn wait_or_kill(child: &mut Child, grace: Duration) {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }
+        // Polling: a child's exit offers no other notification here.
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
     let _ = child.wait();
 }
 
+/// Waits for a child to exit by itself (within the wait); its status.
+pub async fn exited(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the process did not exit within {WAIT:?}"
+        );
+        // Polling: a child's exit offers no other notification here.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until `f` holds, checking every few milliseconds: for state that
 /// offers no notification (Redis's subscription tables, a process's RSS).
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
+pub async fn eventually<F, Fut>(what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(what, WAIT, f).await;
+}
+
+/// Like `eventually`, failing after `limit`.
+pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     while !f().await {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
+            "not within {limit:?}: {what}"
         );
+        // The poll interval.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
