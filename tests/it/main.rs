@@ -10,3 +10,4 @@ mod durable;
 mod helpers;
 mod hostile;
 mod scale;
+mod tools;
