@@ -23,6 +23,10 @@ need_pkg chromedriver chromium-driver
 need_pkg node nodejs                       # playwright-core needs Node >= 20
 need_pkg npm npm
 need_pkg openssl openssl                   # test certificates (rediss://, HTTPS)
+need_pkg ip iproute2                       # tests/it/netfault.rs: a network namespace and a veth pair
+need_pkg iptables iptables                 # tests/it/netfault.rs: a client that stops acknowledging
+need_pkg curl curl                         # tests/it/netfault.rs: a stream read inside the namespace
+need_pkg kill procps                       # tests/it/netfault.rs: a client that stops reading (SIGSTOP)
 echo "== npm ci (tests/browser: playwright-core only, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund --prefer-offline)
 

@@ -459,8 +459,13 @@ impl NodeProcess {
 
     /// With extra environment variables.
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+        Self::spawn_on("127.0.0.1:0", args, env)
+    }
+
+    /// Listening on `listen` rather than on a loopback port.
+    pub fn spawn_on(listen: &str, args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
         let mut child = Command::new(binary())
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--listen", listen, "--log-format", "json"])
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())

@@ -9,5 +9,6 @@ mod docs;
 mod durable;
 mod helpers;
 mod hostile;
+mod netfault;
 mod scale;
 mod tools;
