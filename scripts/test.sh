@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it
-# is missing (redis-server through apt-get), then checks formatting, lints
-# and runs every test against real processes.
+# is missing (through apt-get), then checks formatting, lints and runs every
+# test against real processes. Under CI=true a test whose program is
+# missing fails rather than skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkg() { # command package
-  command -v "$1" >/dev/null 2>&1 && return 0
+  type -P "$1" >/dev/null && return 0   # a program on PATH, not a shell builtin
   echo "== installing $2"
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -17,10 +18,15 @@ need_pkg() { # command package
 need_pkg redis-server redis-server
 need_pkg haproxy haproxy   # deploy/haproxy.cfg is checked and run in front of real nodes
 need_pkg nginx nginx       # deploy/nginx.conf likewise
-need_pkg chromium chromium                 # tests/it/browser.rs drives headless Chromium
+need_pkg chromium chromium                 # tests/it/browser/ drives headless Chromium
 need_pkg chromedriver chromium-driver
 need_pkg node nodejs                       # playwright-core needs Node >= 20
 need_pkg npm npm
+need_pkg openssl openssl                   # test certificates (rediss://, HTTPS)
+need_pkg ip iproute2                       # tests/it/netfault.rs: a network namespace and a veth pair
+need_pkg iptables iptables                 # tests/it/netfault.rs: a client that stops acknowledging
+need_pkg curl curl                         # tests/it/netfault.rs: a stream read inside the namespace
+need_pkg kill procps                       # tests/it/netfault.rs: a client that stops reading (SIGSTOP)
 echo "== npm ci (tests/browser: playwright-core only, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund --prefer-offline)
 

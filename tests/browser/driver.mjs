@@ -1,4 +1,4 @@
-// Drives one headless Chromium for tests/it/browser.rs.
+// Drives one headless Chromium for tests/it/browser/.
 //
 //   node driver.mjs '{"ignoreCertificateErrors": false}'
 //

@@ -1,6 +1,6 @@
 //! The gateway core: any node streams any channel's events from Redis.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 
@@ -297,7 +297,7 @@ async fn sigterm_closes_streams_and_the_process_exits_zero_within_the_grace_peri
         &url,
         "--allow-anonymous",
         "--drain-delay",
-        "200ms",
+        "1s",
         "--close-spread",
         "200ms",
         "--shutdown-grace",
@@ -307,23 +307,23 @@ async fn sigterm_closes_streams_and_the_process_exits_zero_within_the_grace_peri
     for i in 0..5 {
         streams.push(Sse::open(&node.url(&format!("/v1/stream/term-{i}"))).await);
     }
-    let started = Instant::now();
     node.signal("-TERM");
-    // Readiness drops first, while streams are still open.
-    let ready = reqwest::get(node.url("/readyz")).await.unwrap();
-    assert_eq!(ready.status(), 503);
+    // Readiness drops first (once the node has the signal), while streams
+    // are still open: the drain delay.
+    eventually("readiness drops", || async {
+        reqwest::get(node.url("/readyz")).await.unwrap().status() == 503
+    })
+    .await;
+    assert_eq!(node.metric("ssegate_streams_open").await, 5.0);
     for s in &mut streams {
         assert!(s.ends().await, "stream closed by the node");
     }
-    let status = node.child.wait().unwrap();
+    let status = exited(&mut node.child).await;
     assert!(status.success(), "exit status {status:?}");
     let logs = node.logs().join("\n");
     assert!(logs.contains("draining") && logs.contains("stopped"), "{logs}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
+    // Within the grace period: the node did not have to cut connections.
+    assert!(!logs.contains("shutdown grace period over"), "{logs}");
 }
 
 #[tokio::test]
@@ -345,10 +345,10 @@ async fn redis_down_at_start_is_a_clear_error_and_a_nonzero_exit() {
 }
 
 /// A CA and a certificate for 127.0.0.1 signed by it, with openssl.
-fn test_ca(dir: &std::path::Path) -> (String, String, String) {
+fn test_ca(openssl: &std::path::Path, dir: &std::path::Path) -> (String, String, String) {
     let p = |f: &str| dir.join(f).display().to_string();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).output().unwrap();
+        let out = std::process::Command::new(openssl).args(args).output().unwrap();
         assert!(
             out.status.success(),
             "openssl {args:?}: {}",
@@ -413,8 +413,11 @@ fn test_ca(dir: &std::path::Path) -> (String, String, String) {
 
 #[tokio::test]
 async fn rediss_urls_carry_events_over_tls() {
+    let Some(openssl) = require_tool("openssl") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = test_ca(dir.path());
+    let (ca, cert, key) = test_ca(&openssl, dir.path());
     let tls_port = free_port();
     let redis = RedisServer::spawn_with(&[
         "--tls-port",

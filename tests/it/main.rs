@@ -11,4 +11,6 @@ mod durable;
 mod helpers;
 mod hostile;
 mod library;
+mod netfault;
 mod scale;
+mod tools;

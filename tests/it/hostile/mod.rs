@@ -205,34 +205,30 @@ use futures::StreamExt as _;
 async fn slow_loris_clients_are_cut_off_at_the_header_timeout() {
     let node = NodeProcess::spawn(&["--header-timeout", "1s", "--ip-rate", "0"]);
     let addr = node.addr;
+    // Each client sends its head one byte per 200 ms (the slowness is the
+    // point) until the node closes the connection (with a 408 or nothing).
+    // Five times the header timeout is the failure bound: well below the
+    // default timeout (10s), which would cut them off too.
     let loris = (0..100).map(|_| async move {
         let mut sock = TcpStream::connect(addr).await.unwrap();
         let started = Instant::now();
         for b in b"GET /v1/stream/a HTTP/1.1\r\nX-Slow: ".iter().cycle() {
             if sock.write_all(&[*b]).await.is_err() {
-                break;
+                return;
             }
             let mut one = [0u8; 1];
-            // The server answers (408 or nothing) and closes.
             match tokio::time::timeout(Duration::from_millis(200), sock.read(&mut one)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(_)) => {}
-                Err(_) => {}
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) | Err(_) => {}
             }
             assert!(
-                started.elapsed() < Duration::from_secs(10),
+                started.elapsed() < Duration::from_secs(5),
                 "a slow-loris connection is never cut off"
             );
         }
-        started.elapsed()
     });
     let serving = still_serves(addr);
-    let (times, ()) = tokio::join!(futures::future::join_all(loris), serving);
-    let longest = times.iter().max().unwrap();
-    assert!(
-        *longest < Duration::from_secs(4),
-        "longest slow client lasted {longest:?}"
-    );
+    tokio::join!(futures::future::join_all(loris), serving);
     still_serves(addr).await;
 }
 
