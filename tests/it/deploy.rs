@@ -231,6 +231,8 @@ const OTHER_PROGRAMS_FLAGS: &[(&str, &str)] = &[
     ("locked", "cargo build"),
     ("bin", "cargo build"),
     ("from", "Dockerfile COPY"),
+    ("build-context", "docker build"),
+    ("strip-debug", "objcopy"),
     ("rm", "docker run"),
     ("build", "docker compose up"),
     ("from-literal", "kubectl create secret"),
