@@ -3,6 +3,7 @@
 
 mod auth;
 mod browser;
+mod container;
 mod core;
 mod deploy;
 mod docs;
