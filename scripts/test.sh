@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it
-# is missing (redis-server through apt-get), then checks formatting, lints
-# and runs every test against real processes.
+# is missing (redis-server, podman, ... through apt-get), then checks
+# formatting, lints and runs every test against real processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,14 @@ need_pkg chromium chromium                 # tests/it/browser.rs drives headless
 need_pkg chromedriver chromium-driver
 need_pkg node nodejs                       # playwright-core needs Node >= 20
 need_pkg npm npm
+# tests/it/container.rs builds the image with podman and runs it (rootful).
+# runc, because crun refuses hosts with cgroup v1 hierarchies plus a
+# controller on the v2 one; iptables, through which podman's default network
+# publishes ports. The rootless helpers (uidmap, slirp4netns,
+# fuse-overlayfs) are not needed.
+need_pkg podman podman
+need_pkg runc runc
+need_pkg iptables iptables
 echo "== npm ci (tests/browser: playwright-core only, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund --prefer-offline)
 
