@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it
-# is missing (through apt-get), then checks formatting, lints and runs every
-# test against real processes. Under CI=true a test whose program is
-# missing fails rather than skips.
+# is missing (redis-server, haproxy, podman, ... through apt-get), then
+# checks formatting, lints and runs every test against real processes.
+# Under CI=true a test whose program is missing fails rather than skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,9 +24,15 @@ need_pkg node nodejs                       # playwright-core needs Node >= 20
 need_pkg npm npm
 need_pkg openssl openssl                   # test certificates (rediss://, HTTPS)
 need_pkg ip iproute2                       # tests/it/netfault.rs: a network namespace and a veth pair
-need_pkg iptables iptables                 # tests/it/netfault.rs: a client that stops acknowledging
+need_pkg iptables iptables                 # tests/it/netfault.rs (a client that stops acknowledging); podman's port publishing
 need_pkg curl curl                         # tests/it/netfault.rs: a stream read inside the namespace
 need_pkg kill procps                       # tests/it/netfault.rs: a client that stops reading (SIGSTOP)
+# tests/it/container.rs builds the image with podman and runs it (rootful).
+# runc, because crun refuses hosts with cgroup v1 hierarchies plus a
+# controller on the v2 one. The rootless helpers (uidmap, slirp4netns,
+# fuse-overlayfs) are not needed.
+need_pkg podman podman
+need_pkg runc runc
 echo "== npm ci (tests/browser: playwright-core only, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund --prefer-offline)
 

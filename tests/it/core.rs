@@ -345,7 +345,7 @@ async fn redis_down_at_start_is_a_clear_error_and_a_nonzero_exit() {
 }
 
 /// A CA and a certificate for 127.0.0.1 signed by it, with openssl.
-fn test_ca(openssl: &std::path::Path, dir: &std::path::Path) -> (String, String, String) {
+pub(crate) fn test_ca(openssl: &std::path::Path, dir: &std::path::Path) -> (String, String, String) {
     let p = |f: &str| dir.join(f).display().to_string();
     let run = |args: &[&str]| {
         let out = std::process::Command::new(openssl).args(args).output().unwrap();
