@@ -392,7 +392,9 @@ async fn the_image_reaches_redis_over_tls_by_name_with_the_roots_at_its_bundle_p
     let Some(podman) = Podman::find() else { return };
     let image = Image::shared(&podman);
     let dir = tempfile::tempdir().unwrap();
-    let Some(openssl) = require_tool("openssl") else { return };
+    let Some(openssl) = require_tool("openssl") else {
+        return;
+    };
     let (ca, cert, key) = crate::core::test_ca(&openssl, dir.path());
     let tls_port = free_port();
     let _redis = RedisServer::spawn_with(&[
