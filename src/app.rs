@@ -99,6 +99,7 @@ impl Application {
                     control,
                     metrics.clone(),
                     retention,
+                    config.history_memory,
                     tasks.clone(),
                 ))
             }
@@ -114,7 +115,10 @@ impl Application {
                 addr: config.listen,
                 source,
             })?;
-        tokio::spawn(hub.clone().run_heartbeats(config.heartbeat, tasks.clone()));
+        tokio::spawn(
+            hub.clone()
+                .run_heartbeats(config.heartbeat, config.write_timeout, tasks.clone()),
+        );
         tokio::spawn(gate.clone().run_cleanup(tasks.clone()));
         if auth.is_enforced() {
             tracing::info!(max_connections, file_limit, "tokens required to read and publish");

@@ -285,6 +285,18 @@ pub struct PublishArgs {
     /// Prefix of Redis names.
     #[arg(long, env = "SSEGATE_CHANNEL_PREFIX", default_value = "sse:")]
     pub channel_prefix: String,
+    /// Time Redis (or the node) has to answer one attempt.
+    #[arg(long, env = "SSEGATE_REDIS_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub redis_timeout: Duration,
+    /// The idempotency key of this publish (default: a random one). Every
+    /// attempt uses it, so a retry after an unknown outcome publishes at
+    /// most once.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Attempts before giving up when the outcome is unknown or the broker
+    /// unavailable.
+    #[arg(long, default_value_t = 5)]
+    pub attempts: u32,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,8 @@ pub mod names {
     pub const REJECTED: &str = "ssegate_requests_rejected_total";
     pub const JWKS_REFRESHES: &str = "ssegate_jwks_refreshes_total";
     pub const LATENCY: &str = "ssegate_publish_to_write_seconds";
+    pub const EVENTS_DROPPED: &str = "ssegate_events_dropped_total";
+    pub const STALLED_STREAMS: &str = "ssegate_stalled_streams_total";
 }
 
 /// Upper bounds of the latency buckets, in microseconds.
@@ -97,10 +99,16 @@ pub struct Inner {
     pub broker_up: Gauge,
     pub envelope_fields_dropped: Counter,
     pub published_durable: Counter,
+    /// Publishes answered from an idempotency key already used.
+    pub published_replayed: Counter,
     pub history_replays: Counter,
     pub history_replayed_events: Counter,
     pub resets_trimmed: Counter,
     pub resets_malformed: Counter,
+    pub resets_ahead: Counter,
+    /// Durable events from pub/sub whose id is ahead of Redis's clock.
+    pub events_dropped_future_id: Counter,
+    pub stalled_streams: Counter,
     pub gap_repairs: Counter,
     pub gap_repaired_events: Counter,
     registry: metrics_exporter_prometheus::PrometheusRecorder,
@@ -179,6 +187,16 @@ impl Metrics {
         );
         describe(GAP_REPAIRED_EVENTS, None, "Events delivered by gap repair.");
         describe(
+            EVENTS_DROPPED,
+            None,
+            "Events from the broker dropped as forged or broken, by reason.",
+        );
+        describe(
+            STALLED_STREAMS,
+            None,
+            "Streams closed because they took nothing from their queue for --write-timeout.",
+        );
+        describe(
             JWKS_REFRESHES,
             None,
             "Fetches of the --jwks-url key set, by result (ok, error, invalid).",
@@ -204,10 +222,14 @@ impl Metrics {
             broker_up: gauge(BROKER_UP),
             envelope_fields_dropped: counter(ENVELOPE_FIELDS_DROPPED),
             published_durable: labelled(PUBLISHED, "kind", "durable"),
+            published_replayed: labelled(PUBLISHED, "kind", "replayed"),
             history_replays: counter(HISTORY_REPLAYS),
             history_replayed_events: counter(HISTORY_REPLAYED_EVENTS),
             resets_trimmed: labelled(RESETS, "reason", "history_trimmed"),
             resets_malformed: labelled(RESETS, "reason", "malformed_cursor"),
+            resets_ahead: labelled(RESETS, "reason", "unknown_position"),
+            events_dropped_future_id: labelled(EVENTS_DROPPED, "reason", "id_ahead_of_redis_clock"),
+            stalled_streams: counter(STALLED_STREAMS),
             gap_repairs: counter(GAP_REPAIRS),
             gap_repaired_events: counter(GAP_REPAIRED_EVENTS),
             registry: r,

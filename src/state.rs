@@ -11,6 +11,7 @@ use crate::broker::SharedBroker;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::stream::ReplayBudget;
 
 /// How many connections the node holds, against `--max-connections`:
 /// counted by the server's admission, read by `/readyz`.
@@ -57,6 +58,7 @@ struct Inner {
     hub: Hub,
     broker: SharedBroker,
     metrics: Metrics,
+    replay: ReplayBudget,
     draining: AtomicBool,
 }
 
@@ -73,7 +75,9 @@ impl AppState {
         broker: SharedBroker,
         metrics: Metrics,
     ) -> AppState {
+        let replay = ReplayBudget::new(config.replay_memory, config.client_queue);
         AppState(Arc::new(Inner {
+            replay,
             config,
             occupancy,
             auth,
@@ -101,6 +105,10 @@ impl AppState {
     }
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+    /// The node's budget for history pages of resuming streams.
+    pub fn replay_budget(&self) -> &ReplayBudget {
+        &self.0.replay
     }
     pub fn is_draining(&self) -> bool {
         self.0.draining.load(Ordering::Relaxed)

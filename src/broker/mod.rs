@@ -35,6 +35,17 @@ pub struct History {
     pub trimmed: bool,
     /// The newest id the channel ever had (`0-0` if it has no history).
     pub tip: EventId,
+    /// The page stopped at its count or byte limit: there may be more.
+    pub more: bool,
+}
+
+impl History {
+    /// Sets `more` from what the page asked for.
+    pub fn limited_by(mut self, page: &Page) -> History {
+        let bytes: usize = self.entries.iter().map(|e| e.payload.len()).sum();
+        self.more = self.entries.len() >= page.limit || bytes >= page.max_bytes;
+        self
+    }
 }
 
 /// Why a broker request failed, in the terms a caller acts on: whether
@@ -63,23 +74,65 @@ pub enum BrokerError {
     Config(String),
 }
 
+/// A publisher's idempotency key (`Idempotency-Key`, a CloudEvent's
+/// `source` and `id`): 1 to 255 visible ASCII characters. A durable publish
+/// with a key already used on the channel within its history window is
+/// not appended again; it answers with the first publish's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+impl IdempotencyKey {
+    pub fn parse(key: &[u8]) -> Option<IdempotencyKey> {
+        let ok = (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) && key.iter().all(|b| b.is_ascii_graphic());
+        ok.then(|| IdempotencyKey(String::from_utf8_lossy(key).into_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The outcome of a durable publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub id: EventId,
+    /// The idempotency key was already used: nothing was appended, `id` is
+    /// the first publish's.
+    pub replayed: bool,
+}
+
+/// Which part of a channel's history to read.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// Events strictly after this id...
+    pub after: EventId,
+    /// ...up to this one, inclusive (no bound when `None`)...
+    pub until: Option<EventId>,
+    /// ...at most this many...
+    pub limit: usize,
+    /// ...and no more once their payloads reach this many bytes (at least
+    /// one event is returned): a page's memory stays bounded whatever the
+    /// events' sizes.
+    pub max_bytes: usize,
+}
+
 pub trait Broker: Send + Sync + 'static {
     /// `"memory"` or `"redis"`.
     fn name(&self) -> &'static str;
 
     /// Durable publish: append to the channel's history, then publish with
-    /// the new id, atomically. Returns the id.
-    fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<EventId, BrokerError>>;
-
-    /// At most `limit` events with `after < id <= until` (no upper bound
-    /// when `until` is `None`), oldest first.
-    fn history(
+    /// the new id, atomically; at most once per idempotency key.
+    fn publish(
         &self,
         channel: &Channel,
-        after: EventId,
-        until: Option<EventId>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<History, BrokerError>>;
+        payload: Bytes,
+        key: Option<&IdempotencyKey>,
+    ) -> BoxFuture<'_, Result<Published, BrokerError>>;
+
+    /// A page of the channel's history, oldest first.
+    fn history(&self, channel: &Channel, page: Page) -> BoxFuture<'_, Result<History, BrokerError>>;
 
     /// Whether the broker can deliver events right now.
     fn is_connected(&self) -> bool;

@@ -29,6 +29,15 @@ pub enum ApiError {
     PayloadTooLarge { max: usize },
     #[error("could not read the request body")]
     BadBody,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error(
+        "the broker did not answer in time: the event may or may not have been published; \
+         retry with the same Idempotency-Key to publish it at most once"
+    )]
+    PublishOutcomeUnknown,
     #[error("the broker is unavailable, retry later")]
     Unavailable,
     #[error("this node is shutting down")]
@@ -62,6 +71,9 @@ impl ApiError {
             BadEnvelope(_) => (StatusCode::BAD_REQUEST, "invalid_envelope"),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             BadBody => (StatusCode::BAD_REQUEST, "invalid_body"),
+            BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            InvalidIdempotencyKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            PublishOutcomeUnknown => (StatusCode::GATEWAY_TIMEOUT, "publish_outcome_unknown"),
             Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             Auth(e) if e.is_forbidden() => (StatusCode::FORBIDDEN, "forbidden"),

@@ -17,6 +17,8 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         Some("draining")
     } else if !app.broker().is_connected() {
         Some("broker_disconnected")
+    } else if app.config().not_ready_when_full && app.occupancy().is_full() {
+        Some("full")
     } else {
         None
     };

@@ -10,6 +10,7 @@ pub mod server;
 mod subscribe;
 
 pub use error::ApiError;
+pub use publish::IDEMPOTENCY_KEY;
 
 use std::time::Duration;
 
@@ -54,8 +55,35 @@ fn cors(cfg: &Config) -> Option<CorsLayer> {
     Some(layer.allow_origin(origins).allow_credentials(true))
 }
 
+/// The size of a request head as it was on the wire (request line and
+/// header lines), give or take the request line's version.
+fn head_size(req: &axum::extract::Request) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+/// `--max-header-bytes` for every request, whichever connection it came
+/// on: hyper's own buffer limit is not a head limit (a kept-alive
+/// connection's later heads could exceed it).
+async fn limit_head(
+    axum::extract::State(max): axum::extract::State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if head_size(&req) > max {
+        return ApiError::HeadTooLarge { max }.into_response();
+    }
+    next.run(req).await
+}
+
 pub fn router(state: AppState) -> Router {
     let max_payload = state.config().max_payload;
+    let max_head = state.config().max_header_bytes;
     let cors = cors(state.config());
     let router = Router::new()
         .route("/v1/stream", get(subscribe::many))
@@ -71,7 +99,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(max_head, limit_head));
     match cors {
         Some(layer) => router.layer(layer),
         None => router,

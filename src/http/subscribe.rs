@@ -104,6 +104,7 @@ async fn serve(app: AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<
         queue_limit: cfg.client_queue,
         retry: cfg.retry,
         open_timeout: cfg.subscribe_timeout,
+        replay: app.replay_budget().clone(),
     };
     let mut session = StreamSession::open(app.hub(), app.broker(), app.metrics(), params).await?;
     if let Some(at) = access.expires_at() {

@@ -349,15 +349,36 @@ impl Hub {
     }
 
     /// Sends a comment heartbeat to every stream once per `every`, one
-    /// shard of streams at a time so that the writes are spread out.
-    pub async fn run_heartbeats(self, every: Duration, cancel: CancellationToken) {
-        let step = (every / STREAM_SHARDS as u32).max(Duration::from_millis(1));
+    /// shard of streams at a time so that the writes are spread out, and
+    /// closes the streams that took nothing from their queue for `stall`
+    /// (zero: never).
+    pub async fn run_heartbeats(self, every: Duration, stall: Duration, cancel: CancellationToken) {
+        let step = (every / STREAM_SHARDS as u32).clamp(Duration::from_millis(1), Duration::from_secs(1));
+        let per_heartbeat = (every.as_millis() / step.as_millis().max(1)).max(1) as usize;
+        let stall_secs = stall.as_secs().clamp(1, u32::MAX as u64) as u32;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for shard in (0..STREAM_SHARDS).cycle() {
+        let metrics = self.0.metrics.clone();
+        // Every shard is visited once per `every`: `per_heartbeat` ticks
+        // spread over the shards.
+        for n in 0usize.. {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tick.tick() => self.for_each_stream_in(shard, Subscriber::heartbeat),
+                _ = tick.tick() => {}
+            }
+            subscriber::tick_coarse_clock();
+            let (from, to) = (
+                n % per_heartbeat * STREAM_SHARDS / per_heartbeat,
+                (n % per_heartbeat + 1) * STREAM_SHARDS / per_heartbeat,
+            );
+            for shard in from..to {
+                self.for_each_stream_in(shard, |s| {
+                    if !stall.is_zero() && s.close_if_stalled(stall_secs) {
+                        metrics.stalled_streams.increment(1);
+                        metrics.slow_client_disconnects.increment(1);
+                    }
+                    s.heartbeat();
+                });
             }
         }
     }
@@ -531,10 +552,11 @@ mod tests {
             s.ready().await.unwrap();
         }
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(
-            hub.clone()
-                .run_heartbeats(Duration::from_secs(16), cancel.clone()),
-        );
+        let task = tokio::spawn(hub.clone().run_heartbeats(
+            Duration::from_secs(16),
+            Duration::ZERO,
+            cancel.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(16_500)).await;
         let mut cx = Context::from_waker(noop_waker_ref());
         for (s, _) in &subs {

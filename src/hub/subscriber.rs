@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
@@ -38,6 +39,22 @@ impl Item {
     }
 }
 
+/// Seconds since the process started, advanced by the hub's heartbeat
+/// ticks (`tick_coarse_clock`): read on every push, so it must cost no
+/// more than a load; stall detection needs no finer clock.
+static COARSE_SECS: AtomicU32 = AtomicU32::new(0);
+
+fn coarse_now() -> u32 {
+    COARSE_SECS.load(Ordering::Relaxed)
+}
+
+/// Advances the coarse clock (called at least once a second).
+pub(super) fn tick_coarse_clock() {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let secs = START.get_or_init(std::time::Instant::now).elapsed().as_secs() as u32;
+    COARSE_SECS.fetch_max(secs, Ordering::Relaxed);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
     /// The node is shutting down; the client reconnects elsewhere.
@@ -55,6 +72,10 @@ pub struct Subscriber {
 struct State {
     queue: VecDeque<Item>,
     queued_bytes: usize,
+    /// When (`coarse_now`) the stream last had nothing waiting, or last
+    /// took something: a stream whose queue has waited longer than
+    /// `--write-timeout` is stalled.
+    waiting_since: Option<u32>,
     limit: usize,
     waker: Option<Waker>,
     closed: Option<Close>,
@@ -103,6 +124,7 @@ impl Subscriber {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
+                waiting_since: None,
                 limit,
                 waker: None,
                 closed: None,
@@ -120,15 +142,50 @@ impl Subscriber {
             return Pushed::Closed;
         }
         let cost = item.cost();
-        if s.queued_bytes + cost > s.limit {
+        // One event always fits an empty queue, whatever its size.
+        if s.queued_bytes + cost > s.limit && !s.queue.is_empty() {
             s.closed = Some(Close::SlowClient);
             s.queue = VecDeque::new();
             s.queued_bytes = 0;
             return Pushed::Overflowed(s.waker.take());
         }
+        if s.queue.is_empty() && s.waiting_since.is_none() {
+            s.waiting_since = Some(coarse_now());
+        }
         s.queue.push_back(item);
         s.queued_bytes += cost;
         Pushed::Queued(s.waker.take())
+    }
+
+    /// The stream took something (a replayed page): it is not stalled.
+    pub fn progressed(&self) {
+        let mut s = self.state.lock();
+        if s.waiting_since.is_some() {
+            s.waiting_since = Some(coarse_now());
+        }
+    }
+
+    /// Closes the stream if something has waited in its queue for
+    /// `limit_secs` without the stream taking anything (a client that stopped
+    /// reading while its connection stays up); true if it did.
+    pub fn close_if_stalled(&self, limit_secs: u32) -> bool {
+        let waker = {
+            let mut s = self.state.lock();
+            let stalled = s
+                .waiting_since
+                .is_some_and(|t| coarse_now().saturating_sub(t) >= limit_secs);
+            if !stalled || s.closed.is_some() {
+                return false;
+            }
+            s.closed = Some(Close::SlowClient);
+            s.queue = VecDeque::new();
+            s.queued_bytes = 0;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
     }
 
     /// A heartbeat, unless something is already waiting to be written.
@@ -139,6 +196,9 @@ impl Subscriber {
                 return;
             }
             s.queue.push_back(Item::Heartbeat);
+            if s.waiting_since.is_none() {
+                s.waiting_since = Some(coarse_now());
+            }
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -222,6 +282,7 @@ impl Subscriber {
         if !s.queue.is_empty() {
             std::mem::swap(&mut s.queue, out);
             s.queued_bytes = 0;
+            s.waiting_since = None;
             return Poll::Ready(Ok(()));
         }
         if let Some(c) = s.closed {

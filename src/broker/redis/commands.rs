@@ -15,7 +15,7 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Cmd, ConnectionInfo, FromRedisValue, RedisError, RedisResult, Value};
+use redis::{AsyncConnectionConfig, Cmd, ConnectionInfo, FromRedisValue, RedisError, RedisResult, Value};
 
 use super::Topology;
 use crate::broker::BrokerError;
@@ -29,6 +29,7 @@ pub(crate) enum Commands {
 pub(crate) struct SentinelCommands {
     client: tokio::sync::Mutex<SentinelClient>,
     conn: parking_lot::Mutex<Option<MultiplexedConnection>>,
+    config: AsyncConnectionConfig,
 }
 
 /// A reply that says the connection no longer reaches a usable master.
@@ -46,7 +47,9 @@ impl SentinelCommands {
             return Ok(c);
         }
         let client = self.client.lock().await.async_get_client().await?;
-        let c = client.get_multiplexed_async_connection().await?;
+        let c = client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
         *self.conn.lock() = Some(c.clone());
         Ok(c)
     }
@@ -86,17 +89,26 @@ fn is_function_missing(e: &redis::ServerError) -> bool {
 }
 
 impl Commands {
-    pub(crate) async fn connect(topology: &Topology, pool_size: usize) -> Result<Commands, BrokerError> {
+    /// `timeout` bounds connecting and every command's answer: a command
+    /// sent and not answered in time fails as `OutcomeUnknown`.
+    pub(crate) async fn connect(
+        topology: &Topology,
+        pool_size: usize,
+        timeout: Duration,
+    ) -> Result<Commands, BrokerError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
         match topology {
             Topology::Standalone(url) => {
-                let pool = deadpool_redis::Config::from_url(url.as_str())
-                    .builder()
-                    .map_err(unavailable)?
+                let manager = deadpool_redis::Manager::new_with_config(url.as_str(), config)
+                    .map_err(|e| BrokerError::Config(e.to_string()))?;
+                let pool = Pool::builder(manager)
                     .max_size(pool_size)
                     .runtime(Runtime::Tokio1)
-                    .wait_timeout(Some(Duration::from_secs(5)))
-                    .create_timeout(Some(Duration::from_secs(5)))
-                    .recycle_timeout(Some(Duration::from_secs(5)))
+                    .wait_timeout(Some(timeout))
+                    .create_timeout(Some(timeout))
+                    .recycle_timeout(Some(timeout))
                     .build()
                     .map_err(unavailable)?;
                 Ok(Commands::Pool(pool))
@@ -118,12 +130,13 @@ impl Commands {
                 Ok(Commands::Sentinel(Box::new(SentinelCommands {
                     client: tokio::sync::Mutex::new(client),
                     conn: parking_lot::Mutex::new(None),
+                    config,
                 })))
             }
             Topology::Cluster { seeds, .. } => {
                 let client = redis::cluster::ClusterClient::builder(seeds.clone())
-                    .connection_timeout(Duration::from_secs(5))
-                    .response_timeout(Duration::from_secs(5))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
                     .build()
                     .map_err(|e| BrokerError::Config(e.to_string()))?;
                 let conn = client.get_async_connection().await.map_err(unavailable)?;

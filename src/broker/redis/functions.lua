@@ -6,7 +6,14 @@
 -- ssegate_publish(1, '<prefix>{C}:log', payload) -> id
 --   Appends the payload to the channel's capped stream, refreshes its idle
 --   expiry and publishes "\0<id>\0<payload>" on '<prefix>{C}', atomically.
--- ssegate_history(1, key, after, upto, count) -> {trimmed, tip, entries}
+-- ssegate_publish(1, '<prefix>{C}:log', payload, idempotency_key) -> {id, replayed}
+--   The same, at most once per key within the channel's history window:
+--   a key seen before answers {first id, 1} and appends nothing. Keys are
+--   kept in '<prefix>{C}:idem' (key -> id) and '<prefix>{C}:idem:t' (key by
+--   time), in the channel's slot, pruned as the history is trimmed.
+-- ssegate_history(1, key, after, upto, count, max_bytes) -> {trimmed, tip, entries}
+--   At most count entries after `after` up to `upto`, stopping once their
+--   payloads reach max_bytes (at least one entry).
 -- ssegate_tip(1, key) -> newest id ever added ('0-0' without history)
 
 local MAXLEN = __MAXLEN__
@@ -39,24 +46,69 @@ local function info(key)
   return f
 end
 
+-- Forgets idempotency keys older than the channel's retained history.
+local function prune_keys(key, idem, times)
+  local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
+  if not first then return end
+  local first_ms = split(first[1])
+  local old = redis.call('ZRANGEBYSCORE', times, '-inf', '(' .. first_ms, 'LIMIT', 0, 1000)
+  if #old > 0 then
+    redis.call('HDEL', idem, unpack(old))
+    redis.call('ZREM', times, unpack(old))
+  end
+end
+
 local function publish(keys, args)
   local key = keys[1]
   if #keys ~= 1 or string.sub(key, -5) ~= '}:log' then
     return redis.error_reply('ERR ssegate_publish takes one key, <prefix>{channel}:log')
   end
-  local payload = args[1]
+  local payload, ikey = args[1], args[2]
   if payload == nil then
     return redis.error_reply('ERR ssegate_publish needs the payload as its argument')
   end
+  local channel = string.sub(key, 1, -5)
+  local idem, times = channel .. ':idem', channel .. ':idem:t'
+  if ikey ~= nil then
+    local seen = redis.call('HGET', idem, ikey)
+    if seen then return {seen, 1} end
+  end
   local id = redis.call('XADD', key, 'MAXLEN', '~', MAXLEN, '*', 'p', payload)
   if TTL_MS > 0 then redis.call('PEXPIRE', key, TTL_MS) end
-  redis.call(PUBLISH, string.sub(key, 1, -5), '\0' .. id .. '\0' .. payload)
-  return id
+  redis.call(PUBLISH, channel, '\0' .. id .. '\0' .. payload)
+  if ikey == nil then return id end
+  redis.call('HSET', idem, ikey, id)
+  redis.call('ZADD', times, split(id), ikey)
+  if TTL_MS > 0 then
+    redis.call('PEXPIRE', idem, TTL_MS)
+    redis.call('PEXPIRE', times, TTL_MS)
+  end
+  prune_keys(key, idem, times)
+  return {id, 0}
 end
 
 -- Mirrors gap_after() in src/broker/mod.rs.
+-- Entries after `after` up to `upto`, read in small batches so that a page
+-- stops at max_bytes without reading (and holding) more.
+local function range(key, after, upto, count, max_bytes)
+  local out, bytes, from = {}, 0, '(' .. after
+  while #out < count do
+    local batch = redis.call('XRANGE', key, from, upto, 'COUNT', math.min(50, count - #out))
+    if #batch == 0 then break end
+    for _, e in ipairs(batch) do
+      out[#out + 1] = e
+      bytes = bytes + #e[2][2]
+      if bytes >= max_bytes then return out end
+      from = '(' .. e[1]
+    end
+  end
+  return out
+end
+
 local function history(keys, args)
   local key, after, upto, count = keys[1], args[1], args[2], tonumber(args[3])
+  local max_bytes = tonumber(args[4] or '0')
+  if max_bytes == nil or max_bytes <= 0 then max_bytes = math.huge end
   if redis.call('EXISTS', key) == 0 then
     return {(after ~= '0-0') and 1 or 0, '0-0', {}}
   end
@@ -76,7 +128,7 @@ local function history(keys, args)
     trimmed = (fm - am) >= TTL_MS
   end
   if trimmed then return {1, f['last-generated-id'], {}} end
-  return {0, f['last-generated-id'], redis.call('XRANGE', key, '(' .. after, upto, 'COUNT', count)}
+  return {0, f['last-generated-id'], range(key, after, upto, count, max_bytes)}
 end
 
 local function tip(keys)

@@ -86,6 +86,7 @@ pub(super) fn parse_history(v: Value) -> Result<History, BrokerError> {
         entries,
         trimmed,
         tip,
+        more: false,
     })
 }
 

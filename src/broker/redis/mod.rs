@@ -22,7 +22,7 @@ pub use names::Names;
 pub use settings::{RedisSettings, Topology, redact};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -30,7 +30,7 @@ use redis::{IntoConnectionInfo, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, History};
+use super::{Broker, BrokerError, History, IdempotencyKey, Page, Published};
 use crate::hub::{Hub, SubCommand};
 use crate::metrics::Metrics;
 use crate::sse::{Channel, EventId};
@@ -47,6 +47,12 @@ pub(crate) struct Inner {
     names: Names,
     connected: AtomicBool,
     metrics: Metrics,
+    /// Time Redis has to answer (commands, pub/sub pings).
+    timeout: std::time::Duration,
+    /// Redis's clock minus this node's, in ms, measured at each pub/sub
+    /// connect: durable ids are Redis times, so an id far ahead of it was
+    /// not made by the function.
+    clock_offset_ms: AtomicI64,
 }
 
 pub struct RedisBroker(Arc<Inner>);
@@ -77,17 +83,14 @@ impl Inner {
         self.metrics.broker_up.set(if up { 1.0 } else { 0.0 });
     }
 
-    pub(crate) async fn history(
-        &self,
-        channel: &str,
-        after: EventId,
-        until: Option<EventId>,
-        limit: usize,
-    ) -> Result<History, BrokerError> {
-        let upto = until.map(|u| u.to_string()).unwrap_or_else(|| "+".into());
+    pub(crate) async fn history(&self, channel: &str, page: Page) -> Result<History, BrokerError> {
+        let upto = page.until.map(|u| u.to_string()).unwrap_or_else(|| "+".into());
         let mut cmd = fcall("ssegate_history", self.names.log(channel));
-        cmd.arg(after.to_string()).arg(upto).arg(limit);
-        parse_history(self.fcall(&cmd).await?)
+        cmd.arg(page.after.to_string())
+            .arg(upto)
+            .arg(page.limit)
+            .arg(page.max_bytes);
+        Ok(parse_history(self.fcall(&cmd).await?)?.limited_by(&page))
     }
 
     /// Newest ids of several channels.
@@ -106,11 +109,14 @@ impl Inner {
         vals.iter().map(parse_id).collect()
     }
 
-    async fn publish(&self, channel: &str, payload: &[u8]) -> Result<EventId, BrokerError> {
-        let mut cmd = fcall("ssegate_publish", self.names.log(channel));
-        cmd.arg(payload);
-        let v: Value = self.fcall(&cmd).await?;
-        parse_id(&v)
+    async fn publish(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Published, BrokerError> {
+        let cmd = publish_command(&self.names, channel, payload, key);
+        parse_published(&self.fcall(&cmd).await?)
     }
 }
 
@@ -142,7 +148,7 @@ impl RedisBroker {
         let url = settings.redacted_url();
         let topology = settings.topology()?;
         let fail = |e: BrokerError| BrokerError::Unavailable(format!("cannot connect to {url}: {e}"));
-        let commands = Commands::connect(&topology, settings.pool_size)
+        let commands = Commands::connect(&topology, settings.pool_size, settings.timeout)
             .await
             .map_err(fail)?;
         let publish_cmd = if topology.is_cluster() {
@@ -159,6 +165,8 @@ impl RedisBroker {
             names: Names::new(&settings.prefix),
             connected: AtomicBool::new(false),
             metrics,
+            timeout: settings.timeout,
+            clock_offset_ms: AtomicI64::new(0),
         });
         let pubsub_fail =
             |e: pubsub::ConnError| BrokerError::Unavailable(format!("pub/sub connection to {url}: {e}"));
@@ -223,20 +231,20 @@ impl Broker for RedisBroker {
         "redis"
     }
 
-    fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<EventId, BrokerError>> {
-        let channel = channel.clone();
-        Box::pin(async move { self.0.publish(channel.as_str(), &payload).await })
-    }
-
-    fn history(
+    fn publish(
         &self,
         channel: &Channel,
-        after: EventId,
-        until: Option<EventId>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<History, BrokerError>> {
+        payload: Bytes,
+        key: Option<&IdempotencyKey>,
+    ) -> BoxFuture<'_, Result<Published, BrokerError>> {
         let channel = channel.clone();
-        Box::pin(async move { self.0.history(channel.as_str(), after, until, limit).await })
+        let key = key.cloned();
+        Box::pin(async move { self.0.publish(channel.as_str(), &payload, key.as_ref()).await })
+    }
+
+    fn history(&self, channel: &Channel, page: Page) -> BoxFuture<'_, Result<History, BrokerError>> {
+        let channel = channel.clone();
+        Box::pin(async move { self.0.history(channel.as_str(), page).await })
     }
 
     fn is_connected(&self) -> bool {
@@ -244,21 +252,58 @@ impl Broker for RedisBroker {
     }
 }
 
-/// One durable publish from outside a node (`ssegate publish`).
-pub async fn publish_once(
-    topology: &Topology,
-    prefix: &str,
-    channel: &Channel,
-    payload: Bytes,
-) -> Result<EventId, BrokerError> {
-    let commands = Commands::connect(topology, 1).await?;
-    let mut cmd = fcall("ssegate_publish", Names::new(prefix).log(channel.as_str()));
-    cmd.arg(payload.as_ref());
-    let v: Value = commands.query(&cmd).await.map_err(|e| match e {
-        BrokerError::FunctionMissing => {
-            BrokerError::Config("the ssegate function is not loaded: start a node on this Redis first".into())
-        }
-        e => e,
-    })?;
-    parse_id(&v)
+/// `FCALL ssegate_publish 1 <log> <payload> [<key>]`.
+fn publish_command(names: &Names, channel: &str, payload: &[u8], key: Option<&IdempotencyKey>) -> redis::Cmd {
+    let mut cmd = fcall("ssegate_publish", names.log(channel));
+    cmd.arg(payload);
+    if let Some(k) = key {
+        cmd.arg(k.as_str());
+    }
+    cmd
+}
+
+/// The id alone, or `[id, replayed]` when a key was given.
+fn parse_published(v: &Value) -> Result<Published, BrokerError> {
+    match v {
+        Value::Array(parts) if parts.len() == 2 => Ok(Published {
+            id: parse_id(&parts[0])?,
+            replayed: matches!(parts[1], Value::Int(1)),
+        }),
+        other => Ok(Published {
+            id: parse_id(other)?,
+            replayed: false,
+        }),
+    }
+}
+
+/// A connection for durable publishes from outside a node (`ssegate
+/// publish`).
+pub struct Publisher {
+    commands: Commands,
+    names: Names,
+}
+
+impl Publisher {
+    pub async fn connect(settings: &RedisSettings) -> Result<Publisher, BrokerError> {
+        Ok(Publisher {
+            commands: Commands::connect(&settings.topology()?, 1, settings.timeout).await?,
+            names: Names::new(&settings.prefix),
+        })
+    }
+
+    pub async fn publish(
+        &self,
+        channel: &Channel,
+        payload: &[u8],
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Published, BrokerError> {
+        let cmd = publish_command(&self.names, channel.as_str(), payload, key);
+        let v: Value = self.commands.query(&cmd).await.map_err(|e| match e {
+            BrokerError::FunctionMissing => BrokerError::Config(
+                "the ssegate function is not loaded: start a node on this Redis first".into(),
+            ),
+            e => e,
+        })?;
+        parse_published(&v)
+    }
 }

@@ -19,6 +19,8 @@ pub struct RedisSettings {
     pub pool_size: usize,
     pub prefix: String,
     pub retention: Retention,
+    /// Time Redis has to answer a command or a pub/sub ping.
+    pub timeout: Duration,
 }
 
 impl RedisSettings {
@@ -34,6 +36,7 @@ impl RedisSettings {
                 size: cfg.history_size,
                 ttl: cfg.history_ttl,
             },
+            timeout: cfg.redis_timeout,
         })
     }
 

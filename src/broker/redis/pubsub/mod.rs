@@ -33,7 +33,12 @@ use crate::sse::Channel;
 use conn::{Conn, addr_of};
 use registry::{Op, Registry};
 
-const PING_EVERY: Duration = Duration::from_secs(10);
+/// How often the connection is pinged: a Redis that stops answering is
+/// noticed within `--redis-timeout` plus this.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// A durable id may be this far ahead of Redis's clock (as seen from here)
+/// before it counts as forged: ids are Redis's time at the append.
+const FUTURE_SLACK_MS: i64 = 60_000;
 
 /// Classic pub/sub (standalone, Sentinel) or sharded pub/sub (Cluster).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +98,7 @@ enum Ended {
     Lost(ConnError),
     /// The Sentinels announced a new master.
     Switched,
-    NoPong,
+    NoPong(Duration),
 }
 
 impl std::fmt::Display for Ended {
@@ -102,7 +107,7 @@ impl std::fmt::Display for Ended {
             Ended::Cancelled => f.write_str("stopping"),
             Ended::Lost(e) => e.fmt(f),
             Ended::Switched => f.write_str("the Sentinels announced a new master"),
-            Ended::NoPong => write!(f, "no PONG within {PING_EVERY:?}"),
+            Ended::NoPong(t) => write!(f, "no PONG within {t:?}"),
         }
     }
 }
@@ -250,14 +255,20 @@ impl PubSub {
         }
         // Resubscribe everything wanted (nothing on a first connection).
         self.registry.connected();
+        self.inner
+            .clock_offset_ms
+            .store(conn.clock_offset_ms, std::sync::atomic::Ordering::Relaxed);
+        let timeout = self.inner.timeout;
+        let every = PING_EVERY.min(timeout / 2);
         let switched = match &self.target {
             Target::Resolve {
                 switched: Some(n), ..
             } => Some(n.clone()),
             _ => None,
         };
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
-        let mut awaiting_pong = false;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // When the oldest unanswered PING was sent.
+        let mut ping_sent: Option<tokio::time::Instant> = None;
         loop {
             if let Err(e) = self.flush(&mut conn).await {
                 return Ended::Lost(e);
@@ -277,7 +288,7 @@ impl PubSub {
                         match conn.next_frame() {
                             Ok(Some(frame)) => {
                                 if self.on_frame(frame) {
-                                    awaiting_pong = false;
+                                    ping_sent = None;
                                 }
                             }
                             Ok(None) => break,
@@ -298,13 +309,14 @@ impl PubSub {
                         }
                     }
                 },
-                _ = ping.tick() => {
-                    if awaiting_pong {
-                        return Ended::NoPong;
-                    }
-                    awaiting_pong = true;
-                    if let Err(e) = conn.write_all(b"*1\r\n$4\r\nPING\r\n").await {
-                        return Ended::Lost(e);
+                _ = ping.tick() => match ping_sent {
+                    Some(at) if at.elapsed() >= timeout => return Ended::NoPong(timeout),
+                    Some(_) => {}
+                    None => {
+                        ping_sent = Some(tokio::time::Instant::now());
+                        if let Err(e) = conn.write_all(b"*1\r\n$4\r\nPING\r\n").await {
+                            return Ended::Lost(e);
+                        }
                     }
                 }
             }
@@ -357,12 +369,28 @@ impl PubSub {
         };
         let (id, payload) = split_durable(payload);
         let m = &self.inner.metrics;
-        if id.is_some() {
-            m.events_in_durable.increment(1);
-        } else {
-            m.events_in_ephemeral.increment(1);
+        match id {
+            Some(id) if self.forged(id) => {
+                m.events_dropped_future_id.increment(1);
+                tracing::warn!(channel = %name, %id, "dropped a durable message whose id is ahead of Redis's clock: not made by ssegate_publish");
+                return;
+            }
+            Some(_) => m.events_in_durable.increment(1),
+            None => m.events_in_ephemeral.increment(1),
         }
         self.hub.dispatch(name, encode_incoming(payload, id, m));
+    }
+
+    /// A durable id far ahead of Redis's clock: published by hand, not by
+    /// the function (which takes Redis's time). Delivered, it would make the
+    /// channel drop every real event as a duplicate.
+    fn forged(&self, id: crate::sse::EventId) -> bool {
+        let offset = self
+            .inner
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let redis_now = conn::now_ms() + offset;
+        i64::try_from(id.ms).map_or(true, |ms| ms > redis_now + FUTURE_SLACK_MS)
     }
 
     fn on_confirm(&mut self, redis_channel: &[u8], op: Op) {

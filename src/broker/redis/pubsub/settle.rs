@@ -8,16 +8,18 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 
-use crate::broker::encode_incoming;
 use crate::broker::redis::Inner;
 use crate::broker::redis::backoff::Backoff;
+use crate::broker::{Page, encode_incoming};
 use crate::hub::{Hub, Plan, RepairStep, Ticket};
 use crate::sse::{Channel, EventId};
 
 /// Channels repaired at the same time after a reconnect.
 const REPAIR_CONCURRENCY: usize = 16;
-/// Events per history read during repair.
+/// Events per history read during repair...
 const REPAIR_PAGE: usize = 500;
+/// ...and at most about this many bytes of them.
+const REPAIR_BYTES: usize = 1 << 20;
 
 pub(super) async fn settle(inner: Arc<Inner>, hub: Hub, channels: Vec<Channel>) {
     let mut tips = Vec::new();
@@ -62,7 +64,13 @@ async fn repair(inner: &Inner, hub: &Hub, channel: &Channel, t: Ticket, mut from
     let mut backoff = Backoff::default();
     let mut delivered = 0;
     loop {
-        let page = match inner.history(channel.as_str(), from, None, REPAIR_PAGE).await {
+        let page = Page {
+            after: from,
+            until: None,
+            limit: REPAIR_PAGE,
+            max_bytes: REPAIR_BYTES,
+        };
+        let page = match inner.history(channel.as_str(), page).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, %channel, "gap repair read failed; retrying");
@@ -75,7 +83,7 @@ async fn repair(inner: &Inner, hub: &Hub, channel: &Channel, t: Ticket, mut from
             hub.reset_channel(channel.as_str(), t, page.tip);
             return;
         }
-        let full = page.entries.len() == REPAIR_PAGE;
+        let full = page.more;
         if let Some(last) = page.entries.last() {
             from = last.id;
         }

@@ -6,7 +6,8 @@
 //! handed to the hub, so that events reach the hub in id order. It is never
 //! held across an await.
 
-use std::collections::{HashMap, VecDeque};
+mod store;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,22 +18,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerError, History, HistoryEntry, HistoryFacts, Retention, encode_incoming, gap_after, now_us,
+    Broker, BrokerError, History, HistoryFacts, IdempotencyKey, Page, Published, Retention, encode_incoming,
+    gap_after,
 };
 use crate::hub::{Hub, Plan, SubCommand};
 use crate::metrics::Metrics;
 use crate::sse::{Channel, EventId};
-
-/// One channel's history.
-struct Log {
-    entries: VecDeque<HistoryEntry>,
-    last: EventId,
-    max_deleted: EventId,
-    expires: Option<Instant>,
-}
+use store::Store;
 
 struct Inner {
-    logs: Mutex<HashMap<Channel, Log>>,
+    store: Mutex<Store>,
     hub: Hub,
     metrics: Metrics,
     retention: Retention,
@@ -41,15 +36,17 @@ struct Inner {
 pub struct MemoryBroker(Arc<Inner>);
 
 impl MemoryBroker {
+    /// `max_bytes` bounds the history of every channel together.
     pub fn start(
         hub: Hub,
         mut control: mpsc::UnboundedReceiver<SubCommand>,
         metrics: Metrics,
         retention: Retention,
+        max_bytes: usize,
         cancel: CancellationToken,
     ) -> MemoryBroker {
         let inner = Arc::new(Inner {
-            logs: Mutex::default(),
+            store: Mutex::new(Store::new(retention, max_bytes)),
             hub,
             metrics,
             retention,
@@ -66,9 +63,9 @@ impl MemoryBroker {
                 if let SubCommand::Want { channel, .. } = cmd {
                     // Read the tip and report under the lock, so no publish
                     // slips between the two.
-                    let mut logs = me.logs.lock();
+                    let mut store = me.store.lock();
                     if let Plan::Tip(t) = me.hub.plan(channel.as_str()) {
-                        let tip = live(&mut logs, &channel).map(|s| s.last).unwrap_or_default();
+                        let tip = store.live(&channel).map(|s| s.last).unwrap_or_default();
                         me.hub.channel_ready(channel.as_str(), t, tip);
                     }
                 }
@@ -84,32 +81,11 @@ impl MemoryBroker {
                         _ = tokio::time::sleep(every) => {}
                     }
                     let Some(me) = me.upgrade() else { return };
-                    let now = Instant::now();
-                    me.logs.lock().retain(|_, s| s.expires.is_none_or(|e| e > now));
+                    me.store.lock().expire(Instant::now());
                 }
             });
         }
         MemoryBroker(inner)
-    }
-}
-
-/// The channel's log, unless it expired (which removes it, as Redis does).
-fn live<'a>(logs: &'a mut HashMap<Channel, Log>, channel: &Channel) -> Option<&'a mut Log> {
-    let expired = logs
-        .get(channel)
-        .is_some_and(|s| s.expires.is_some_and(|e| e <= Instant::now()));
-    if expired {
-        logs.remove(channel);
-    }
-    logs.get_mut(channel)
-}
-
-fn next_id(last: EventId) -> EventId {
-    let now_ms = now_us() / 1000;
-    if now_ms > last.ms {
-        EventId::new(now_ms, 0)
-    } else {
-        EventId::new(last.ms, last.seq + 1)
     }
 }
 
@@ -118,56 +94,39 @@ impl Broker for MemoryBroker {
         "memory"
     }
 
-    fn publish(&self, channel: &Channel, payload: Bytes) -> BoxFuture<'_, Result<EventId, BrokerError>> {
-        let inner = &self.0;
-        let mut logs = inner.logs.lock();
-        let last = live(&mut logs, channel).map(|s| s.last).unwrap_or_default();
-        let log = logs.entry(channel.clone()).or_insert_with(|| Log {
-            entries: VecDeque::new(),
-            last,
-            max_deleted: EventId::ZERO,
-            expires: None,
-        });
-        let id = next_id(log.last);
-        log.last = id;
-        log.entries.push_back(HistoryEntry {
-            id,
-            payload: payload.clone(),
-        });
-        while log.entries.len() > inner.retention.size {
-            let gone = log.entries.pop_front().expect("non-empty");
-            log.max_deleted = gone.id;
-        }
-        if !inner.retention.ttl.is_zero() {
-            log.expires = Some(Instant::now() + inner.retention.ttl);
-        }
-        inner.metrics.events_in_durable.increment(1);
-        inner.hub.dispatch(
-            channel.as_str(),
-            encode_incoming(payload, Some(id), &inner.metrics),
-        );
-        drop(logs);
-        Box::pin(std::future::ready(Ok(id)))
-    }
-
-    fn history(
+    fn publish(
         &self,
         channel: &Channel,
-        after: EventId,
-        until: Option<EventId>,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<History, BrokerError>> {
-        let mut logs = self.0.logs.lock();
-        let history = match live(&mut logs, channel) {
+        payload: Bytes,
+        key: Option<&IdempotencyKey>,
+    ) -> BoxFuture<'_, Result<Published, BrokerError>> {
+        let inner = &self.0;
+        let mut store = inner.store.lock();
+        let published = store.append(channel, &payload, key);
+        if !published.replayed {
+            inner.metrics.events_in_durable.increment(1);
+            inner.hub.dispatch(
+                channel.as_str(),
+                encode_incoming(payload, Some(published.id), &inner.metrics),
+            );
+        }
+        drop(store);
+        Box::pin(std::future::ready(Ok(published)))
+    }
+
+    fn history(&self, channel: &Channel, page: Page) -> BoxFuture<'_, Result<History, BrokerError>> {
+        let mut store = self.0.store.lock();
+        let ttl = self.0.retention.ttl;
+        let history = match store.live(channel) {
             None => History {
                 trimmed: gap_after(
-                    after,
+                    page.after,
                     &HistoryFacts {
                         exists: false,
                         max_deleted: EventId::ZERO,
                         first: None,
                     },
-                    self.0.retention.ttl,
+                    ttl,
                 ),
                 ..History::default()
             },
@@ -177,23 +136,29 @@ impl Broker for MemoryBroker {
                     max_deleted: s.max_deleted,
                     first: s.entries.front().map(|e| e.id),
                 };
-                let trimmed = gap_after(after, &facts, self.0.retention.ttl);
-                let entries = if trimmed {
-                    Vec::new()
-                } else {
-                    let start = s.entries.partition_point(|e| e.id <= after);
-                    s.entries
-                        .range(start..)
-                        .take_while(|e| until.is_none_or(|u| e.id <= u))
-                        .take(limit)
-                        .cloned()
-                        .collect()
-                };
+                let trimmed = gap_after(page.after, &facts, ttl);
+                let mut entries = Vec::new();
+                if !trimmed {
+                    let start = s.entries.partition_point(|e| e.id <= page.after);
+                    let mut bytes = 0;
+                    for e in s.entries.range(start..) {
+                        if page.until.is_some_and(|u| e.id > u) || entries.len() >= page.limit {
+                            break;
+                        }
+                        entries.push(e.clone());
+                        bytes += e.payload.len();
+                        if bytes >= page.max_bytes {
+                            break;
+                        }
+                    }
+                }
                 History {
                     entries,
                     trimmed,
                     tip: s.last,
+                    more: false,
                 }
+                .limited_by(&page)
             }
         };
         Box::pin(std::future::ready(Ok(history)))

@@ -2,12 +2,17 @@
 //! it: register in the hub, wait until every channel is live on this node,
 //! replay history after the client's cursor (or send `ssegate.reset`), then
 //! turn queued items into bytes, dropping what the client already has.
+//! The replay (`replay`) is read a page at a time as the client takes it.
 //!
 //! The resume race (hard part 1) is closed by the hub: registration hands
 //! the stream the channel's position on this node, every later event
 //! reaches the stream's queue, and the replay reads history exactly up to
 //! that position. Events in the queue at or before the client's position
 //! are dropped, so a client ahead of this node gets no duplicate either.
+
+mod replay;
+
+pub use replay::ReplayBudget;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -18,13 +23,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::broker::{BrokerError, SharedBroker, encode_incoming, now_us};
+use crate::broker::{BrokerError, Page, SharedBroker, encode_incoming, now_us};
 use crate::hub::{Close, Hub, Item, Registration, Subscriber};
 use crate::metrics::Metrics;
 use crate::sse::{Channel, Cursor, Encoded, EventId, encode_comment, encode_control, encode_retry_hint};
-
-/// History is read in pages of this many events.
-const PAGE: usize = 500;
+use replay::{Replay, Step};
 
 pub const RESET_EVENT: &str = "ssegate.reset";
 pub const TOKEN_EXPIRED_EVENT: &str = "ssegate.token_expired";
@@ -46,12 +49,15 @@ pub struct OpenParams {
     pub queue_limit: usize,
     pub retry: Duration,
     pub open_timeout: Duration,
+    pub replay: ReplayBudget,
 }
 
 pub struct StreamSession {
     reg: Registration,
-    /// Bytes to write before anything queued: the opening, resets, replay.
+    /// Bytes to write before anything else: the opening, resets.
     opening: Vec<Bytes>,
+    /// History still to send before live events, while resuming.
+    replay: Option<Box<Replay>>,
     /// When the stream's token expires, if it has one.
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The client's position per channel: what its next cursor will say.
@@ -67,7 +73,8 @@ static TOKEN_EXPIRED: LazyLock<Bytes> =
 
 impl StreamSession {
     /// Opens a stream: registered, live on this node, and holding the bytes
-    /// it starts with (the retry hint, the cursor, resets, replayed history).
+    /// it starts with (the retry hint, the cursor, resets); a resume then
+    /// replays history as the client reads.
     pub async fn open(
         hub: &Hub,
         broker: &SharedBroker,
@@ -86,6 +93,7 @@ impl StreamSession {
         let mut session = StreamSession {
             reg,
             opening: Vec::new(),
+            replay: None,
             expiry: None,
             positions: live.clone(),
             spare: VecDeque::new(),
@@ -102,58 +110,55 @@ impl StreamSession {
             }
             Some(Ok(Cursor(client))) => {
                 session.positions = client.into_boxed_slice();
+                let ahead = session.reset_ahead(broker, &live).await?;
                 out.push(encode_retry_hint(retry_ms, Some(&session.cursor())));
-                session.replay(broker, &live, &mut out).await?;
+                if !ahead.is_empty() {
+                    out.push(session.reset_frame(&ahead, "unknown_position"));
+                    metrics.resets_ahead.increment(1);
+                }
+                if session.positions.iter().zip(live.iter()).any(|(p, l)| p < l) {
+                    session.replay = Some(Box::new(Replay::new(broker.clone(), params.replay, live)));
+                }
             }
         }
         session.opening = out;
         Ok(session)
     }
 
+    /// Channels whose client position lies beyond anything the channel
+    /// ever had (a made-up or foreign `Last-Event-ID`): they start from
+    /// this node's position, and the caller resets them. A position merely
+    /// ahead of this node (another node delivered an event this one has not
+    /// received yet) is kept.
+    async fn reset_ahead(
+        &mut self,
+        broker: &SharedBroker,
+        live: &[EventId],
+    ) -> Result<Vec<usize>, BrokerError> {
+        let mut ahead = Vec::new();
+        for (i, &at) in live.iter().enumerate() {
+            if self.positions[i] <= at {
+                continue;
+            }
+            let page = Page {
+                after: self.positions[i],
+                until: None,
+                limit: 1,
+                max_bytes: 1,
+            };
+            let history = broker.history(&self.reg.channels()[i], page).await?;
+            if self.positions[i] > history.tip {
+                self.positions[i] = at;
+                ahead.push(i);
+            }
+        }
+        Ok(ahead)
+    }
+
     /// Closes the stream, with a last `ssegate.token_expired` event, at `at`.
     pub fn expire_at(&mut self, at: SystemTime) {
         let left = at.duration_since(SystemTime::now()).unwrap_or_default();
         self.expiry = Some(Box::pin(tokio::time::sleep(left)));
-    }
-
-    /// Brings every channel from the client's position up to this node's.
-    async fn replay(
-        &mut self,
-        broker: &SharedBroker,
-        live: &[EventId],
-        out: &mut Vec<Bytes>,
-    ) -> Result<(), BrokerError> {
-        let mut replayed = 0u64;
-        for (i, &target) in live.iter().enumerate() {
-            while self.positions[i] < target {
-                let channel = &self.reg.channels()[i];
-                let page = broker
-                    .history(channel, self.positions[i], Some(target), PAGE)
-                    .await?;
-                if page.trimmed {
-                    self.positions[i] = target;
-                    out.push(self.reset_frame(&[i], "history_trimmed"));
-                    self.metrics.resets_trimmed.increment(1);
-                    break;
-                }
-                let full = page.entries.len() == PAGE;
-                let before = self.positions[i];
-                for e in page.entries {
-                    let ev = encode_incoming(e.payload, Some(e.id), &self.metrics);
-                    replayed += self.push_event(&ev, i, out) as u64;
-                }
-                if !full || self.positions[i] == before {
-                    // History ends before the node's position only if it
-                    // expired meanwhile; carry on from the node's position.
-                    self.positions[i] = self.positions[i].max(target);
-                }
-            }
-        }
-        if replayed > 0 {
-            self.metrics.history_replays.increment(1);
-            self.metrics.history_replayed_events.increment(replayed);
-        }
-        Ok(())
     }
 
     fn cursor(&self) -> Vec<u8> {
@@ -192,8 +197,59 @@ impl StreamSession {
         true
     }
 
+    /// The next page of a resume, into `out`; `None` once the replay is
+    /// over (live events follow), or an error that ends the stream.
+    fn poll_replay(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<Result<(), ()>>> {
+        loop {
+            let Some(replay) = self.replay.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let (ch, page, target) = match replay.poll_step(cx, self.reg.channels(), &self.positions) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    tracing::warn!(error = %e, "reading history for a resume failed; closing the stream");
+                    return Poll::Ready(Some(Err(())));
+                }
+                Poll::Ready(Ok(Step::Done)) => {
+                    if replay.events > 0 {
+                        self.metrics.history_replays.increment(1);
+                        self.metrics.history_replayed_events.increment(replay.events);
+                    }
+                    self.replay = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(Step::Page(ch, page))) => (ch, page, replay.target(ch)),
+            };
+            if page.trimmed {
+                self.positions[ch] = target;
+                out.push(self.reset_frame(&[ch], "history_trimmed"));
+                self.metrics.resets_trimmed.increment(1);
+                return Poll::Ready(Some(Ok(())));
+            }
+            let before = self.positions[ch];
+            let more = page.more;
+            let mut sent = 0;
+            for e in page.entries {
+                let ev = encode_incoming(e.payload, Some(e.id), &self.metrics);
+                sent += self.push_event(&ev, ch, out) as u64;
+            }
+            if !more || self.positions[ch] == before {
+                // History ends before the node's position only if it
+                // expired meanwhile; carry on from the node's position.
+                self.positions[ch] = self.positions[ch].max(target);
+            }
+            if let Some(replay) = self.replay.as_mut() {
+                replay.events += sent;
+            }
+            if !out.is_empty() {
+                self.reg.subscriber().progressed();
+                return Poll::Ready(Some(Ok(())));
+            }
+        }
+    }
+
     /// Waits for queued items and appends their bytes to `out`. `None` once
-    /// the stream is closed (shutdown or slow client).
+    /// the stream is closed (shutdown, slow client, failed resume).
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>> {
         if !self.opening.is_empty() {
             out.append(&mut self.opening);
@@ -203,9 +259,28 @@ impl StreamSession {
             && expiry.as_mut().poll(cx).is_ready()
         {
             self.expiry = None;
+            self.replay = None;
             self.reg.subscriber().close(Close::Expired);
             out.push(TOKEN_EXPIRED.clone());
             return Poll::Ready(Some(()));
+        }
+        if self.replay.is_some() {
+            if self.reg.subscriber().poll_closed(cx) {
+                return Poll::Ready(None);
+            }
+            match self.poll_replay(cx, out) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(()))) => {
+                    let bytes = out.iter().map(|b| b.len() as u64).sum();
+                    self.metrics.bytes_out.increment(bytes);
+                    return Poll::Ready(Some(()));
+                }
+                Poll::Ready(Some(Err(()))) => {
+                    self.reg.subscriber().close(Close::Shutdown);
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(None) => {}
+            }
         }
         loop {
             let mut items = std::mem::take(&mut self.spare);
