@@ -37,6 +37,7 @@ pub mod names {
     pub const LATENCY: &str = "ssegate_publish_to_write_seconds";
     pub const EVENTS_DROPPED: &str = "ssegate_events_dropped_total";
     pub const STALLED_STREAMS: &str = "ssegate_stalled_streams_total";
+    pub const HISTORY_MEMORY: &str = "ssegate_history_memory_bytes";
 }
 
 /// Upper bounds of the latency buckets, in microseconds.
@@ -109,6 +110,8 @@ pub struct Inner {
     /// Durable events from pub/sub whose id is ahead of Redis's clock.
     pub events_dropped_future_id: Counter,
     pub stalled_streams: Counter,
+    /// Bytes of history the embedded broker holds.
+    pub history_memory: Gauge,
     pub gap_repairs: Counter,
     pub gap_repaired_events: Counter,
     registry: metrics_exporter_prometheus::PrometheusRecorder,
@@ -192,6 +195,11 @@ impl Metrics {
             "Events from the broker dropped as forged or broken, by reason.",
         );
         describe(
+            HISTORY_MEMORY,
+            Some(Unit::Bytes),
+            "History held by the embedded broker (bounded by --history-memory).",
+        );
+        describe(
             STALLED_STREAMS,
             None,
             "Streams closed because they took nothing from their queue for --write-timeout.",
@@ -230,6 +238,7 @@ impl Metrics {
             resets_ahead: labelled(RESETS, "reason", "unknown_position"),
             events_dropped_future_id: labelled(EVENTS_DROPPED, "reason", "id_ahead_of_redis_clock"),
             stalled_streams: counter(STALLED_STREAMS),
+            history_memory: gauge(HISTORY_MEMORY),
             gap_repairs: counter(GAP_REPAIRS),
             gap_repaired_events: counter(GAP_REPAIRED_EVENTS),
             registry: r,

@@ -81,7 +81,9 @@ impl MemoryBroker {
                         _ = tokio::time::sleep(every) => {}
                     }
                     let Some(me) = me.upgrade() else { return };
-                    me.store.lock().expire(Instant::now());
+                    let mut store = me.store.lock();
+                    store.expire(Instant::now());
+                    me.metrics.history_memory.set(store.bytes() as f64);
                 }
             });
         }
@@ -103,6 +105,7 @@ impl Broker for MemoryBroker {
         let inner = &self.0;
         let mut store = inner.store.lock();
         let published = store.append(channel, &payload, key);
+        inner.metrics.history_memory.set(store.bytes() as f64);
         if !published.replayed {
             inner.metrics.events_in_durable.increment(1);
             inner.hub.dispatch(

@@ -194,7 +194,6 @@ impl Store {
         });
     }
 
-    #[cfg(test)]
     pub(super) fn bytes(&self) -> usize {
         self.bytes
     }

@@ -111,8 +111,13 @@ pub struct NodeProcess {
     pub stderr: std::sync::mpsc::Receiver<String>,
 }
 
+/// The gateway binary: this build's, or `SSEGATE_TEST_BINARY` (to run the
+/// process tests against another build, e.g. to see a new test fail on the
+/// code before a fix).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ssegate"))
+    std::env::var_os("SSEGATE_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ssegate")))
 }
 
 impl NodeProcess {
@@ -129,10 +134,26 @@ impl NodeProcess {
 
     /// Listening on `listen` rather than on a loopback port.
     pub fn spawn_on(listen: &str, args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
-        let mut child = Command::new(binary())
-            .args(["--listen", listen, "--log-format", "json"])
+        let mut cmd = Command::new(binary());
+        cmd.args(["--listen", listen, "--log-format", "json"])
             .args(args)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::start(cmd)
+    }
+
+    /// Run by another program (`wrapper` is its command line up to the
+    /// binary), e.g. `prlimit --nofile=300:300 --`.
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[&str]) -> NodeProcess {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(binary())
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args);
+        Self::start(cmd)
+    }
+
+    fn start(mut cmd: Command) -> NodeProcess {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -11,6 +11,11 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::helpers::*;
 
 mod auth;
+mod cursors;
+mod limits;
+mod publish;
+mod replay;
+mod slots;
 
 /// Sends raw bytes; returns the status code and body of the answer (if
 /// any) once the server closes the connection or stops talking.
