@@ -1,0 +1,272 @@
+//! One WebSocket stream: connect from a chosen source address (as SSE
+//! streams do), upgrade, then read text frames and account for every
+//! benchmark payload (`<seq> <unix micros>[ padding]`) they carry.
+//!
+//! Three protocols:
+//! - ssegate (`/v1/ws?channel=<c>`): JSON frames, the payload is the `data`
+//!   of `{"type":"event",...}`; the subprotocol `ssegate.v1` is offered and
+//!   must be echoed. The stream counts as open at the upgrade: the channels
+//!   of the query are subscribed by then, as an SSE stream's are at its 200.
+//! - Socket.IO (Engine.IO v4 over WebSocket): the server's open packet
+//!   `0{...}`, then `40` connects the default namespace and the stream is
+//!   open at the server's `40{...}`; pings (`2`) are answered (`3`); events
+//!   are `42["event","<payload>"]`.
+//! - plain: each text frame is a payload.
+//!
+//! Unlike SSE streams, a WebSocket stream keeps its own read buffer (inside
+//! tungstenite), kept small: server frames here are short.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+use crate::client::{Shared, connect_from, io_reason};
+use crate::stats::now_us;
+use crate::target::Protocol;
+use crate::track::{Tracker, parse_payload, with_sink};
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Runs stream `global` (the worker's `local`-th) until the server closes it.
+pub async fn run_ws_stream(
+    sh: Rc<Shared>,
+    local: usize,
+    global: usize,
+    channel: usize,
+    gate: Option<Rc<Semaphore>>,
+    proto: Protocol,
+) {
+    sh.slots.borrow_mut()[local].channel = channel as u32;
+    let source = sh.sources[global % sh.sources.len()];
+    let permit = match &gate {
+        Some(g) => g.acquire().await.ok(),
+        None => None,
+    };
+    let opened = tokio::time::timeout(sh.connect_timeout, open(&sh, source, channel, proto)).await;
+    drop(permit);
+    let mut ws = match opened {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(reason)) => return sh.fail(local, reason),
+        Err(_) => return sh.fail(local, "timeout".into()),
+    };
+    sh.opened(local);
+    let mut track = Tracker::default();
+    loop {
+        let msg = match ws.next().await {
+            None => return sh.close(local, "eof"),
+            Some(Err(e)) => return sh.close(local, &error_reason(&e)),
+            Some(Ok(m)) => m,
+        };
+        let now = now_us();
+        match msg {
+            Message::Text(t) => {
+                sh.counters.borrow_mut().bytes += t.len() as u64;
+                match parse_frame(proto, t.as_bytes()) {
+                    Frame::Event(seq, ts) => with_sink(&sh, local, now, |s| track.on_event(seq, ts, s)),
+                    Frame::Other => sh.counters.borrow_mut().other_events += 1,
+                    Frame::Ping => {
+                        sh.counters.borrow_mut().comments += 1;
+                        if ws.send(Message::text("3")).await.is_err() {
+                            return sh.close(local, "error");
+                        }
+                    }
+                    Frame::Disconnect => return sh.close(local, "disconnect packet"),
+                }
+            }
+            Message::Binary(b) => {
+                let mut c = sh.counters.borrow_mut();
+                c.bytes += b.len() as u64;
+                c.other_events += 1;
+            }
+            // Heartbeats; tungstenite answers pings by itself.
+            Message::Ping(_) | Message::Pong(_) => sh.counters.borrow_mut().comments += 1,
+            Message::Close(f) => return sh.close(local, &close_reason(f.as_ref())),
+            Message::Frame(_) => {}
+        }
+    }
+}
+
+/// Connects, upgrades and, for Socket.IO, connects the namespace.
+async fn open(sh: &Shared, source: IpAddr, channel: usize, proto: Protocol) -> Result<Ws, String> {
+    let stream = connect_from(sh.server, source).await?;
+    let _ = stream.set_nodelay(true);
+    let path = sh.path_template.replace("%c", &sh.channel_names[channel]);
+    let mut req = format!("ws://{}{path}", sh.host)
+        .into_client_request()
+        .map_err(|e| format!("bad request: {e}"))?;
+    let headers = req.headers_mut();
+    if proto == Protocol::SsegateWs {
+        headers.insert("sec-websocket-protocol", HeaderValue::from_static("ssegate.v1"));
+    }
+    for h in &sh.headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| format!("bad header {h:?}"))?;
+        headers.insert(
+            HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| format!("bad header {h:?}: {e}"))?,
+            HeaderValue::from_str(value.trim()).map_err(|e| format!("bad header {h:?}: {e}"))?,
+        );
+    }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20));
+    let (mut ws, _) = client_async_with_config(req, stream, Some(config))
+        .await
+        .map_err(|e| match e {
+            WsError::Http(resp) => format!("status {}", resp.status().as_u16()),
+            e => error_reason(&e),
+        })?;
+    if proto == Protocol::SocketIo {
+        socketio_connect(&mut ws).await?;
+    }
+    Ok(ws)
+}
+
+/// Engine.IO open packet, then the Socket.IO CONNECT of the default namespace.
+async fn socketio_connect(ws: &mut Ws) -> Result<(), String> {
+    let mut sent_connect = false;
+    loop {
+        let text = match ws.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => return Err(close_reason(f.as_ref())),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(error_reason(&e)),
+            None => return Err("closed before the Socket.IO connect".into()),
+        };
+        let t = text.as_str();
+        if t.starts_with('0') && !sent_connect {
+            sent_connect = true;
+            ws.send(Message::text("40")).await.map_err(|e| error_reason(&e))?;
+        } else if t == "2" {
+            ws.send(Message::text("3")).await.map_err(|e| error_reason(&e))?;
+        } else if t.starts_with("40") {
+            return Ok(());
+        } else if t.starts_with("44") {
+            return Err("Socket.IO connect refused".into());
+        }
+    }
+}
+
+/// What a text frame holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Event(u64, u64),
+    /// Anything else: control frames, replies, events that are not ours.
+    Other,
+    /// Engine.IO ping, to be answered.
+    Ping,
+    /// Engine.IO close or Socket.IO DISCONNECT.
+    Disconnect,
+}
+
+/// The fields of an ssegate frame the generator reads.
+#[derive(Deserialize)]
+struct SsegateFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    event: Option<Cow<'a, str>>,
+}
+
+fn parse_frame(proto: Protocol, text: &[u8]) -> Frame {
+    let payload = |p: &[u8]| parse_payload(p).map_or(Frame::Other, |(seq, ts)| Frame::Event(seq, ts));
+    match proto {
+        Protocol::Sse => Frame::Other,
+        Protocol::PlainWs => payload(text),
+        Protocol::SsegateWs => match serde_json::from_slice::<SsegateFrame>(text) {
+            // Named events are not the generator's (as for SSE).
+            Ok(f) if f.kind == "event" && f.event.is_none() => {
+                f.data.map_or(Frame::Other, |d| payload(d.as_bytes()))
+            }
+            _ => Frame::Other,
+        },
+        Protocol::SocketIo => match text {
+            b"2" => Frame::Ping,
+            b"1" => Frame::Disconnect,
+            [b'4', b'1', ..] => Frame::Disconnect,
+            [b'4', b'2', rest @ ..] => match serde_json::from_slice::<(Cow<str>, Cow<str>)>(rest) {
+                Ok((name, data)) if name == "event" => payload(data.as_bytes()),
+                _ => Frame::Other,
+            },
+            _ => Frame::Other,
+        },
+    }
+}
+
+fn close_reason(f: Option<&CloseFrame>) -> String {
+    match f {
+        Some(f) => format!("close {}", u16::from(f.code)),
+        None => "close".into(),
+    }
+}
+
+fn error_reason(e: &WsError) -> String {
+    match e {
+        WsError::Io(e) => io_reason("websocket", e),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => "closed".into(),
+        WsError::Protocol(p) => format!("protocol: {p}"),
+        WsError::Capacity(c) => format!("capacity: {c}"),
+        e => format!("{e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssegate_frames() {
+        let p = Protocol::SsegateWs;
+        assert_eq!(
+            parse_frame(
+                p,
+                br#"{"type":"event","channel":"c","id":"1-0","data":"7 99 xx"}"#
+            ),
+            Frame::Event(7, 99)
+        );
+        // Field order is free.
+        assert_eq!(
+            parse_frame(p, br#"{"data":"8 100","channel":"c","type":"event"}"#),
+            Frame::Event(8, 100)
+        );
+        assert_eq!(
+            parse_frame(
+                p,
+                br#"{"type":"event","channel":"c","event":"order","data":"1 2"}"#
+            ),
+            Frame::Other
+        );
+        assert_eq!(
+            parse_frame(p, br#"{"type":"subscribed","channel":"c","position":"0-0"}"#),
+            Frame::Other
+        );
+        assert_eq!(parse_frame(p, b"not json"), Frame::Other);
+    }
+
+    #[test]
+    fn socketio_packets() {
+        let p = Protocol::SocketIo;
+        assert_eq!(parse_frame(p, br#"42["event","5 77 xxx"]"#), Frame::Event(5, 77));
+        assert_eq!(parse_frame(p, br#"42["other","5 77"]"#), Frame::Other);
+        assert_eq!(parse_frame(p, b"2"), Frame::Ping);
+        assert_eq!(parse_frame(p, b"41"), Frame::Disconnect);
+        assert_eq!(parse_frame(p, br#"40{"sid":"x"}"#), Frame::Other);
+    }
+
+    #[test]
+    fn plain_frames() {
+        assert_eq!(parse_frame(Protocol::PlainWs, b"3 4"), Frame::Event(3, 4));
+        assert_eq!(parse_frame(Protocol::PlainWs, b"hello"), Frame::Other);
+    }
+}
