@@ -324,6 +324,78 @@ mod tests {
         assert_eq!(parse_frame(p, br#"40{"sid":"x"}"#), Frame::Other);
     }
 
+    /// A stand-in for /v1/ws: checks the request, sends a reply, four events
+    /// (one twice) and an ephemeral one, then closes as a draining node does.
+    #[tokio::test]
+    // The handshake callback's error type is tungstenite's, not ours.
+    #[allow(clippy::result_large_err)]
+    async fn ssegate_ws_stream_counts_events_and_the_close_code() {
+        use std::net::{Ipv4Addr, SocketAddr};
+        use std::time::Duration;
+        use tokio_tungstenite::accept_hdr_async;
+        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mut ws = accept_hdr_async(tcp, |req: &Request, mut resp: Response| {
+                let proto = req.headers().get("sec-websocket-protocol").cloned();
+                tx.send((req.uri().to_string(), proto.clone())).unwrap();
+                if let Some(p) = proto {
+                    resp.headers_mut().insert("sec-websocket-protocol", p);
+                }
+                Ok(resp)
+            })
+            .await
+            .unwrap();
+            let ts = now_us();
+            let mut frames = vec![r#"{"type":"subscribed","channel":"c0","position":"0-0"}"#.to_owned()];
+            for seq in [0, 1, 1, 2, 3] {
+                frames.push(format!(
+                    r#"{{"type":"event","channel":"c0","id":"{}-0","data":"{seq} {ts}"}}"#,
+                    seq + 1
+                ));
+            }
+            frames.push(format!(r#"{{"type":"event","channel":"c0","data":"9 {ts}"}}"#));
+            for f in frames {
+                ws.send(Message::text(f)).await.unwrap();
+            }
+            ws.close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "draining".into(),
+            }))
+            .await
+            .unwrap();
+            while ws.next().await.is_some() {}
+            rx.recv().unwrap()
+        });
+        let sh = Rc::new(Shared::new(
+            addr,
+            addr.to_string(),
+            "/v1/ws?channel=%c".into(),
+            vec!["c0".into()],
+            vec![],
+            vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+            Duration::from_secs(5),
+            4096,
+            1,
+        ));
+        sh.window_start_us.set(0);
+        run_ws_stream(sh.clone(), 0, 0, 0, None, Protocol::SsegateWs).await;
+        let (path, proto) = server.await.unwrap();
+        assert_eq!(path, "/v1/ws?channel=c0");
+        assert_eq!(proto.unwrap(), "ssegate.v1");
+        let slot = sh.slots.borrow()[0];
+        assert!(slot.opened_us > 0 && slot.closed);
+        assert_eq!((slot.delivered, slot.duplicates), (5, 1));
+        assert_eq!(sh.counters.borrow().other_events, 1);
+        assert_eq!(sh.latency.borrow().len(), 5);
+        assert_eq!(sh.closures.borrow().get("close 1001"), Some(&1));
+    }
+
     #[test]
     fn plain_frames() {
         assert_eq!(parse_frame(Protocol::PlainWs, b"3 4"), Frame::Event(3, 4));
