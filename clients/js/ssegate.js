@@ -164,7 +164,7 @@ export class Client {
       w.timer = setTimeout(() => {
         ch.waiters = ch.waiters.filter((x) => x !== w);
         if (this.#channels.get(channel) === ch && !ch.reply && this.#drop(channel) && this.#open) {
-          this.#request({ type: "unsubscribe", channel }).catch(() => {});
+          this.#tell({ type: "unsubscribe", channel });
         }
         reject(new Error(`ssegate: no reply to subscribe ${channel} within ${this.#timeout()} ms`));
       }, this.#timeout());
@@ -173,13 +173,13 @@ export class Client {
   }
 
   /**
-   * Unsubscribes; no event of `channel` is delivered after this call. Resolves on the
-   * gateway's reply (at once while disconnected, or in the EventSource fallback).
+   * Unsubscribes; no event of `channel` is delivered after this call, so there is nothing
+   * to wait for (an error reply, which cannot change that, goes to `on("error")`).
    * @param {string} channel @returns {Promise<void>}
    */
   unsubscribe(channel) {
-    if (!this.#drop(channel) || !this.#open) return Promise.resolve();
-    return this.#request({ type: "unsubscribe", channel }).then(() => undefined);
+    if (this.#drop(channel) && this.#open) this.#tell({ type: "unsubscribe", channel });
+    return Promise.resolve();
   }
 
   /**
@@ -340,10 +340,10 @@ export class Client {
           return;
         }
         if (p?.reject) return p.reject(err);
-        return this.#emit("error", { code: f.code, message: f.message });
+        return this.#emit("error", { code: f.code, message: f.message, channel: p?.channel });
       }
       default:
-        // ack, and the replies to unsubscribe and refresh: matched by ref alone.
+        // ack, and the reply to refresh: matched by ref alone.
         p?.resolve?.(f);
     }
   }
@@ -379,6 +379,11 @@ export class Client {
       else if (queue && !this.#closed) this.#queue.push({ frame, entry });
       else entry.reject(new Error(`ssegate: not connected (${frame.type})`));
     });
+  }
+
+  /** Sends a request whose reply nobody waits for; an error reply is reported. */
+  #tell(frame) {
+    this.#send(frame, { kind: frame.type, channel: frame.channel });
   }
 
   #send(frame, entry) {

@@ -99,13 +99,13 @@ test("an error reply rejects the request and the connection stays open", async (
   assert.equal(gw.connections.length, 1);
 });
 
-test("unsubscribe stops the channel's events and waits for the reply", async () => {
+test("unsubscribe stops the channel's events at once and tells the gateway", async () => {
   const { gw, client } = await setup();
   const got = record(client);
   await client.subscribe("a");
   await client.subscribe("b");
   await client.unsubscribe("a");
-  assert.ok(gw.received.some(({ frame }) => frame.type === "unsubscribe" && frame.channel === "a"));
+  await frame(gw, (f) => f.type === "unsubscribe" && f.channel === "a");
   const done = next(client, "event", (e) => e.channel === "b");
   gw.publish("a", "not for us");
   gw.publish("b", "for us");
@@ -169,6 +169,18 @@ test("events at or before the position are not delivered twice", async () => {
   await next(client, "event");
   assert.deepEqual(got("a"), ["once", "ephemeral"]);
   assert.equal(client.position("a"), id);
+});
+
+test("an error reply to an unsubscribe is reported", async () => {
+  const { gw, client } = await setup();
+  await client.subscribe("a");
+  gw.onFrame(({ frame }) => {
+    if (frame.type === "unsubscribe")
+      gw.broadcast({ type: "error", ref: frame.ref, code: "invalid_channel" });
+  });
+  const err = next(client, "error");
+  await client.unsubscribe("a");
+  assert.deepEqual(await err, { code: "invalid_channel", message: undefined, channel: "a" });
 });
 
 test("a reset moves the position and reaches the channel's handler", async () => {
