@@ -5,7 +5,9 @@ SVG chart. Standard library only.
     python3 bench/report.py RESULTS_DIR --out docs/benchmarks.md --svg docs/benchmarks.svg
 
 RESULTS_DIR holds one `<system>--<scenario>.json` per run (ssegate-bench
---json output) and `meta.json` (the machine, written by bench.sh).
+--json output) and `meta.json` (the machine, written by bench.sh); the runs of
+`bench.sh --websocket` are in RESULTS_DIR/websocket/ and become a section of
+their own.
 """
 
 import argparse
@@ -392,6 +394,43 @@ def svg(runs, meta):
         + legend + body + ["</svg>", ""])
 
 
+WS_SYSTEMS = ["ssegate-ws", "ssegate", "socketio", "ws"]
+WS_NAMES = {"ssegate-ws": "ssegate WebSocket", "ssegate": "ssegate SSE",
+            "socketio": "Socket.IO 4 + Redis adapter", "ws": "ws (plain)"}
+
+
+def websocket_section(runs):
+    """Markdown lines comparing the WebSocket runs (bench.sh --websocket)."""
+    systems = [s for s in WS_SYSTEMS if any(k[0] == s for k in runs)]
+    systems += sorted({k[0] for k in runs} - set(systems))
+    rows = [
+        ("idle", "memory per connection, KiB (PSS) ↓", lambda r: get(r, "server", "mem_per_stream_kib"), 2),
+        ("idle", "connections open", lambda r: get(r, "streams", "opened"), None),
+        ("broadcast-20", "delivered/s ↑", lambda r: get(r, "delivered_per_sec"), None),
+        ("broadcast-20", "offered/s", lambda r: get(r, "offered_per_sec"), None),
+        ("broadcast-20", "latency p50, ms ↓", lambda r: get(r, "latency_ms", "p50"), 1),
+        ("broadcast-20", "latency p99, ms ↓", lambda r: get(r, "latency_ms", "p99"), 1),
+        ("broadcast-20", "lost ↓", lambda r: get(r, "events", "lost"), None),
+        ("broadcast-20", "closed by the server ↓", lambda r: get(r, "streams", "closed_by_server"), None),
+        ("broadcast-20", "server CPU, % of a core", lambda r: get(r, "server", "cpu_window_pct"), 0),
+    ]
+    any_run = next(iter(runs.values()))
+    out = ["## WebSocket", "",
+           f"{get(any_run, 'config', 'streams')} connections per run, each against a freshly started server:"
+           " ssegate over WebSocket (`/v1/ws?channel=`) and over SSE, Socket.IO 4 with"
+           " `@socket.io/redis-adapter` (a room per channel, publishes through"
+           " `@socket.io/redis-emitter`'s Redis message) and a plain `ws` server fanning out"
+           " Redis pub/sub (`bench/peers`). idle: connections over N/10 channels, nothing"
+           " published; broadcast-20: one channel, 20 publishes/s through Redis.", "",
+           "| metric | " + " | ".join(WS_NAMES.get(s, s) for s in systems) + " |",
+           "|---|" + "---|" * len(systems)]
+    for sc, label, fn, digits in rows:
+        cells = [num(fn(runs[(s, sc)]), digits) if (s, sc) in runs else "not run" for s in systems]
+        out.append(f"| {sc}: {label} | " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results")
@@ -399,13 +438,21 @@ def main():
     ap.add_argument("--svg", default=None)
     a = ap.parse_args()
     runs, meta = load(a.results)
-    if not runs:
+    ws_runs, _ = load(os.path.join(a.results, "websocket"))
+    if not runs and not ws_runs:
         raise SystemExit(f"report.py: no results in {a.results}")
-    svg_path = a.svg or os.path.splitext(a.out)[0] + ".svg"
-    with open(svg_path, "w") as f:
-        f.write(svg(runs, meta))
+    text = ""
+    if runs:
+        svg_path = a.svg or os.path.splitext(a.out)[0] + ".svg"
+        with open(svg_path, "w") as f:
+            f.write(svg(runs, meta))
+        text = markdown(runs, meta, svg_path)
+    else:
+        text = "# Benchmarks\n"
+    if ws_runs:
+        text += "\n" + "\n".join(websocket_section(ws_runs))
     with open(a.out, "w") as f:
-        f.write(markdown(runs, meta, svg_path))
+        f.write(text)
         f.write("\n")
 
 

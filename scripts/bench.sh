@@ -19,6 +19,13 @@
 #   broadcast-100   1 channel x N streams, 100 publishes/s
 #   storm           sessions layout; all N streams connect at once while publishing:
 #                   time until all are receiving, SUBSCRIBE commands Redis saw
+#
+# With --websocket (off by default until ssegate serves /v1/ws everywhere), the
+# same run then compares WebSocket servers: ssegate over WebSocket, ssegate over
+# SSE, Socket.IO 4 with its Redis adapter and a plain `ws` server (bench/peers),
+# each at N sockets: idle memory per connection, and a broadcast (1 channel,
+# 20 publishes/s) for delivered/s and latency. Their results go to websocket/
+# in the results directory and to a section of the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,6 +42,10 @@ BUILD=1
 PROFILE=release
 PEERS=${PEERS:-$ROOT/../shared/peers}
 SSEGATE_ARGS=${SSEGATE_ARGS:-""}
+WEBSOCKET=0
+SSE_PART=1
+WS_SYSTEMS="ssegate-ws ssegate socketio ws"
+WS_SCENARIOS="idle broadcast-20"
 COMMAND="scripts/bench.sh $*"
 
 usage() {
@@ -51,6 +62,10 @@ usage: scripts/bench.sh [options]
   --out FILE          the report (default docs/benchmarks.md; with --quick: in the results dir)
   --no-build          use the binaries already built
   --debug             use debug builds (CI's harness check; figures meaningless)
+  --websocket         also compare WebSocket servers (needs Node.js; runs npm ci in bench/peers):
+                      ssegate-ws, ssegate (SSE), socketio, ws; scenarios: $WS_SCENARIOS
+  --websocket-only    only that comparison
+  --ws-systems "A B"  among: $WS_SYSTEMS (default: all four)
 environment: PEERS (default ../shared/peers), SSEGATE_ARGS (extra ssegate flags,
 default: none, the server's defaults), CARGO_TARGET_DIR
 EOF
@@ -68,6 +83,9 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --debug) PROFILE=debug; shift ;;
+    --websocket) WEBSOCKET=1; shift ;;
+    --websocket-only) WEBSOCKET=1; SSE_PART=0; shift ;;
+    --ws-systems) WS_SYSTEMS=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -111,6 +129,7 @@ apt_install() {
 command -v redis-server >/dev/null 2>&1 || { say "installing redis-server"; apt_install redis-server; }
 command -v python3 >/dev/null 2>&1 || { say "installing python3"; apt_install python3; }
 
+[ "$SSE_PART" = 1 ] || SYSTEMS=""
 has_system() { case " $SYSTEMS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 drop_system() { SYSTEMS=$(echo " $SYSTEMS " | sed "s/ $1 / /; s/^ *//; s/ *$//"); }
 
@@ -135,16 +154,33 @@ fi
 if has_system rawfan && [ ! -f "$PEERS/rawfan/Cargo.toml" ]; then
   warn "$PEERS/rawfan not found: skipping rawfan"; drop_system rawfan
 fi
+# The WebSocket peers are Node programs with locked dependencies: install them
+# now (from npm's cache when it has them), not in the middle of the run.
+if [ "$WEBSOCKET" = 1 ]; then
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { say "installing nodejs and npm"; apt_install nodejs npm; }
+  for peer in socketio ws; do
+    case " $WS_SYSTEMS " in *" $peer "*) ;; *) continue ;; esac
+    say "npm ci: bench/peers/$peer"
+    (cd "$ROOT/bench/peers/$peer" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
+  done
+fi
 # The rawfan peer lives in a directory we may not write: build it elsewhere.
 RAWFAN_TARGET=$TARGET_DIR/peers
 RAWFAN=$RAWFAN_TARGET/release/rawfan
 
+# ssegate itself is needed unless only the WebSocket peers are measured.
+PACKAGES=(-p ssegate-bench)
+NEED_SSEGATE=0
+if has_system ssegate || { [ "$WEBSOCKET" = 1 ] && [[ " $WS_SYSTEMS " == *" ssegate"* ]]; }; then
+  NEED_SSEGATE=1
+  PACKAGES+=(-p ssegate)
+fi
 if [ "$BUILD" = 1 ]; then
-  say "building ssegate and ssegate-bench ($PROFILE)"
+  say "building ${PACKAGES[*]} ($PROFILE)"
   if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet -p ssegate -p ssegate-bench
+    cargo build --release --quiet "${PACKAGES[@]}"
   else
-    cargo build --quiet -p ssegate -p ssegate-bench
+    cargo build --quiet "${PACKAGES[@]}"
   fi
   if has_system rawfan; then
     say "building rawfan"
@@ -154,7 +190,8 @@ if [ "$BUILD" = 1 ]; then
 fi
 SSEGATE=$TARGET_DIR/$PROFILE/ssegate
 BENCH=$TARGET_DIR/$PROFILE/ssegate-bench
-[ -x "$SSEGATE" ] && [ -x "$BENCH" ] || { echo "bench.sh: missing $SSEGATE or $BENCH (drop --no-build)" >&2; exit 1; }
+{ [ -x "$SSEGATE" ] || [ "$NEED_SSEGATE" = 0 ]; } && [ -x "$BENCH" ] ||
+  { echo "bench.sh: missing $SSEGATE or $BENCH (drop --no-build)" >&2; exit 1; }
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -203,7 +240,7 @@ rcli() { redis-cli -p "$RPORT" "$@"; }
 say "redis $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/') on port $RPORT"
 
 # Flags of ssegate that only some versions have.
-SSEGATE_HELP=$("$SSEGATE" --help 2>&1 || true)
+SSEGATE_HELP=$( ([ "$NEED_SSEGATE" = 1 ] && "$SSEGATE" --help) 2>&1 || true)
 SSEGATE_FLAGS=()
 grep -q -- '--allow-anonymous' <<<"$SSEGATE_HELP" && SSEGATE_FLAGS+=(--allow-anonymous)
 # The load generator connects from a handful of addresses: no per-IP rate.
@@ -239,6 +276,17 @@ start_server() {
       "$RAWFAN" "127.0.0.1:$port" "$REDIS_URL" >>"$log" 2>&1 &
       SERVER_PID=$!
       SERVER_ARGS=(--target rawfan --server-pid "$SERVER_PID")
+      ;;
+    ssegate-ws)
+      start_server ssegate "$port" || return 1
+      SERVER_ARGS=(--target ssegate-ws --server-pid "$SERVER_PID")
+      return 0
+      ;;
+    socketio|ws)
+      # start.sh execs node: its pid is the server's.
+      "$ROOT/bench/peers/start.sh" "$sys" "$port" "$REDIS_URL" >>"$log" 2>&1 &
+      SERVER_PID=$!
+      SERVER_ARGS=(--target "$sys" --server-pid "$SERVER_PID")
       ;;
   esac
   if ! wait_port "$port" 20; then
@@ -284,6 +332,45 @@ for sys in $SYSTEMS; do
     stop_server
   done
 done
+
+# ws_supported PORT: does the ssegate on PORT upgrade /v1/ws? (Builds before the
+# WebSocket transport answer 404.)
+ws_supported() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --http1.1 \
+    -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
+    -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "http://127.0.0.1:$1/v1/ws" || true)
+  [ "$code" = 101 ]
+}
+
+if [ "$WEBSOCKET" = 1 ]; then
+  command -v curl >/dev/null 2>&1 || apt_install curl
+  mkdir -p "$RESULTS/websocket"
+  for sys in $WS_SYSTEMS; do
+    for sc in $WS_SCENARIOS; do
+      args=$(scenario_args "$sc" "$sys") || exit 2
+      rcli FLUSHALL >/dev/null
+      rcli CONFIG RESETSTAT >/dev/null
+      port=$(free_port)
+      say "websocket part, $sys: $sc ($STREAMS sockets)"
+      if ! start_server "$sys" "$port"; then FAILED=$((FAILED + 1)); continue; fi
+      if [ "$sys" = ssegate-ws ] && ! ws_supported "$port"; then
+        warn "this ssegate build does not serve /v1/ws: skipping ssegate-ws"
+        stop_server
+        continue 2
+      fi
+      # shellcheck disable=SC2086
+      if ! "$BENCH" "${SERVER_ARGS[@]}" --url "http://127.0.0.1:$port" --redis-url "$REDIS_URL" \
+          --label "$sys" --name "$sc" --streams "$STREAMS" --source-addrs "$SOURCE_ADDRS" \
+          --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" \
+          $args --json "$RESULTS/websocket/$sys--$sc.json"; then
+        warn "$sys $sc failed"
+        FAILED=$((FAILED + 1))
+      fi
+      stop_server
+    done
+  done
+fi
 
 say "machine"
 NGINX_VERSION=$( (nginx -v 2>&1 || true) | sed 's/.*nginx\///')

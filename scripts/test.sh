@@ -35,6 +35,8 @@ need_pkg podman podman
 need_pkg runc runc
 echo "== npm ci (tests/browser: playwright-core only, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund --prefer-offline)
+echo "== npm ci (clients/js: ws for the client's tests)"
+(cd clients/js && npm ci --no-audit --no-fund --prefer-offline)
 
 echo "== redis: $(redis-server --version)"
 echo "== module graph (fails on an import cycle)"
@@ -45,5 +47,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-targets "$@"
+echo "== JavaScript client (clients/js), against a stand-in gateway"
+(cd clients/js && node --test test/)
 echo "== benchmark harness, tiny scale (proves it works; figures are meaningless here)"
 ./scripts/bench.sh --quick --debug --systems ssegate --source-addrs 2 > /dev/null
+echo "== ssegate-bench's WebSocket modes against the Socket.IO and ws peers (debug build, from bench.sh)"
+./bench/peers/test.sh

@@ -22,6 +22,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::stats::{new_histogram, now_us};
+use crate::track::{Sink, Tracker, parse_payload, with_sink};
 
 /// What every stream of a worker shares (single-threaded: plain cells).
 pub struct Shared {
@@ -131,13 +132,24 @@ impl Shared {
         req.into_bytes()
     }
 
-    fn fail(&self, local: usize, reason: String) {
+    /// Records that stream `local` is open (subscribed) now; returns now.
+    pub fn opened(&self, local: usize) -> u64 {
+        let now = now_us();
+        self.slots.borrow_mut()[local].opened_us = now;
+        self.counters.borrow_mut().opened += 1;
+        self.open_time
+            .borrow_mut()
+            .saturating_record(now.saturating_sub(self.t0_us.get()).max(1));
+        now
+    }
+
+    pub fn fail(&self, local: usize, reason: String) {
         self.slots.borrow_mut()[local].failed = true;
         self.counters.borrow_mut().failed += 1;
         *self.failures.borrow_mut().entry(reason).or_default() += 1;
     }
 
-    fn close(&self, local: usize, reason: &str) {
+    pub fn close(&self, local: usize, reason: &str) {
         self.slots.borrow_mut()[local].closed = true;
         self.counters.borrow_mut().closed += 1;
         *self.closures.borrow_mut().entry(reason.to_owned()).or_default() += 1;
@@ -165,12 +177,7 @@ pub async fn run_stream(
         Ok(Err(reason)) => return sh.fail(local, reason),
         Err(_) => return sh.fail(local, "timeout".into()),
     };
-    let now = now_us();
-    sh.slots.borrow_mut()[local].opened_us = now;
-    sh.counters.borrow_mut().opened += 1;
-    sh.open_time
-        .borrow_mut()
-        .saturating_record(now.saturating_sub(sh.t0_us.get()).max(1));
+    let now = sh.opened(local);
 
     let mut parser = Parser::new(chunked);
     parser.feed(&rest, now, &sh, local);
@@ -205,7 +212,7 @@ pub async fn run_stream(
     }
 }
 
-fn io_reason(what: &str, e: &io::Error) -> String {
+pub fn io_reason(what: &str, e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => format!("{what}: refused"),
         io::ErrorKind::ConnectionReset => format!("{what}: reset"),
@@ -221,23 +228,7 @@ fn io_reason(what: &str, e: &io::Error) -> String {
 /// Connects, sends the request and reads the head. Returns the stream,
 /// whether the body is chunked, and the body bytes read with the head.
 async fn open(sh: &Shared, source: IpAddr, channel: usize) -> Result<(TcpStream, bool, Vec<u8>), String> {
-    let sock = match sh.server {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(|e| io_reason("socket", &e))?;
-    if !source.is_unspecified() {
-        // Without this, bind() picks the port alone, from ports free on
-        // every destination; with it, connect() picks it for the whole
-        // 4-tuple and may reuse ports in TIME_WAIT from earlier runs.
-        bind_address_no_port(&sock).map_err(|e| io_reason("setsockopt", &e))?;
-        sock.bind(SocketAddr::new(source, 0))
-            .map_err(|e| io_reason("bind", &e))?;
-    }
-    let mut stream = sock
-        .connect(sh.server)
-        .await
-        .map_err(|e| io_reason("connect", &e))?;
+    let mut stream = connect_from(sh.server, source).await?;
     stream
         .write_all(&sh.request(channel))
         .await
@@ -263,6 +254,24 @@ async fn open(sh: &Shared, source: IpAddr, channel: usize) -> Result<(TcpStream,
             return Err("response head too large".into());
         }
     }
+}
+
+/// Connects to `server` from `source` (unspecified: the kernel's choice).
+pub async fn connect_from(server: SocketAddr, source: IpAddr) -> Result<TcpStream, String> {
+    let sock = match server {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| io_reason("socket", &e))?;
+    if !source.is_unspecified() {
+        // Without this, bind() picks the port alone, from ports free on
+        // every destination; with it, connect() picks it for the whole
+        // 4-tuple and may reuse ports in TIME_WAIT from earlier runs.
+        bind_address_no_port(&sock).map_err(|e| io_reason("setsockopt", &e))?;
+        sock.bind(SocketAddr::new(source, 0))
+            .map_err(|e| io_reason("bind", &e))?;
+    }
+    sock.connect(server).await.map_err(|e| io_reason("connect", &e))
 }
 
 /// Sets IP_BIND_ADDRESS_NO_PORT: bind() then only fixes the source address.
@@ -351,20 +360,7 @@ pub struct Parser {
     /// Tail of a line that a read cut in two.
     line: Vec<u8>,
     ev: Pending,
-    /// Newest sequence number seen and a 128-bit record of the ones before it.
-    max_seq: Option<u64>,
-    seen: u128,
-}
-
-/// What one event needs besides the parser (borrowed once per read).
-struct Sink<'a> {
-    now_us: u64,
-    window_start_us: u64,
-    t0_us: u64,
-    slot: &'a mut Slot,
-    latency: &'a mut Histogram<u64>,
-    first_event_time: &'a mut Histogram<u64>,
-    counters: &'a mut Counters,
+    track: Tracker,
 }
 
 impl Parser {
@@ -375,8 +371,7 @@ impl Parser {
             ended: false,
             line: Vec::new(),
             ev: Pending::default(),
-            max_seq: None,
-            seen: 0,
+            track: Tracker::default(),
         }
     }
 
@@ -385,21 +380,8 @@ impl Parser {
         if input.is_empty() {
             return;
         }
-        let mut slots = sh.slots.borrow_mut();
-        let mut latency = sh.latency.borrow_mut();
-        let mut first = sh.first_event_time.borrow_mut();
-        let mut counters = sh.counters.borrow_mut();
-        counters.bytes += input.len() as u64;
-        let mut sink = Sink {
-            now_us,
-            window_start_us: sh.window_start_us.get(),
-            t0_us: sh.t0_us.get(),
-            slot: &mut slots[local],
-            latency: &mut latency,
-            first_event_time: &mut first,
-            counters: &mut counters,
-        };
-        self.feed_body(input, &mut sink);
+        sh.counters.borrow_mut().bytes += input.len() as u64;
+        with_sink(sh, local, now_us, |sink| self.feed_body(input, sink));
     }
 
     fn feed_body(&mut self, mut input: &[u8], sink: &mut Sink<'_>) {
@@ -494,7 +476,7 @@ impl Parser {
                 return;
             }
             match ev.parsed {
-                Some((seq, ts)) if ev.data_lines == 1 && !ev.named => self.on_event(seq, ts, sink),
+                Some((seq, ts)) if ev.data_lines == 1 && !ev.named => self.track.on_event(seq, ts, sink),
                 _ => sink.counters.other_events += 1,
             }
         } else if line[0] == b':' {
@@ -512,77 +494,6 @@ impl Parser {
             }
         }
     }
-
-    fn on_event(&mut self, seq: u64, ts: u64, sink: &mut Sink<'_>) {
-        sink.counters.events += 1;
-        if sink.slot.first_event_us == 0 {
-            sink.slot.first_event_us = sink.now_us;
-            sink.counters.receiving += 1;
-            sink.first_event_time
-                .saturating_record(sink.now_us.saturating_sub(sink.t0_us).max(1));
-        }
-        let first_time = match self.max_seq {
-            None => {
-                self.max_seq = Some(seq);
-                self.seen = 1;
-                true
-            }
-            Some(max) if seq > max => {
-                let shift = seq - max;
-                self.seen = if shift >= 128 { 0 } else { self.seen << shift };
-                self.seen |= 1;
-                self.max_seq = Some(seq);
-                true
-            }
-            Some(max) => {
-                let back = max - seq;
-                if back >= 128 {
-                    sink.slot.stale += 1;
-                    true
-                } else if self.seen & (1u128 << back) != 0 {
-                    false
-                } else {
-                    self.seen |= 1u128 << back;
-                    sink.slot.reordered += 1;
-                    true
-                }
-            }
-        };
-        if ts < sink.window_start_us {
-            return;
-        }
-        if first_time {
-            sink.slot.delivered += 1;
-            sink.latency
-                .saturating_record(sink.now_us.saturating_sub(ts).max(1));
-        } else {
-            sink.slot.duplicates += 1;
-        }
-    }
-}
-
-/// `<seq> <unix micros>[ anything]` → (seq, micros).
-pub fn parse_payload(v: &[u8]) -> Option<(u64, u64)> {
-    let (seq, rest) = parse_u64(v)?;
-    let rest = rest.strip_prefix(b" ")?;
-    let (ts, rest) = parse_u64(rest)?;
-    if rest.is_empty() || rest[0] == b' ' {
-        Some((seq, ts))
-    } else {
-        None
-    }
-}
-
-fn parse_u64(v: &[u8]) -> Option<(u64, &[u8])> {
-    let n = v.iter().take_while(|b| b.is_ascii_digit()).count();
-    if n == 0 || n > 19 {
-        return None;
-    }
-    let mut x = 0u64;
-    for &b in &v[..n] {
-        x = x * 10 + (b - b'0') as u64;
-    }
-    Some((x, &v[n..]))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! ssegate-bench: a load generator for SSE servers fed by Redis (ssegate,
-//! Nchan, rawfan). It opens N streams over S channels from worker
+//! ssegate-bench: a load generator for SSE and WebSocket servers fed by
+//! Redis (ssegate over SSE and WebSocket, Nchan, rawfan, Socket.IO with its
+//! Redis adapter, a plain `ws` server). It opens N streams over S channels from worker
 //! processes (several loopback source addresses, so the ephemeral port
 //! range and the per-process file limit are no ceiling), publishes at a
 //! fixed rate through Redis PUBLISH, a Redis Function or HTTP, and reports
@@ -13,9 +14,13 @@
 //! every stream was receiving and how many SUBSCRIBE commands Redis saw.
 
 mod client;
+mod emitter;
 mod publisher;
 mod stats;
+mod target;
+mod track;
 mod worker;
+mod ws;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -34,13 +39,14 @@ use crate::publisher::{Method, Publisher};
 use crate::stats::{
     CLIENT_NAME, Percentiles, RedisSample, ServerProcs, add_pairs, new_histogram, now_us, percentiles_ms,
 };
+use crate::target::{Protocol, Target, Transport};
 use crate::worker::{Command, Event, Progress, WorkerConfig, WorkerReport};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ssegate-bench",
     version,
-    about = "Load generator for SSE servers fed by Redis: ssegate, Nchan, rawfan.",
+    about = "Load generator for SSE and WebSocket servers fed by Redis: ssegate, Nchan, rawfan, Socket.IO, ws.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -55,14 +61,6 @@ enum Sub {
     /// Internal: one worker process, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Target {
-    Ssegate,
-    Nchan,
-    Rawfan,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -88,6 +86,9 @@ enum PublishVia {
     Fcall,
     /// HTTP POST.
     Http,
+    /// Redis PUBLISH of @socket.io/redis-emitter's message (Socket.IO servers
+    /// with the Redis adapter).
+    Emitter,
     /// Do not publish.
     None,
 }
@@ -98,14 +99,19 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Clone, Args)]
 struct RunArgs {
-    /// Kind of server: sets the subscribe path and how to publish.
+    /// Kind of server: sets the subscribe path, the protocol and how to publish.
     #[arg(long, value_enum, default_value = "ssegate")]
     target: Target,
+    /// sse or ws; `--target ssegate --transport ws` is `--target ssegate-ws`.
+    /// Default: what the target speaks.
+    #[arg(long, value_enum)]
+    transport: Option<Transport>,
     /// The server's address (`http://127.0.0.1:8080` or `127.0.0.1:8080`).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Subscribe path; `%c` is the channel. Default: ssegate `/v1/stream/%c`,
-    /// nchan and rawfan `/sub/%c`.
+    /// nchan, rawfan and ws `/sub/%c`, ssegate-ws `/v1/ws?channel=%c`,
+    /// socketio `/socket.io/?EIO=4&transport=websocket&channel=%c`.
     #[arg(long)]
     sub_path: Option<String>,
     /// Preset that fills in the flags not given.
@@ -128,14 +134,15 @@ struct RunArgs {
     /// idle 0, sessions and storm 10000, broadcast 20, custom 10.
     #[arg(long)]
     rate: Option<f64>,
-    /// How to publish. Default: http for nchan, redis otherwise.
+    /// How to publish. Default: http for nchan, emitter for socketio, redis otherwise.
     #[arg(long, value_enum)]
     publish: Option<PublishVia>,
     /// Redis (publishing, and INFO/CLIENT LIST for the report).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Redis channel or key published to; `%c` is the channel. Default:
-    /// ssegate `sse:{%c}` (fcall: `sse:{%c}:log`), rawfan `lim:%c`.
+    /// ssegate `sse:{%c}` (fcall: `sse:{%c}:log`), rawfan and ws `lim:%c`,
+    /// socketio `socket.io#/#%c#`.
     #[arg(long)]
     pub_key: Option<String>,
     /// Redis Function called with --publish fcall.
@@ -279,6 +286,7 @@ struct Plan {
     label: String,
     name: String,
     target: Target,
+    protocol: Protocol,
     scenario: Scenario,
     server: SocketAddr,
     host: String,
@@ -343,13 +351,8 @@ fn parse_sources(s: &str) -> Result<Vec<IpAddr>, String> {
 impl Plan {
     fn from_args(a: RunArgs) -> Result<Plan, String> {
         let (server, host) = parse_url(&a.url)?;
-        let sub_path = a.sub_path.clone().unwrap_or_else(|| {
-            match a.target {
-                Target::Ssegate => "/v1/stream/%c",
-                Target::Nchan | Target::Rawfan => "/sub/%c",
-            }
-            .to_owned()
-        });
+        let target = a.target.with_transport(a.transport)?;
+        let sub_path = a.sub_path.clone().unwrap_or_else(|| target.sub_path().to_owned());
         let tenth = (a.streams / 10).max(1);
         let (channels, rate, storm) = match a.scenario {
             Scenario::Idle => (tenth, 0.0, false),
@@ -361,8 +364,9 @@ impl Plan {
         let channels = a.channels.unwrap_or(channels).max(1);
         let rate = a.rate.unwrap_or(rate);
         let storm = storm || a.storm;
-        let via = a.publish.unwrap_or(match a.target {
+        let via = a.publish.unwrap_or(match target {
             Target::Nchan => PublishVia::Http,
+            Target::Socketio => PublishVia::Emitter,
             _ => PublishVia::Redis,
         });
         let publish = if rate <= 0.0 {
@@ -372,14 +376,13 @@ impl Plan {
                 PublishVia::None => None,
                 PublishVia::Redis | PublishVia::Fcall => {
                     let fcall = via == PublishVia::Fcall;
-                    let key = match (&a.pub_key, a.target, fcall) {
-                        (Some(k), _, _) => k.clone(),
-                        (None, Target::Ssegate, false) => "sse:{%c}".into(),
-                        (None, Target::Ssegate, true) => "sse:{%c}:log".into(),
-                        (None, Target::Rawfan, false) => "lim:%c".into(),
-                        (None, t, _) => {
+                    let key = match (&a.pub_key, target.redis_key(fcall)) {
+                        (Some(k), _) => k.clone(),
+                        (None, Some(k)) => k.into(),
+                        (None, None) => {
                             return Err(format!(
-                                "no default Redis key for {t:?} with --publish {via:?}; give --pub-key"
+                                "no default Redis key for {} with --publish {via:?}; give --pub-key",
+                                target.name()
                             ));
                         }
                     };
@@ -396,13 +399,19 @@ impl Plan {
                         })
                     }
                 }
+                PublishVia::Emitter => Some(Method::RedisEmit {
+                    url: a.redis_url.clone(),
+                    key_template: a.pub_key.clone().unwrap_or_else(|| "socket.io#/#%c#".into()),
+                }),
                 PublishVia::Http => {
-                    let path = match (&a.pub_path, a.target) {
+                    let path = match (&a.pub_path, target.http_pub_path()) {
                         (Some(p), _) => p.clone(),
-                        (None, Target::Ssegate) => "/v1/stream/%c".into(),
-                        (None, Target::Nchan) => "/pub/%c".into(),
-                        (None, Target::Rawfan) => {
-                            return Err("rawfan has no HTTP publish; use --publish redis".into());
+                        (None, Some(p)) => p.into(),
+                        (None, None) => {
+                            return Err(format!(
+                                "{} has no HTTP publish; use --publish redis",
+                                target.name()
+                            ));
                         }
                     };
                     let (addr, host) = parse_url(a.pub_url.as_deref().unwrap_or(&a.url))?;
@@ -442,15 +451,13 @@ impl Plan {
             Duration::from_secs(3)
         });
         Ok(Plan {
-            label: a
-                .label
-                .clone()
-                .unwrap_or_else(|| format!("{:?}", a.target).to_lowercase()),
+            label: a.label.clone().unwrap_or_else(|| target.name()),
             name: a
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("{:?}", a.scenario).to_lowercase()),
-            target: a.target,
+            target,
+            protocol: target.protocol(),
             scenario: a.scenario,
             server,
             host,
@@ -820,6 +827,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
             count,
             connect_timeout_ms: plan.connect_timeout.as_millis() as u64,
             read_buffer: plan.read_buffer,
+            protocol: plan.protocol,
         };
         p.send(&Command::Start(cfg)).await?;
         procs.push(p);

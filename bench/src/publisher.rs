@@ -36,6 +36,9 @@ pub enum Method {
         key_template: String,
         function: String,
     },
+    /// `PUBLISH <key> <message>`, the message being what
+    /// `@socket.io/redis-emitter` publishes for an event to the channel's room.
+    RedisEmit { url: String, key_template: String },
     /// `POST <path>` with the payload as body.
     Http {
         addr: SocketAddr,
@@ -50,6 +53,7 @@ impl Method {
         match self {
             Method::RedisPublish { .. } => "redis-publish",
             Method::RedisFunction { .. } => "redis-function",
+            Method::RedisEmit { .. } => "redis-emitter",
             Method::Http { .. } => "http",
         }
     }
@@ -208,7 +212,13 @@ impl Publisher {
                 Method::RedisPublish { url, key_template } => {
                     let con = redis_connect(url).await?;
                     let keys = keys(&names, key_template);
-                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, None, max, pad))
+                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, Op::Publish, max, pad))
+                }
+                Method::RedisEmit { url, key_template } => {
+                    let con = redis_connect(url).await?;
+                    let keys = keys(&names, key_template);
+                    let op = Op::Emit(names.clone());
+                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, op, max, pad))
                 }
                 Method::RedisFunction {
                     url,
@@ -217,8 +227,8 @@ impl Publisher {
                 } => {
                     let con = redis_connect(url).await?;
                     let keys = keys(&names, key_template);
-                    let f = Some(function.clone());
-                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, f, max, pad))
+                    let op = Op::Function(function.clone());
+                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, op, max, pad))
                 }
                 Method::Http {
                     addr,
@@ -368,12 +378,21 @@ async fn redis_connect(url: &str) -> Result<redis::aio::MultiplexedConnection, S
     Ok(con)
 }
 
+/// What a Redis publisher connection sends for each payload.
+enum Op {
+    Publish,
+    /// `FCALL <function> 1 <key> <payload>`.
+    Function(String),
+    /// `PUBLISH` of the emitter's message for the channel's room (the names).
+    Emit(Rc<Vec<String>>),
+}
+
 async fn redis_conn(
     st: Rc<State>,
     conn: usize,
     mut con: redis::aio::MultiplexedConnection,
     keys: Vec<String>,
-    function: Option<String>,
+    op: Op,
     max: usize,
     pad: usize,
 ) {
@@ -384,9 +403,13 @@ async fn redis_conn(
         pipe.ignore_errors();
         for (&c, p) in batch.iter().zip(&payloads) {
             let key = &keys[c as usize];
-            match &function {
-                None => pipe.cmd("PUBLISH").arg(key).arg(p.as_slice()),
-                Some(f) => pipe.cmd("FCALL").arg(f).arg(1).arg(key).arg(p.as_slice()),
+            match &op {
+                Op::Publish => pipe.cmd("PUBLISH").arg(key).arg(p.as_slice()),
+                Op::Function(f) => pipe.cmd("FCALL").arg(f).arg(1).arg(key).arg(p.as_slice()),
+                Op::Emit(rooms) => {
+                    let msg = crate::emitter::encode(&rooms[c as usize], p);
+                    pipe.cmd("PUBLISH").arg(key).arg(msg)
+                }
             };
         }
         st.sent.set(st.sent.get() + batch.len() as u64);
@@ -601,6 +624,6 @@ mod tests {
         assert_eq!(p[0], b"5 77 xxxxxxx");
         assert_eq!(p[1], b"0 77 xxxxxxx");
         assert_eq!(p[2], b"6 77 xxxxxxx");
-        assert_eq!(crate::client::parse_payload(&p[2]), Some((6, 77)));
+        assert_eq!(crate::track::parse_payload(&p[2]), Some((6, 77)));
     }
 }

@@ -15,6 +15,8 @@ use tokio::sync::Semaphore;
 
 use crate::client::{Shared, run_stream};
 use crate::stats::{cpu_ticks, to_pairs};
+use crate::target::Protocol;
+use crate::ws::run_ws_stream;
 
 /// Everything a worker needs to know about its share.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +33,9 @@ pub struct WorkerConfig {
     pub count: usize,
     pub connect_timeout_ms: u64,
     pub read_buffer: usize,
+    /// How the streams speak: SSE, or a WebSocket protocol.
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,13 +175,15 @@ async fn run() -> Result<(), String> {
                         let gate = (concurrency > 0).then(|| Rc::new(Semaphore::new(concurrency)));
                         for local in 0..cfg.count {
                             let global = cfg.first + local;
-                            tokio::task::spawn_local(run_stream(
-                                sh.clone(),
-                                local,
-                                global,
-                                global % channels,
-                                gate.clone(),
-                            ));
+                            let (sh, gate, channel) = (sh.clone(), gate.clone(), global % channels);
+                            match cfg.protocol {
+                                Protocol::Sse => {
+                                    tokio::task::spawn_local(run_stream(sh, local, global, channel, gate))
+                                }
+                                p => tokio::task::spawn_local(run_ws_stream(
+                                    sh, local, global, channel, gate, p,
+                                )),
+                            };
                         }
                     }
                     Command::Window { start_us } => sh.window_start_us.set(start_us),
