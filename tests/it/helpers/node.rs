@@ -77,20 +77,20 @@ impl Node {
     }
 
     pub async fn publish(&self, channel: &str, body: impl Into<String>) -> String {
-        let resp = reqwest::Client::new()
-            .post(self.url(&format!("/v1/stream/{channel}")))
-            .body(body.into())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
-        let v: serde_json::Value = resp.json().await.unwrap();
-        v["id"].as_str().unwrap().to_owned()
+        post_event(&self.url(&format!("/v1/stream/{channel}")), body.into()).await
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
         metric_at(&self.url(""), name).await
     }
+}
+
+/// `POST`s one event; returns its id.
+async fn post_event(url: &str, body: String) -> String {
+    let resp = reqwest::Client::new().post(url).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    v["id"].as_str().unwrap().to_owned()
 }
 
 impl Drop for Node {
@@ -195,6 +195,11 @@ impl NodeProcess {
 
     pub async fn metric(&self, name: &str) -> f64 {
         metric_at(&self.url(""), name).await
+    }
+
+    /// A durable publish through `POST`; returns the event's id.
+    pub async fn publish(&self, channel: &str, body: impl Into<String>) -> String {
+        post_event(&self.url(&format!("/v1/stream/{channel}")), body.into()).await
     }
 
     /// Log lines written so far.

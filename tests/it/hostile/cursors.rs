@@ -9,8 +9,16 @@ async fn first_event_after(node_url: &str, channel: &str, cursor: &str) -> Sse {
     Sse::open_with(&format!("{node_url}/v1/stream/{channel}"), Some(cursor)).await
 }
 
+/// A node process (so that the test can run against another build).
+fn node(redis: Option<&RedisServer>) -> NodeProcess {
+    match redis {
+        Some(r) => NodeProcess::spawn(&["--redis-url", &r.url(), "--allow-anonymous"]),
+        None => NodeProcess::spawn(&[]),
+    }
+}
+
 async fn a_future_cursor_is_reset_and_the_stream_gets_every_later_event(redis: Option<&RedisServer>) {
-    let node = Node::spawn(config(redis)).await;
+    let node = node(redis);
     let channel = unique("future");
     node.publish(&channel, "before").await;
     let mut s = first_event_after(&node.url(""), &channel, "99999999999999-0").await;
@@ -44,7 +52,7 @@ async fn a_cursor_ahead_of_the_channel_is_reset_with_the_embedded_broker() {
 #[tokio::test]
 async fn an_ephemeral_events_own_id_reused_as_a_cursor_does_not_silence_the_stream() {
     let redis = RedisServer::spawn();
-    let node = Node::spawn(config(Some(&redis))).await;
+    let node = node(Some(&redis));
     let channel = unique("snowflake");
     let mut s = Sse::open(&node.url(&format!("/v1/stream/{channel}"))).await;
     // A backend's own id (a 19-digit snowflake) on an ephemeral event.
@@ -64,7 +72,7 @@ async fn an_ephemeral_events_own_id_reused_as_a_cursor_does_not_silence_the_stre
 #[tokio::test]
 async fn a_durable_message_with_a_forged_future_id_is_dropped_and_the_channel_goes_on() {
     let redis = RedisServer::spawn();
-    let node = Node::spawn(config(Some(&redis))).await;
+    let node = node(Some(&redis));
     let channel = unique("forged");
     let mut s = Sse::open(&node.url(&format!("/v1/stream/{channel}"))).await;
     let forged = "\u{0}99999999999999-0\u{0}forged";

@@ -105,7 +105,7 @@ async fn closed_by_server(sock: &mut TcpStream, limit: Duration) -> bool {
 
 #[tokio::test]
 async fn every_kind_of_stalled_client_is_cut_off_within_the_timeouts() {
-    let node = NodeProcess::spawn(&["--header-timeout", "1s", "--body-timeout", "1s", "--ip-rate", "0"]);
+    let node = NodeProcess::spawn(&["--header-timeout", "1s", "--ip-rate", "0"]);
     let mut stalled = Vec::new();
     for how in STALLS {
         stalled.push((how, stall(node.addr, how).await));
@@ -140,8 +140,6 @@ async fn a_node_full_of_stalled_clients_answers_health_checks_and_recovers() {
         "--max-connections",
         "30",
         "--header-timeout",
-        "2s",
-        "--body-timeout",
         "2s",
         "--ip-rate",
         "0",
