@@ -14,12 +14,13 @@
 //! inside a shard lock, never the reverse.
 
 mod channel;
+mod registration;
 mod subscriber;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -27,9 +28,10 @@ use slab::Slab;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use registration::{Attachment, Registration, Subscription};
 pub use subscriber::{Close, Item, Subscriber};
 
-use channel::{ChannelState, Mode, SubRef};
+use channel::{ChannelState, Mode};
 
 use crate::metrics::Metrics;
 use crate::sse::{Channel, Encoded, EventId};
@@ -91,31 +93,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Hub(Arc<Inner>);
 
-/// A stream's place in the hub; dropping it unregisters the stream.
-pub struct Registration {
-    hub: Hub,
-    sub: Arc<Subscriber>,
-    channels: Box<[Channel]>,
-    keys: Box<[usize]>,
-    stream_slot: (usize, usize),
-}
-
-impl Registration {
-    pub fn subscriber(&self) -> &Arc<Subscriber> {
-        &self.sub
-    }
-
-    pub fn channels(&self) -> &[Channel] {
-        &self.channels
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.hub.unregister(self);
-    }
-}
-
 impl Hub {
     /// A hub and the receiving end of its subscription commands, which the
     /// broker consumes.
@@ -136,76 +113,6 @@ impl Hub {
     fn shard(&self, channel: &str) -> &Mutex<HashMap<Channel, ChannelState>> {
         let h = self.0.hasher.hash_one(channel) as usize;
         &self.0.channels[h % CHANNEL_SHARDS]
-    }
-
-    /// Registers a stream on `channels` (distinct). Each channel reports its
-    /// position to the subscriber as soon as it is live on this node.
-    pub fn register(&self, sub: Arc<Subscriber>, channels: Box<[Channel]>) -> Registration {
-        let mut keys = Vec::with_capacity(channels.len());
-        let mut wants = Vec::new();
-        for (i, channel) in channels.iter().enumerate() {
-            let ch = i as u16;
-            let mut shard = self.shard(channel.as_str()).lock();
-            let state = shard.entry(channel.clone()).or_insert_with(|| {
-                let instance = self.0.next_instance.fetch_add(1, Ordering::Relaxed);
-                wants.push(SubCommand::Want {
-                    channel: channel.clone(),
-                    instance,
-                });
-                ChannelState {
-                    subs: Slab::new(),
-                    last_id: EventId::ZERO,
-                    instance,
-                    epoch: 0,
-                    mode: Mode::Pending,
-                    held: Vec::new(),
-                }
-            });
-            keys.push(state.subs.insert(SubRef { sub: sub.clone(), ch }));
-            if !matches!(state.mode, Mode::Pending) {
-                sub.set_ready(ch, state.last_id);
-            }
-        }
-        self.0.metrics.subscriptions.increment(wants.len() as f64);
-        for w in wants {
-            let _ = self.0.control.send(w);
-        }
-        let shard = self.0.next_stream_shard.fetch_add(1, Ordering::Relaxed) % STREAM_SHARDS;
-        let key = self.0.streams[shard].lock().insert(sub.clone());
-        self.0.metrics.streams_open.increment(1.0);
-        self.0.metrics.streams_opened.increment(1);
-        Registration {
-            hub: self.clone(),
-            sub,
-            channels,
-            keys: keys.into_boxed_slice(),
-            stream_slot: (shard, key),
-        }
-    }
-
-    fn unregister(&self, reg: &Registration) {
-        let mut unwants = Vec::new();
-        for (channel, &key) in reg.channels.iter().zip(reg.keys.iter()) {
-            let mut shard = self.shard(channel.as_str()).lock();
-            let Some(state) = shard.get_mut(channel.as_str()) else {
-                continue;
-            };
-            state.subs.try_remove(key);
-            if state.subs.is_empty() {
-                unwants.push(SubCommand::Unwant {
-                    channel: channel.clone(),
-                    instance: state.instance,
-                });
-                shard.remove(channel.as_str());
-            }
-        }
-        self.0.metrics.subscriptions.decrement(unwants.len() as f64);
-        for u in unwants {
-            let _ = self.0.control.send(u);
-        }
-        let (shard, key) = reg.stream_slot;
-        self.0.streams[shard].lock().try_remove(key);
-        self.0.metrics.streams_open.decrement(1.0);
     }
 
     /// An event from the broker for `channel`.
@@ -433,7 +340,7 @@ mod tests {
                 .filter_map(|i| match i {
                     Item::Event(e, _) => e.id.map(|id| id.ms),
                     Item::Reset(_, tip) => Some(1_000_000 + tip.ms),
-                    Item::Heartbeat => None,
+                    Item::Ready(..) | Item::Heartbeat => None,
                 })
                 .collect(),
             _ => vec![],

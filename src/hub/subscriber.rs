@@ -23,6 +23,9 @@ pub enum Item {
     /// The channel could not be repaired after a broker outage: its history
     /// no longer reaches back far enough. The stream continues from `tip`.
     Reset(u16, EventId),
+    /// A subscriber that adds channels as it goes (a WebSocket): channel
+    /// `ch` is live on this node at this position; its events follow.
+    Ready(u16, EventId),
     Heartbeat,
 }
 
@@ -34,7 +37,7 @@ impl Item {
             + match self {
                 Item::Event(ev, _) => ev.frame().len(),
                 Item::Reset(..) => 128,
-                Item::Heartbeat => 0,
+                Item::Ready(..) | Item::Heartbeat => 0,
             }
     }
 }
@@ -82,6 +85,8 @@ struct State {
     /// Until every channel is live on this node: its position per channel
     /// and how many are still pending. Dropped once the stream starts.
     start: Option<Box<Start>>,
+    /// Channels come and go (`new_dynamic`).
+    dynamic: bool,
 }
 
 struct Start {
@@ -125,6 +130,7 @@ impl Subscriber {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 waiting_since: None,
+                dynamic: false,
                 limit,
                 waker: None,
                 closed: None,
@@ -231,10 +237,32 @@ impl Subscriber {
         false
     }
 
+    /// A subscriber whose channels come and go (a WebSocket): each channel
+    /// reports that it is live with an `Item::Ready` in the queue, ahead of
+    /// its events.
+    pub fn new_dynamic(limit: usize) -> Arc<Subscriber> {
+        let sub = Subscriber::new(0, limit);
+        {
+            let mut s = sub.state.lock();
+            s.start = None;
+            s.dynamic = true;
+        }
+        sub
+    }
+
     /// The hub tells the stream where channel `ch` stands on this node.
     pub(super) fn set_ready(&self, ch: u16, position: EventId) {
         let waker = {
             let mut s = self.state.lock();
+            if s.dynamic {
+                drop(s);
+                // A dynamic subscriber: the news goes through the queue, in
+                // order with the channel's events.
+                if self.push(Item::Ready(ch, position)).wake() {
+                    tracing::debug!("a subscriber overflowed on a channel's start");
+                }
+                return;
+            }
             let Some(start) = s.start.as_mut() else {
                 return;
             };

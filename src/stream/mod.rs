@@ -307,6 +307,8 @@ impl StreamSession {
                         out.push(self.reset_frame(&[ch as usize], "history_trimmed"));
                     }
                     Item::Heartbeat => out.push(HEARTBEAT.clone()),
+                    // Only dynamic subscribers get these.
+                    Item::Ready(..) => {}
                 }
             }
             if items.capacity() > 1024 {
