@@ -125,6 +125,10 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_MAX_CHANNELS", default_value_t = 16)]
     pub max_channels: usize,
 
+    /// Most channels one WebSocket may subscribe.
+    #[arg(long, env = "SSEGATE_WS_MAX_CHANNELS", default_value_t = 1000)]
+    pub ws_max_channels: usize,
+
     /// Bytes a stream may have queued before it counts as a slow client and is closed.
     #[arg(long, env = "SSEGATE_CLIENT_QUEUE", default_value = "256KiB", value_parser = byte_size)]
     pub client_queue: usize,
@@ -323,6 +327,9 @@ impl Config {
         }
         if self.history_size == 0 {
             return Err(bad("history-size", "must be at least 1"));
+        }
+        if !(1..=65_535).contains(&self.ws_max_channels) {
+            return Err(bad("ws-max-channels", "must be between 1 and 65535"));
         }
         if !(1..=1024).contains(&self.max_channels) {
             return Err(bad("max-channels", "must be between 1 and 1024"));

@@ -59,6 +59,7 @@ pub mod state;
 pub mod stream;
 pub mod telemetry;
 pub mod tls;
+pub mod ws;
 
 pub use app::{Application, StartError};
 pub use config::Config;

@@ -38,6 +38,9 @@ pub mod names {
     pub const EVENTS_DROPPED: &str = "ssegate_events_dropped_total";
     pub const STALLED_STREAMS: &str = "ssegate_stalled_streams_total";
     pub const HISTORY_MEMORY: &str = "ssegate_history_memory_bytes";
+    pub const WEBSOCKETS_OPEN: &str = "ssegate_websockets_open";
+    pub const WEBSOCKETS_OPENED: &str = "ssegate_websockets_opened_total";
+    pub const WS_ERRORS: &str = "ssegate_websocket_errors_total";
 }
 
 /// Upper bounds of the latency buckets, in microseconds.
@@ -112,6 +115,10 @@ pub struct Inner {
     pub stalled_streams: Counter,
     /// Bytes of history the embedded broker holds.
     pub history_memory: Gauge,
+    pub websockets_open: Gauge,
+    pub websockets_opened: Counter,
+    /// `error` replies to WebSocket messages.
+    pub ws_errors: Counter,
     pub gap_repairs: Counter,
     pub gap_repaired_events: Counter,
     registry: metrics_exporter_prometheus::PrometheusRecorder,
@@ -194,6 +201,17 @@ impl Metrics {
             None,
             "Events from the broker dropped as forged or broken, by reason.",
         );
+        describe(WEBSOCKETS_OPEN, None, "WebSocket connections open on this node.");
+        describe(
+            WEBSOCKETS_OPENED,
+            None,
+            "WebSocket connections opened since start.",
+        );
+        describe(
+            WS_ERRORS,
+            None,
+            "WebSocket messages answered with an error (bad input, refused).",
+        );
         describe(
             HISTORY_MEMORY,
             Some(Unit::Bytes),
@@ -239,6 +257,9 @@ impl Metrics {
             events_dropped_future_id: labelled(EVENTS_DROPPED, "reason", "id_ahead_of_redis_clock"),
             stalled_streams: counter(STALLED_STREAMS),
             history_memory: gauge(HISTORY_MEMORY),
+            websockets_open: gauge(WEBSOCKETS_OPEN),
+            websockets_opened: counter(WEBSOCKETS_OPENED),
+            ws_errors: counter(WS_ERRORS),
             gap_repairs: counter(GAP_REPAIRS),
             gap_repaired_events: counter(GAP_REPAIRED_EVENTS),
             registry: r,

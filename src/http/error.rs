@@ -46,6 +46,8 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error("no such route")]
     NotFound,
+    #[error(transparent)]
+    BadUpgrade(crate::ws::UpgradeError),
     #[error("malformed HTTP request: {0}")]
     MalformedRequest(String),
     #[error("the request head is larger than {max} bytes")]
@@ -79,6 +81,8 @@ impl ApiError {
             Auth(e) if e.is_forbidden() => (StatusCode::FORBIDDEN, "forbidden"),
             Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            BadUpgrade(crate::ws::UpgradeError::Version) => (StatusCode::UPGRADE_REQUIRED, "invalid_upgrade"),
+            BadUpgrade(_) => (StatusCode::BAD_REQUEST, "invalid_upgrade"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             MalformedRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             HeadTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "head_too_large"),
@@ -122,6 +126,10 @@ impl IntoResponse for ApiError {
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::UPGRADE_REQUIRED {
+            resp.headers_mut()
+                .insert("sec-websocket-version", HeaderValue::from_static("13"));
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

@@ -8,6 +8,7 @@ mod health;
 mod publish;
 pub mod server;
 mod subscribe;
+mod ws;
 
 pub use error::ApiError;
 pub use publish::IDEMPOTENCY_KEY;
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> Router {
                 .post(publish::publish)
                 .layer(DefaultBodyLimit::max(max_payload)),
         )
+        .route("/v1/ws", axum::routing::any(ws::upgrade))
         .route("/", get(demo))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -22,13 +22,13 @@ use crate::state::AppState;
 use crate::stream::{OpenParams, StreamSession, coalesce};
 
 /// What a subscribe request asks for, parsed from its path and query.
-struct SubscribeQuery {
-    channels: Vec<String>,
+pub(super) struct SubscribeQuery {
+    pub(super) channels: Vec<String>,
     last_event_id: Option<String>,
-    token: Option<String>,
+    pub(super) token: Option<String>,
 }
 
-fn parse_query(raw: Option<&str>) -> SubscribeQuery {
+pub(super) fn parse_query(raw: Option<&str>) -> SubscribeQuery {
     let mut q = SubscribeQuery {
         channels: Vec::new(),
         last_event_id: None,
@@ -66,7 +66,7 @@ pub async fn many(
     serve(app, q, &headers).await
 }
 
-fn validate_channels(names: Vec<String>, max: usize) -> Result<Box<[Channel]>, ApiError> {
+pub(super) fn validate_channels(names: Vec<String>, max: usize) -> Result<Box<[Channel]>, ApiError> {
     if names.is_empty() {
         return Err(ApiError::NoChannel);
     }

@@ -6,6 +6,8 @@
 //! channels write their own cursor line and then the shared body
 //! (`frame[body_start..]`), so the body is still encoded only once.
 
+use std::sync::OnceLock;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{Event, EventId};
@@ -13,6 +15,9 @@ use super::{Event, EventId};
 #[derive(Debug)]
 pub struct Encoded {
     frame: Bytes,
+    /// The same event for another transport (a WebSocket frame), encoded
+    /// once, when a subscriber of that transport first needs it.
+    other: OnceLock<Bytes>,
     body_start: u32,
     /// The stream id of a durable event; `None` for ephemeral ones.
     pub id: Option<EventId>,
@@ -46,6 +51,7 @@ impl Encoded {
         buf.put_u8(b'\n');
         Encoded {
             frame: buf.freeze(),
+            other: OnceLock::new(),
             body_start,
             id: durable,
             published_us,
@@ -60,6 +66,33 @@ impl Encoded {
     /// The frame without its `id:` line.
     pub fn body(&self) -> Bytes {
         self.frame.slice(self.body_start as usize..)
+    }
+
+    /// The event's frame for another transport, made by `make` the first
+    /// time and shared by every subscriber after.
+    pub fn other_frame(&self, make: impl FnOnce(&Encoded) -> Bytes) -> &Bytes {
+        self.other.get_or_init(|| make(self))
+    }
+
+    /// The event's name (`None`: the default) and its data as an
+    /// `EventSource` delivers it (lines joined by `\n`), read back from the
+    /// encoded frame.
+    pub fn name_and_data(&self) -> (Option<&[u8]>, Vec<u8>) {
+        let mut name = None;
+        let mut data: Vec<u8> = Vec::with_capacity(self.frame.len());
+        let mut first = true;
+        for line in self.frame[self.body_start as usize..].split(|&b| b == b'\n') {
+            if let Some(v) = line.strip_prefix(b"data: ") {
+                if !first {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(v);
+                first = false;
+            } else if let Some(v) = line.strip_prefix(b"event: ") {
+                name = Some(v);
+            }
+        }
+        (name, data)
     }
 }
 
@@ -170,6 +203,22 @@ mod tests {
         let enc = Encoded::new(&ev, Some(EventId::new(5, 1)), 5);
         assert_eq!(&enc.frame()[..], b"id: 5-1\nevent: e\ndata: x\n\n");
         assert_eq!(&enc.body()[..], b"event: e\ndata: x\n\n");
+    }
+
+    #[test]
+    fn name_and_data_come_back_from_the_frame() {
+        let ev = Event {
+            event: Some("order".into()),
+            data: Bytes::from("a\r\nb\nc"),
+            retry: Some(5),
+            ..Default::default()
+        };
+        let enc = Encoded::new(&ev, Some(EventId::new(1, 2)), 0);
+        let (name, data) = enc.name_and_data();
+        assert_eq!(name, Some(&b"order"[..]));
+        assert_eq!(data, b"a\nb\nc");
+        let plain = Encoded::new(&Event::default(), None, 0);
+        assert_eq!(plain.name_and_data(), (None, Vec::new()));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 mod replay;
 
-pub use replay::ReplayBudget;
+pub use replay::{Fetch, ReplayBudget};
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -25,7 +25,9 @@ const PAGE: usize = 500;
 /// Pages are accounted in KiB.
 const UNIT: usize = 1024;
 
-type Fetch = BoxFuture<'static, (Result<History, BrokerError>, OwnedSemaphorePermit)>;
+/// One history page being read, and its share of the budget (held until
+/// the page has been written).
+pub type Fetch = BoxFuture<'static, (Result<History, BrokerError>, OwnedSemaphorePermit)>;
 
 /// The node-wide replay budget and each stream's page size.
 #[derive(Clone)]
@@ -41,6 +43,26 @@ impl ReplayBudget {
             permits: Arc::new(Semaphore::new(total.div_ceil(UNIT).max(1))),
             page_bytes: page_bytes.max(UNIT),
         }
+    }
+
+    /// Reads the page of `channel` after `after` up to `until` (inclusive),
+    /// once the budget has room for it.
+    pub fn fetch(&self, broker: SharedBroker, channel: Channel, after: EventId, until: EventId) -> Fetch {
+        let permits = self.permits.clone();
+        let units = (self.page_bytes / UNIT) as u32;
+        let page = Page {
+            after,
+            until: Some(until),
+            limit: PAGE,
+            max_bytes: self.page_bytes,
+        };
+        Box::pin(async move {
+            let permit = permits
+                .acquire_many_owned(units)
+                .await
+                .expect("the replay budget is never closed");
+            (broker.history(&channel, page).await, permit)
+        })
     }
 }
 
@@ -112,22 +134,11 @@ impl Replay {
     }
 
     fn start_fetch(&self, channel: &Channel, after: EventId) -> Fetch {
-        let broker = self.broker.clone();
-        let permits = self.budget.permits.clone();
-        let units = (self.budget.page_bytes / UNIT) as u32;
-        let channel = channel.clone();
-        let page = Page {
+        self.budget.fetch(
+            self.broker.clone(),
+            channel.clone(),
             after,
-            until: Some(self.targets[self.current]),
-            limit: PAGE,
-            max_bytes: self.budget.page_bytes,
-        };
-        Box::pin(async move {
-            let permit = permits
-                .acquire_many_owned(units)
-                .await
-                .expect("the replay budget is never closed");
-            (broker.history(&channel, page).await, permit)
-        })
+            self.targets[self.current],
+        )
     }
 }

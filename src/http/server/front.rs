@@ -36,12 +36,27 @@ use super::writer::StreamWriter;
 use crate::http::ApiError;
 use crate::http::subscribe::SseHandoff;
 use crate::stream::StreamSession;
+use crate::ws::{WsConn, WsHandoff};
+
+/// The long-lived part of a connection, once the fast path has answered.
+pub(super) enum Served {
+    Stream(StreamWriter),
+    WebSocket(WsConn<TcpStream>),
+}
+
+/// What `handle` leaves for the caller to run.
+enum Handled {
+    Stream(TcpStream, StreamSession, bool),
+    WebSocket(WsConn<TcpStream>),
+}
 
 pub(super) struct Front {
     pub router: Router,
     pub hyper: auto::Builder<TokioExecutor>,
     pub max_head: usize,
     pub head_timeout: Duration,
+    /// Largest WebSocket message a client may send.
+    pub max_message: usize,
 }
 
 impl Front {
@@ -49,9 +64,13 @@ impl Front {
     /// event stream, which is returned for the caller to run as its own
     /// task: everything before it (the head, the router call, hyper) is
     /// freed, so the long-lived part is the small `StreamWriter`.
-    pub async fn serve(self: Arc<Self>, sock: TcpStream, drain: CancellationToken) -> Option<StreamWriter> {
-        let (sock, session, chunked) = self.handle(sock, drain).await?;
-        Some(StreamWriter::new(sock, session, chunked))
+    pub async fn serve(self: Arc<Self>, sock: TcpStream, drain: CancellationToken) -> Option<Served> {
+        Some(match self.handle(sock, drain).await? {
+            Handled::Stream(sock, session, chunked) => {
+                Served::Stream(StreamWriter::new(sock, session, chunked))
+            }
+            Handled::WebSocket(conn) => Served::WebSocket(conn),
+        })
     }
 
     /// Serves a connection with hyper (HTTP/1.1 or HTTP/2), closed when
@@ -65,11 +84,7 @@ impl Front {
 
     /// Everything up to the start of an event stream; returns the stream
     /// to write, if the connection turned out to be one.
-    async fn handle(
-        &self,
-        mut sock: TcpStream,
-        drain: CancellationToken,
-    ) -> Option<(TcpStream, StreamSession, bool)> {
+    async fn handle(&self, mut sock: TcpStream, drain: CancellationToken) -> Option<Handled> {
         let mut buf = BytesMut::with_capacity(1024);
         let head =
             tokio::time::timeout(self.head_timeout, read_head(&mut sock, &mut buf, self.max_head)).await;
@@ -107,10 +122,41 @@ impl Front {
                     .oneshot(*req)
                     .await
                     .unwrap_or_else(|e| match e {});
-                respond(sock, resp, chunked).await
+                let (sock, session) = respond(sock, resp, chunked).await?;
+                Some(Handled::Stream(sock, session, chunked))
+            }
+            Head::Upgrade(req) => {
+                drop(buf);
+                let resp = self
+                    .router
+                    .clone()
+                    .oneshot(*req)
+                    .await
+                    .unwrap_or_else(|e| match e {});
+                upgrade(sock, resp, self.max_message)
+                    .await
+                    .map(Handled::WebSocket)
             }
         }
     }
+}
+
+/// Sends the router's answer to an upgrade: the `101` (returning the
+/// WebSocket to run), or a whole answer that closes the connection.
+async fn upgrade(
+    mut sock: TcpStream,
+    mut resp: Response<Body>,
+    max_message: usize,
+) -> Option<WsConn<TcpStream>> {
+    let handoff = resp.extensions_mut().remove::<WsHandoff>().and_then(|h| h.take());
+    let Some((session, first)) = handoff.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS) else {
+        write_and_close(&mut sock, resp).await;
+        return None;
+    };
+    let head = head_bytes(resp.status(), resp.headers(), Framing::None);
+    drop(resp);
+    sock.write_all(&head).await.ok()?;
+    Some(WsConn::new(sock, session, first, max_message))
 }
 
 /// Sends the router's answer: the head of an event stream (returning the
@@ -119,7 +165,7 @@ async fn respond(
     mut sock: TcpStream,
     mut resp: Response<Body>,
     chunked: bool,
-) -> Option<(TcpStream, StreamSession, bool)> {
+) -> Option<(TcpStream, StreamSession)> {
     let session = resp
         .extensions_mut()
         .remove::<SseHandoff>()
@@ -136,5 +182,5 @@ async fn respond(
     let head = head_bytes(resp.status(), resp.headers(), framing);
     drop(resp);
     sock.write_all(&head).await.ok()?;
-    Some((sock, session, chunked))
+    Some((sock, session))
 }

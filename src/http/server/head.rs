@@ -16,6 +16,8 @@ pub(super) const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 pub(crate) enum Head {
     /// An event-stream request for the router; `chunked` on HTTP/1.1.
     Stream(Box<Request<Body>>, bool),
+    /// A WebSocket upgrade for the router (`GET /v1/ws`).
+    Upgrade(Box<Request<Body>>),
     /// Anything else: hyper serves the connection.
     Other,
 }
@@ -69,15 +71,21 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     check_framing(req.headers)?;
     let stream_path =
         path == "/v1/stream" || path.starts_with("/v1/stream/") || path.starts_with("/v1/stream?");
-    let plain = req.headers.iter().all(|h| {
-        !(h.name.eq_ignore_ascii_case("upgrade")
-            || h.name.eq_ignore_ascii_case("transfer-encoding")
+    let ws_path = path == "/v1/ws" || path.starts_with("/v1/ws?");
+    let upgrade = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+    let bodiless = req.headers.iter().all(|h| {
+        !(h.name.eq_ignore_ascii_case("transfer-encoding")
             || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0"))
     });
-    // Only a lone stream request: pipelined bytes after it go to hyper.
-    if method != "GET" || !stream_path || !plain || len != buf.len() {
+    // Only a lone request: pipelined bytes after it go to hyper.
+    let lone = method == "GET" && bodiless && len == buf.len();
+    let which = if lone && stream_path && !upgrade {
+        Kind::Stream
+    } else if lone && ws_path && upgrade && minor == 1 {
+        Kind::Upgrade
+    } else {
         return Ok(Some(Head::Other));
-    }
+    };
     let mut builder = Request::builder()
         .method(Method::GET)
         .uri(path)
@@ -92,10 +100,20 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         let value = HeaderValue::from_bytes(h.value).map_err(|e| HeadError::Malformed(e.to_string()))?;
         builder = builder.header(name, value);
     }
-    let req = builder
-        .body(Body::empty())
-        .map_err(|e| HeadError::Malformed(e.to_string()))?;
-    Ok(Some(Head::Stream(Box::new(req), minor == 1)))
+    let req = Box::new(
+        builder
+            .body(Body::empty())
+            .map_err(|e| HeadError::Malformed(e.to_string()))?,
+    );
+    Ok(Some(match which {
+        Kind::Stream => Head::Stream(req, minor == 1),
+        Kind::Upgrade => Head::Upgrade(req),
+    }))
+}
+
+enum Kind {
+    Stream,
+    Upgrade,
 }
 
 /// A complete `GET /healthz` or `GET /readyz` head, for a node that
@@ -161,6 +179,12 @@ mod tests {
         assert!(!stream(
             b"GET /v1/stream/a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"
         ));
+        let upgrade = |raw: &[u8]| matches!(parse_head(raw), Ok(Some(Head::Upgrade(..))));
+        assert!(upgrade(
+            b"GET /v1/ws?channel=a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(!upgrade(b"GET /v1/ws HTTP/1.1\r\n\r\n"));
+        assert!(!upgrade(b"GET /v1/ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n"));
         assert!(!stream(
             b"GET /v1/stream/a HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n"
         ));

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::state::AppState;
 use admission::{Admitted, Verdict};
-use front::Front;
+use front::{Front, Served};
 
 /// Streams (requests) one HTTP/2 connection may have open at once.
 const H2_STREAMS: u32 = 100;
@@ -82,12 +82,15 @@ impl Server {
             .max_concurrent_streams(H2_STREAMS)
             .max_header_list_size(cfg.max_header_bytes as u32)
             // What hyper buffers per stream for a client that does not read.
-            .max_send_buf_size(H2_SEND_BUFFER);
+            .max_send_buf_size(H2_SEND_BUFFER)
+            // WebSocket over HTTP/2 (RFC 8441).
+            .enable_connect_protocol();
         Arc::new(Front {
             router: crate::http::router(self.state.clone()),
             hyper,
             max_head: cfg.max_header_bytes,
             head_timeout: cfg.header_timeout,
+            max_message: cfg.max_payload + crate::ws::MESSAGE_OVERHEAD,
         })
     }
 
@@ -167,11 +170,20 @@ impl Server {
             return;
         }
         connections.spawn(async move {
-            if let Some(writer) = Box::pin(front.serve(sock, drain)).await {
-                tracker.spawn(async move {
-                    writer.await;
-                    drop(admitted);
-                });
+            match Box::pin(front.serve(sock, drain)).await {
+                Some(Served::Stream(writer)) => {
+                    tracker.spawn(async move {
+                        writer.await;
+                        drop(admitted);
+                    });
+                }
+                Some(Served::WebSocket(conn)) => {
+                    tracker.spawn(async move {
+                        conn.await;
+                        drop(admitted);
+                    });
+                }
+                None => {}
             }
         });
     }

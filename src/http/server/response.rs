@@ -21,6 +21,8 @@ pub(super) enum Framing {
     Chunked,
     /// An event stream on HTTP/1.0: until the connection closes.
     UntilClose,
+    /// No body: a `101 Switching Protocols`.
+    None,
 }
 
 pub(super) fn head_bytes(status: StatusCode, headers: &HeaderMap, framing: Framing) -> Vec<u8> {
@@ -45,6 +47,7 @@ pub(super) fn head_bytes(status: StatusCode, headers: &HeaderMap, framing: Frami
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::UntilClose => out.extend_from_slice(b"connection: close\r\n"),
+        Framing::None => out.extend_from_slice(b"connection: upgrade\r\n"),
     }
     out.extend_from_slice(b"\r\n");
     out

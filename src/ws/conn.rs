@@ -1,0 +1,170 @@
+//! A WebSocket connection's socket side: reads client frames (`read`) into
+//! the session, writes the session's frames with vectored writes, and
+//! closes with the session's code. A small hand-written future, like the
+//! SSE writer: an idle socket holds no read or write buffer.
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::frame;
+use super::read::{Incoming, Reader};
+use super::session::{Closing, Session};
+
+/// Frames per vectored write.
+const IOV: usize = 64;
+/// Past this many bytes waiting to be written, the client's messages wait
+/// too: a client that sends but does not read cannot pile up replies.
+const OUT_HIGH: usize = 64 * 1024;
+
+pub struct WsConn<S> {
+    io: S,
+    session: Box<Session>,
+    reader: Reader,
+    out: Vec<Bytes>,
+    /// Bytes of `out[0]` already written.
+    offset: usize,
+    /// Set once the connection is ending: the close frame is queued, and
+    /// the socket is closed once `out` is written.
+    closing: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
+    pub fn new(io: S, session: Session, first: Vec<Bytes>, max_message: usize) -> WsConn<S> {
+        WsConn {
+            io,
+            session: Box::new(session),
+            reader: Reader::new(max_message),
+            out: first,
+            offset: 0,
+            closing: false,
+        }
+    }
+
+    fn close(&mut self, (code, reason): Closing) {
+        if !self.closing {
+            self.out.push(frame::close(code, reason));
+            self.closing = true;
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.out.iter().map(Bytes::len).sum::<usize>() - self.offset
+    }
+
+    /// Writes what it can of `out`; `Err` when the socket is gone.
+    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); IOV];
+            let mut n = 0;
+            for (i, b) in self.out.iter().take(IOV).enumerate() {
+                slices[n] = IoSlice::new(if i == 0 { &b[self.offset..] } else { &b[..] });
+                n += 1;
+            }
+            let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Ready(Ok(w)) => w,
+            };
+            let mut left = written;
+            let mut done = 0;
+            for b in &self.out {
+                let rest = b.len() - self.offset;
+                if left < rest {
+                    self.offset += left;
+                    break;
+                }
+                left -= rest;
+                self.offset = 0;
+                done += 1;
+            }
+            self.out.drain(..done);
+        }
+        if self.out.capacity() > IOV * 4 {
+            self.out.shrink_to(IOV);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads and handles what the client sent; `Err` when it is gone.
+    fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        // A buffer on the stack: nothing is held while the socket is idle.
+        let mut chunk = [0u8; 4096];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Err(())),
+            Poll::Ready(Ok(())) => {}
+        }
+        self.reader.feed(buf.filled());
+        loop {
+            match self.reader.next() {
+                Ok(None) => break,
+                Ok(Some(Incoming::Text(text))) => self.session.on_message(&text, &mut self.out),
+                Ok(Some(Incoming::Ping(payload))) => self.out.push(frame::pong(&payload)),
+                Ok(Some(Incoming::Pong)) => self.session.on_pong(),
+                Ok(Some(Incoming::Close)) => {
+                    self.close((1000, ""));
+                    break;
+                }
+                Err(e) => {
+                    self.close((e.close_code(), e.reason()));
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for WsConn<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let mut progressed = false;
+            match this.poll_flush_out(cx) {
+                Poll::Ready(Err(())) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if this.closing => {
+                    let _ = Pin::new(&mut this.io).poll_shutdown(cx);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {}
+                // A connection closed by the node while its client does not
+                // read (drain, stall, expiry) ends here, not when the
+                // socket gives way.
+                Poll::Pending if this.session.poll_closed(cx) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+            if this.closing {
+                return Poll::Pending;
+            }
+            if this.queued() < OUT_HIGH {
+                match this.poll_read_in(cx) {
+                    Poll::Ready(Err(())) => return Poll::Ready(()),
+                    Poll::Ready(Ok(())) => progressed = true,
+                    Poll::Pending => {}
+                }
+            }
+            if this.out.is_empty() && !this.closing {
+                match this.session.poll_output(cx, &mut this.out) {
+                    Poll::Ready(Ok(())) => progressed = true,
+                    Poll::Ready(Err(closing)) => {
+                        this.close(closing);
+                        progressed = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! One WebSocket's protocol state, apart from its socket: the channels it
+//! is subscribed to (each with the client's position), what it asked and
+//! is waiting for (publishes, a token refresh, a resume's history pages),
+//! and the frames to send. The socket side is `conn`.
+//!
+//! Exactly once per channel, as for SSE: a channel reports that it is live
+//! on this node (`Item::Ready`) in the socket's queue ahead of its events;
+//! a subscribe with `after` replays history up to that position (one page
+//! at a time, within the node's replay budget) before any later item of
+//! the queue is handled, and events at or before a channel's position are
+//! dropped.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::Value;
+
+use super::frame;
+use super::protocol::{self, Refusal};
+use super::replay::{Resume, Step};
+use crate::auth::Access;
+use crate::hub::{Attachment, Close, Item, Subscriber, Subscription};
+use crate::sse::{Channel, EventId};
+use crate::state::AppState;
+
+/// Publishes and refreshes a socket may have in flight.
+const MAX_PENDING: usize = 64;
+
+/// Why a session ends: the close code and reason to send.
+pub type Closing = (u16, &'static str);
+
+pub struct Slot {
+    pub channel: Channel,
+    _subscription: Subscription,
+    pub position: EventId,
+    /// Until the channel is live: the client's `after` and `ref`.
+    start: Option<(Option<EventId>, Option<Value>)>,
+}
+
+/// The outcome of something the socket waited for.
+pub enum Outcome {
+    Frame(Bytes),
+    Refreshed(Access, Option<Value>),
+}
+
+type Pending = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+pub struct Session {
+    app: AppState,
+    sub: Arc<Subscriber>,
+    _attachment: Attachment,
+    slots: Vec<Option<Slot>>,
+    access: Access,
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    pending: Option<Box<FuturesUnordered<Pending>>>,
+    resume: Option<Box<Resume>>,
+    /// Items taken from the queue while a resume replays.
+    stash: VecDeque<Item>,
+    spare: VecDeque<Item>,
+    pings_unanswered: u8,
+}
+
+impl Session {
+    /// A session for an accepted upgrade: attached to the hub, with
+    /// `channels` subscribed and live (their `subscribed` frames queued).
+    pub async fn open(
+        app: AppState,
+        access: Access,
+        channels: Vec<Channel>,
+    ) -> Result<(Session, Vec<Bytes>), crate::stream::OpenError> {
+        let sub = Subscriber::new_dynamic(app.config().client_queue);
+        let attachment = app.hub().attach(&sub);
+        app.metrics().websockets_open.increment(1.0);
+        app.metrics().websockets_opened.increment(1);
+        let mut session = Session {
+            _attachment: attachment,
+            sub,
+            slots: Vec::new(),
+            expiry: None,
+            pending: None,
+            resume: None,
+            stash: VecDeque::new(),
+            spare: VecDeque::new(),
+            pings_unanswered: 0,
+            access,
+            app,
+        };
+        session.set_expiry();
+        for c in channels {
+            session.add(c, None, None);
+        }
+        let mut out = Vec::new();
+        let open_timeout = session.app.config().subscribe_timeout;
+        let all_live = std::future::poll_fn(|cx| {
+            while session.slots.iter().flatten().any(|s| s.start.is_some()) {
+                let mut items = VecDeque::new();
+                match session.sub.poll_drain(cx, &mut items) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(c)) => return Poll::Ready(Err(c)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                for item in items {
+                    match item {
+                        Item::Ready(ch, pos) => session.ready(ch, pos, &mut out),
+                        other => session.stash.push_back(other),
+                    }
+                }
+            }
+            Poll::Ready(Ok(()))
+        });
+        match tokio::time::timeout(open_timeout, all_live).await {
+            Err(_) => return Err(crate::stream::OpenError::NotReady),
+            Ok(Err(c)) => return Err(crate::stream::OpenError::Closed(c)),
+            Ok(Ok(())) => {}
+        }
+        Ok((session, out))
+    }
+
+    fn set_expiry(&mut self) {
+        self.expiry = self.access.expires_at().map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Box::pin(tokio::time::sleep(left))
+        });
+    }
+
+    fn slot_of(&self, channel: &str) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.channel.as_str() == channel))
+    }
+
+    fn add(&mut self, channel: Channel, after: Option<EventId>, reference: Option<Value>) {
+        let ch = match self.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let subscription = self.app.hub().subscribe(&self.sub, channel.clone(), ch as u16);
+        self.slots[ch] = Some(Slot {
+            channel,
+            _subscription: subscription,
+            position: EventId::ZERO,
+            start: Some((after, reference)),
+        });
+    }
+
+    /// A client message; its replies go to `out`.
+    pub fn on_message(&mut self, text: &[u8], out: &mut Vec<Bytes>) {
+        let result = match protocol::parse(text) {
+            Err((refusal, reference)) => Err((refusal, reference)),
+            Ok(req) => self.handle(req, out),
+        };
+        if let Err((refusal, reference)) = result {
+            self.app.metrics().ws_errors.increment(1);
+            out.push(frame::json(&protocol::error(&refusal, reference)));
+        }
+    }
+
+    fn handle(
+        &mut self,
+        req: protocol::Request,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), (Refusal, Option<Value>)> {
+        use protocol::Request::*;
+        match req {
+            Subscribe {
+                channel,
+                after,
+                reference,
+            } => {
+                let r = reference.clone();
+                let channel = Channel::parse(&channel)
+                    .map_err(|e| (Refusal::new("invalid_channel", e.to_string()), r.clone()))?;
+                self.access
+                    .check_read(std::slice::from_ref(&channel))
+                    .map_err(|e| (Refusal::new("forbidden", e.to_string()), r.clone()))?;
+                if self.slot_of(channel.as_str()).is_some() {
+                    let msg = format!("already subscribed to {channel}");
+                    return Err((Refusal::new("already_subscribed", msg), r));
+                }
+                let max = self.app.config().ws_max_channels;
+                if self.slots.iter().flatten().count() >= max {
+                    let msg = format!("at most {max} channels per socket");
+                    return Err((Refusal::new("too_many_channels", msg), r));
+                }
+                let after = match after {
+                    None => None,
+                    Some(a) => Some(EventId::parse(a.as_bytes()).ok_or_else(|| {
+                        (
+                            Refusal::new("invalid_after", "`after` must be an event id (ms-seq)"),
+                            r.clone(),
+                        )
+                    })?),
+                };
+                self.add(channel, after, reference);
+                Ok(())
+            }
+            Unsubscribe { channel, reference } => {
+                let Some(ch) = self.slot_of(&channel) else {
+                    let msg = format!("not subscribed to {channel:?}");
+                    return Err((Refusal::new("not_subscribed", msg), reference));
+                };
+                self.slots[ch] = None;
+                if self.resume.as_ref().is_some_and(|r| r.channel_index() == ch) {
+                    self.resume = None;
+                }
+                out.push(frame::json(&protocol::unsubscribed(&channel, reference)));
+                Ok(())
+            }
+            Publish {
+                channel,
+                data,
+                event,
+                reference,
+            } => self.publish(channel, data, event, reference),
+            Refresh { token, reference } => {
+                let app = self.app.clone();
+                self.start(Box::pin(async move {
+                    match app.auth().reader(&Default::default(), Some(&token)).await {
+                        Ok(access) => Outcome::Refreshed(access, reference),
+                        Err(e) => Outcome::Frame(frame::json(&protocol::error(
+                            &Refusal::new("unauthorized", e.to_string()),
+                            reference,
+                        ))),
+                    }
+                }))
+                .map_err(|r| (r, None))
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        channel: String,
+        data: Value,
+        event: Option<String>,
+        reference: Option<Value>,
+    ) -> Result<(), (Refusal, Option<Value>)> {
+        let r = reference.clone();
+        let channel = Channel::parse(&channel)
+            .map_err(|e| (Refusal::new("invalid_channel", e.to_string()), r.clone()))?;
+        self.access
+            .check_publish(&channel)
+            .map_err(|e| (Refusal::new("forbidden", e.to_string()), r.clone()))?;
+        let mut envelope = serde_json::Map::new();
+        envelope.insert("data".into(), data);
+        if let Some(e) = event {
+            envelope.insert("event".into(), e.into());
+        }
+        let payload = Bytes::from(Value::Object(envelope).to_string());
+        let max = self.app.config().max_payload;
+        if payload.len() > max {
+            let msg = format!("the publish is larger than {max} bytes");
+            return Err((Refusal::new("payload_too_large", msg), r));
+        }
+        crate::sse::parse_payload(payload.clone())
+            .map_err(|e| (Refusal::new("invalid_envelope", e.to_string()), r.clone()))?;
+        let app = self.app.clone();
+        self.start(Box::pin(async move {
+            let reply = match app.broker().publish(&channel, payload, None).await {
+                Ok(p) => {
+                    app.metrics().published_durable.increment(1);
+                    protocol::ack(&p.id.to_string(), reference)
+                }
+                Err(crate::broker::BrokerError::OutcomeUnknown(_)) => protocol::error(
+                    &Refusal::new("publish_outcome_unknown", "the broker did not answer in time"),
+                    reference,
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a WebSocket publish failed");
+                    protocol::error(
+                        &Refusal::new("unavailable", "the broker is unavailable"),
+                        reference,
+                    )
+                }
+            };
+            Outcome::Frame(frame::json(&reply))
+        }))
+        .map_err(|refusal| (refusal, r))
+    }
+
+    fn start(&mut self, work: Pending) -> Result<(), Refusal> {
+        let pending = self.pending.get_or_insert_with(Default::default);
+        if pending.len() >= MAX_PENDING {
+            return Err(Refusal::new(
+                "too_many_pending",
+                format!("at most {MAX_PENDING} publishes and refreshes in flight per socket"),
+            ));
+        }
+        pending.push(work);
+        Ok(())
+    }
+
+    /// Whether the node closed this socket's queue (registering for a
+    /// wake-up if not).
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        self.sub.poll_closed(cx)
+    }
+
+    pub fn on_pong(&mut self) {
+        self.pings_unanswered = 0;
+    }
+
+    /// A channel is live on this node at `pos`.
+    fn ready(&mut self, ch: u16, pos: EventId, out: &mut Vec<Bytes>) {
+        let Some(slot) = self.slots.get_mut(ch as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some((after, reference)) = slot.start.take() else {
+            return;
+        };
+        match after {
+            Some(a) if a != pos => {
+                // Resume: `subscribed` once the replay knows where it starts.
+                let resume = Resume::new(&self.app, ch as usize, slot.channel.clone(), a, pos, reference);
+                self.resume = Some(Box::new(resume));
+            }
+            _ => {
+                slot.position = after.unwrap_or(pos);
+                let position = slot.position.to_string();
+                out.push(frame::json(&protocol::subscribed(
+                    slot.channel.as_str(),
+                    &position,
+                    reference,
+                )));
+            }
+        }
+    }
+
+    fn deliver(&mut self, item: Item, out: &mut Vec<Bytes>) -> Result<(), Closing> {
+        match item {
+            Item::Ready(ch, pos) => self.ready(ch, pos, out),
+            Item::Event(ev, ch) => {
+                let Some(slot) = self.slots.get_mut(ch as usize).and_then(Option::as_mut) else {
+                    return Ok(());
+                };
+                if slot.start.is_some() {
+                    return Ok(());
+                }
+                if let Some(id) = ev.id {
+                    if id <= slot.position {
+                        return Ok(());
+                    }
+                    slot.position = id;
+                }
+                out.push(frame::event(slot.channel.as_str(), &ev));
+                self.app.metrics().events_out.increment(1);
+            }
+            Item::Reset(ch, tip) => {
+                if let Some(slot) = self.slots.get_mut(ch as usize).and_then(Option::as_mut) {
+                    slot.position = slot.position.max(tip);
+                    let position = slot.position.to_string();
+                    out.push(frame::json(&protocol::reset(
+                        slot.channel.as_str(),
+                        "history_trimmed",
+                        &position,
+                    )));
+                }
+            }
+            Item::Heartbeat => {
+                if self.pings_unanswered >= 2 {
+                    return Err((1001, "no pong for two heartbeats"));
+                }
+                self.pings_unanswered += 1;
+                out.push(frame::ping());
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames to send, into `out`: answers to what the socket waited for,
+    /// a resume's pages, queued items. `Err` to close with that code.
+    pub fn poll_output(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Result<(), Closing>> {
+        if let Some(expiry) = &mut self.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            self.expiry = None;
+            return Poll::Ready(Err((4401, "token expired")));
+        }
+        self.poll_pending(cx, out);
+        if let Some(resume) = &mut self.resume {
+            let slot = self.slots[resume.channel_index()]
+                .as_mut()
+                .expect("resuming a subscribed channel");
+            match resume.poll_step(cx, slot, out) {
+                Poll::Pending => {
+                    return if out.is_empty() {
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(Ok(()))
+                    };
+                }
+                Poll::Ready(Step::More) => return Poll::Ready(Ok(())),
+                Poll::Ready(Step::Failed) => return Poll::Ready(Err((1011, "reading history failed"))),
+                Poll::Ready(Step::Done) => self.resume = None,
+            }
+        }
+        while let Some(item) = self.stash.pop_front() {
+            self.deliver(item, out)?;
+            if self.resume.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        if !out.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut items = std::mem::take(&mut self.spare);
+        match self.sub.poll_drain(cx, &mut items) {
+            Poll::Pending => {
+                self.spare = items;
+                return Poll::Pending;
+            }
+            Poll::Ready(Err(Close::SlowClient)) => {
+                self.app.metrics().slow_client_disconnects.increment(1);
+                return Poll::Ready(Err((4008, "queue full: reconnect and resume with after")));
+            }
+            Poll::Ready(Err(Close::Shutdown)) => return Poll::Ready(Err((1001, "node draining"))),
+            Poll::Ready(Err(Close::Expired)) => return Poll::Ready(Err((4401, "token expired"))),
+            Poll::Ready(Ok(())) => {}
+        }
+        while let Some(item) = items.pop_front() {
+            self.deliver(item, out)?;
+            if self.resume.is_some() {
+                // The rest waits for the replay, in order.
+                self.stash.extend(items.drain(..));
+                break;
+            }
+        }
+        self.spare = items;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_pending(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) {
+        let Some(pending) = &mut self.pending else { return };
+        let mut done = Vec::new();
+        while let Poll::Ready(Some(outcome)) = pending.poll_next_unpin(cx) {
+            done.push(outcome);
+        }
+        if pending.is_empty() {
+            self.pending = None;
+        }
+        for outcome in done {
+            match outcome {
+                Outcome::Frame(f) => out.push(f),
+                Outcome::Refreshed(access, reference) => self.refreshed(access, reference, out),
+            }
+        }
+    }
+
+    /// A new token: it must still grant every subscribed channel.
+    fn refreshed(&mut self, access: Access, reference: Option<Value>, out: &mut Vec<Bytes>) {
+        let channels: Vec<Channel> = self.slots.iter().flatten().map(|s| s.channel.clone()).collect();
+        match access.check_read(&channels) {
+            Ok(()) => {
+                self.access = access;
+                self.set_expiry();
+                out.push(frame::json(&protocol::refreshed(reference)));
+            }
+            Err(e) => {
+                let refusal = Refusal::new("forbidden", e.to_string());
+                out.push(frame::json(&protocol::error(&refusal, reference)));
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.app.metrics().websockets_open.decrement(1.0);
+    }
+}
