@@ -2,6 +2,7 @@
 //! the close codes.
 
 use serde_json::json;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::*;
@@ -233,4 +234,80 @@ async fn a_draining_node_closes_its_sockets_with_1001() {
     assert_eq!(ws.next().await["type"], "subscribed");
     node.signal("-TERM");
     assert_eq!(ws.ended().await, Ended::Close(1001));
+}
+
+/// WebSocket over HTTP/2 (RFC 8441): `CONNECT` with `:protocol websocket`
+/// on a stream, then WebSocket frames on that stream.
+#[tokio::test]
+async fn websockets_run_over_http2_extended_connect() {
+    let node = NodeProcess::spawn(&[]);
+    let channel = unique("ws-h2");
+    let tcp = TcpStream::connect(node.addr).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("http://{}/v1/ws?channel={channel}", node.addr))
+        .extension(h2::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    let (resp, mut send) = h2.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // The first frame: `subscribed`, as a text frame (0x81) of the server.
+    let mut received = Vec::new();
+    let text = |bytes: &[u8]| -> Option<(String, usize)> {
+        let len = match bytes.get(1)? {
+            n if *n < 126 => *n as usize,
+            126 => u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]) as usize,
+            _ => return None,
+        };
+        let start = if len < 126 { 2 } else { 4 };
+        let payload = bytes.get(start..start + len)?;
+        Some((String::from_utf8(payload.to_vec()).unwrap(), start + len))
+    };
+    let mut messages = Vec::new();
+    while messages.is_empty() {
+        let chunk = tokio::time::timeout(WAIT, body.data())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        received.extend_from_slice(&chunk);
+        while let Some((msg, used)) = text(&received) {
+            messages.push(msg);
+            received.drain(..used);
+        }
+    }
+    let first: serde_json::Value = serde_json::from_str(&messages[0]).unwrap();
+    assert_eq!(first["type"], "subscribed");
+    // A masked client frame: publish, then its ack and event arrive.
+    let payload = json!({"type": "publish", "channel": channel, "data": "over h2", "ref": 1}).to_string();
+    let mask = [7u8, 1, 2, 3];
+    let mut frame = vec![0x81, 0x80 | 126];
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    send.send_data(bytes::Bytes::from(frame), false).unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let chunk = tokio::time::timeout(WAIT, body.data())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        received.extend_from_slice(&chunk);
+        while let Some((msg, used)) = text(&received) {
+            let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+            kinds.push(v["type"].as_str().unwrap().to_owned());
+            received.drain(..used);
+        }
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["ack", "event"]);
 }
