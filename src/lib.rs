@@ -18,13 +18,16 @@
 //!
 //! Around that path: [`config`], [`app`] (build, serve, drain), [`auth`]
 //! (who reads and publishes what), [`limits`] (connection limits),
-//! [`metrics`], [`telemetry`] and [`shutdown`].
+//! [`metrics`], [`telemetry`] and [`shutdown`]. `fuzzing` holds the fuzz
+//! targets of every parser of untrusted bytes (see `docs/fuzzing.md`).
 
 pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod limits;

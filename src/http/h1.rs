@@ -43,7 +43,7 @@ use tower::ServiceExt;
 use super::subscribe::SseHandoff;
 use crate::stream::StreamSession;
 
-const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 /// Frames per vectored write.
 const IOV: usize = 64;
@@ -56,7 +56,7 @@ pub struct Front {
 }
 
 /// What the first request head asks for.
-enum Head {
+pub(crate) enum Head {
     /// An event-stream request for the router; `chunked` on HTTP/1.1.
     Stream(Box<Request<Body>>, bool),
     /// Anything else: hyper serves the connection.
@@ -64,7 +64,7 @@ enum Head {
 }
 
 #[derive(Debug)]
-enum HeadError {
+pub(crate) enum HeadError {
     Closed,
     TooLarge,
     Malformed(String),
@@ -209,8 +209,8 @@ async fn read_head(sock: &mut TcpStream, buf: &mut BytesMut, max: usize) -> Resu
 
 /// Parses a complete head (`None` while incomplete). A sync function, so
 /// that the header array on its stack is no part of the connection's
-/// future.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+/// future. Reached by the fuzz targets too (`crate::fuzzing`).
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
