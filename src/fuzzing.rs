@@ -26,8 +26,11 @@ pub use http_head::http_head;
 pub use jwt::jwt_claims;
 pub use resp::resp;
 
+/// A fuzz target: arbitrary bytes in, a panic on a broken invariant.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `scripts/fuzz.sh` and the seed tests know them.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("http_head", http_head),
     ("cursor", cursor),
     ("envelope", envelope),
