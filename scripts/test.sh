@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it
 # is missing (redis-server through apt-get), then checks formatting, lints
-# and runs every test against real processes.
+# and runs every test against real processes, then fuzzes the parsers of
+# untrusted bytes briefly (cargo-afl through cargo install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,5 +32,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-targets "$@"
+echo "== fuzzing: every parser of untrusted bytes, 20 s each (docs/fuzzing.md)"
+need_pkg make make   # cargo-afl builds its own AFL++ from source
+need_pkg cc gcc
+command -v cargo-afl >/dev/null 2>&1 || cargo install --locked cargo-afl
+./scripts/fuzz.sh 20s
 echo "== benchmark harness, tiny scale (proves it works; figures are meaningless here)"
 ./scripts/bench.sh --quick --debug --systems ssegate --source-addrs 2 > /dev/null
