@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it
 # is missing (redis-server, haproxy, podman, ... through apt-get), then
-# checks formatting, lints and runs every test against real processes.
-# Under CI=true a test whose program is missing fails rather than skips.
+# checks formatting, lints and runs every test against real processes, then
+# fuzzes the parsers of untrusted bytes briefly (cargo-afl through cargo
+# install). Under CI=true a test whose program is missing fails rather than
+# skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +51,11 @@ echo "== cargo test"
 cargo test --workspace --all-targets "$@"
 echo "== JavaScript client (clients/js), against a stand-in gateway"
 (cd clients/js && node --test test/)
+echo "== fuzzing: every parser of untrusted bytes, 20 s each (docs/fuzzing.md)"
+need_pkg make make   # cargo-afl builds its own AFL++ from source
+need_pkg cc gcc
+command -v cargo-afl >/dev/null 2>&1 || cargo install --locked cargo-afl
+./scripts/fuzz.sh 20s
 echo "== benchmark harness, tiny scale (proves it works; figures are meaningless here)"
 ./scripts/bench.sh --quick --debug --systems ssegate --source-addrs 2 > /dev/null
 echo "== ssegate-bench's WebSocket modes against the Socket.IO and ws peers (debug build, from bench.sh)"

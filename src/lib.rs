@@ -42,7 +42,8 @@
 //!
 //! Around that path: [`config`], [`app`] (build and run a node), [`state`]
 //! (what handlers share), [`auth`] (who reads and publishes what),
-//! [`metrics`], [`telemetry`], [`tls`] and [`shutdown`].
+//! [`metrics`], [`telemetry`], [`tls`] and [`shutdown`]. `fuzzing` holds
+//! the fuzz targets of every parser of untrusted bytes (`docs/fuzzing.md`).
 //! `docs/architecture.md` has the module map and the function at each hop.
 
 pub mod app;
@@ -50,6 +51,8 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod metrics;

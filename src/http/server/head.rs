@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 pub(super) const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// What the first request head asks for.

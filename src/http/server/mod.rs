@@ -17,6 +17,7 @@ mod watch;
 mod writer;
 
 pub use admission::{Gate, RESERVED_FDS, default_max_connections, raise_file_limit};
+pub(crate) use head::{Head, MAX_HEADERS, parse_head};
 
 use std::future::Future;
 use std::net::SocketAddr;
