@@ -23,7 +23,11 @@ async fn a_future_cursor_is_reset_and_the_stream_gets_every_later_event(redis: O
         let ev = s.next().await.expect("the later event");
         assert_eq!((ev.data, ev.id), (format!("later {i}"), id));
     }
-    assert_eq!(node.metric("ssegate_resets_total{reason=\"unknown_position\"}").await, 1.0);
+    assert_eq!(
+        node.metric("ssegate_resets_total{reason=\"unknown_position\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -67,7 +67,14 @@ async fn the_embedded_brokers_history_stays_within_its_memory_over_many_channels
 #[tokio::test]
 async fn a_client_queue_smaller_than_the_largest_payload_is_refused_at_start() {
     let out = std::process::Command::new(binary())
-        .args(["--listen", "127.0.0.1:0", "--client-queue", "32KiB", "--max-payload", "64KiB"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--client-queue",
+            "32KiB",
+            "--max-payload",
+            "64KiB",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -99,25 +106,52 @@ async fn a_large_event_reaches_a_stream_whose_queue_holds_just_one() {
 #[tokio::test]
 async fn a_redis_that_stops_answering_is_noticed_within_the_redis_timeout() {
     let redis = RedisServer::spawn();
-    let node = NodeProcess::spawn(&["--redis-url", &redis.url(), "--allow-anonymous", "--redis-timeout", "1s"]);
+    let node = NodeProcess::spawn(&[
+        "--redis-url",
+        &redis.url(),
+        "--allow-anonymous",
+        "--redis-timeout",
+        "1s",
+    ]);
     let ready = || async { reqwest::get(node.url("/readyz")).await.unwrap().status().as_u16() };
     assert_eq!(ready().await, 200);
     let pid = redis.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     // 1 s of timeout plus 1 s between pings: noticed well within 5 s (a
     // 10 s ping interval used to take 10 to 20 s).
-    eventually_within("/readyz says the broker is gone", Duration::from_secs(5), || async {
-        ready().await == 503
-    })
+    eventually_within(
+        "/readyz says the broker is gone",
+        Duration::from_secs(5),
+        || async { ready().await == 503 },
+    )
     .await;
-    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     eventually("/readyz is back", || async { ready().await == 200 }).await;
 }
 
 #[tokio::test]
 async fn text_logs_have_no_colour_codes_off_a_terminal() {
     let out = std::process::Command::new(binary())
-        .args(["--listen", "127.0.0.1:0", "--log-format", "text", "--heartbeat", "1ms"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--heartbeat",
+            "1ms",
+        ])
         .output()
         .unwrap();
     // The start fails (the heartbeat is too short) and logs why, on a pipe.

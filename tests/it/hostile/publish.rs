@@ -36,7 +36,13 @@ async fn a_publish_during_a_short_pause_waits_and_succeeds() {
 #[tokio::test]
 async fn an_unanswered_publish_is_an_unknown_outcome_and_its_retry_publishes_once() {
     let redis = RedisServer::spawn();
-    let node = NodeProcess::spawn(&["--redis-url", &redis.url(), "--allow-anonymous", "--redis-timeout", "1s"]);
+    let node = NodeProcess::spawn(&[
+        "--redis-url",
+        &redis.url(),
+        "--allow-anonymous",
+        "--redis-timeout",
+        "1s",
+    ]);
     let channel = unique("unknown");
     let url = node.url(&format!("/v1/stream/{channel}"));
     let mut stream = Sse::open(&url).await;
@@ -89,7 +95,15 @@ async fn the_cli_retries_an_unanswered_publish_with_its_own_key_and_publishes_on
     let channel = unique("cli");
     assert_eq!(redis.cli(&["CLIENT", "PAUSE", "2500", "WRITE"]).trim(), "OK");
     let out = tokio::process::Command::new(binary())
-        .args(["publish", &channel, "from the cli", "--redis-url", &redis.url(), "--redis-timeout", "1s"])
+        .args([
+            "publish",
+            &channel,
+            "from the cli",
+            "--redis-url",
+            &redis.url(),
+            "--redis-timeout",
+            "1s",
+        ])
         .output()
         .await
         .unwrap();

@@ -76,7 +76,10 @@ async fn a_hundred_non_reading_resumers_of_a_large_history_stay_within_the_memor
         if metric_at(&base, "ssegate_streams_open").await == 0.0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "stalled resumers are still open");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled resumers are still open"
+        );
         // Sampling the memory, not waiting for anything.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

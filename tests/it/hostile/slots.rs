@@ -77,7 +77,11 @@ async fn stall(addr: SocketAddr, how: Stall) -> TcpStream {
                 .unwrap();
             let mut buf = [0u8; 512];
             let n = sock.read(&mut buf).await.unwrap();
-            assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+            assert!(
+                buf[..n].starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
         }
     }
     sock
@@ -152,10 +156,16 @@ async fn a_node_full_of_stalled_clients_answers_health_checks_and_recovers() {
     for probe in ["/healthz", "/readyz"] {
         let req = format!("GET {probe} HTTP/1.1\r\nHost: x\r\n\r\n");
         let answer = raw_answer(node.addr, req.as_bytes()).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{probe} on a full node: {answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{probe} on a full node: {answer}"
+        );
     }
     for sock in &mut stalled {
-        assert!(closed_by_server(sock, WAIT).await, "a stalled client kept its slot");
+        assert!(
+            closed_by_server(sock, WAIT).await,
+            "a stalled client kept its slot"
+        );
     }
     let mut stream = Sse::open(&node.url("/v1/stream/after-the-stall")).await;
     reqwest::Client::new()
@@ -183,7 +193,10 @@ async fn raw_answer(addr: SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_full_node_is_ready_unless_told_otherwise() {
-    for (flag, want) in [(None, "HTTP/1.1 200"), (Some("--not-ready-when-full"), "HTTP/1.1 503")] {
+    for (flag, want) in [
+        (None, "HTTP/1.1 200"),
+        (Some("--not-ready-when-full"), "HTTP/1.1 503"),
+    ] {
         let mut args = vec!["--max-connections", "2", "--ip-rate", "0"];
         args.extend(flag);
         let node = NodeProcess::spawn(&args);
@@ -205,7 +218,15 @@ async fn refused_connections_leave_the_descriptors_redis_needs() {
     // A node with 300 files: 172 connections, 128 kept back.
     let mut node = NodeProcess::spawn_wrapped(
         &[prlimit.to_str().unwrap(), "--nofile=300:300", "--"],
-        &["--redis-url", &redis.url(), "--allow-anonymous", "--header-timeout", "60s", "--ip-rate", "0"],
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--allow-anonymous",
+            "--header-timeout",
+            "60s",
+            "--ip-rate",
+            "0",
+        ],
     );
     // A stream, so that the node's pub/sub connection has a subscription.
     let _stream = Sse::open(&node.url("/v1/stream/subscribed")).await;
