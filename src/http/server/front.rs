@@ -1,6 +1,8 @@
 //! One admitted connection, from its first byte to the protocol that
 //! serves it:
 //!
+//! - first, who it is from (`proxied`: a trusted proxy's PROXY header);
+//!   every request on it carries that client address (`ClientIp`).
 //! - plain TCP: the first request head is read here (`head`). A lone
 //!   `GET /v1/stream...` goes through the axum router like every request
 //!   (auth, CORS, validation, errors); when the answer is an event stream,
@@ -28,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::admission::Gate;
 use super::head::{Head, HeadError, read_head};
 use super::prefixed::Prefixed;
 use super::response::{Framing, head_bytes, write_and_close, write_error};
@@ -35,6 +38,8 @@ use super::watch;
 use super::writer::StreamWriter;
 use crate::http::ApiError;
 use crate::http::subscribe::SseHandoff;
+use crate::metrics::Metrics;
+use crate::peer::{ClientIp, TrustedProxies};
 use crate::stream::StreamSession;
 
 pub(super) struct Front {
@@ -42,6 +47,9 @@ pub(super) struct Front {
     pub hyper: auto::Builder<TokioExecutor>,
     pub max_head: usize,
     pub head_timeout: Duration,
+    pub trusted: TrustedProxies,
+    pub gate: Arc<Gate>,
+    pub metrics: Metrics,
 }
 
 impl Front {
@@ -49,18 +57,26 @@ impl Front {
     /// event stream, which is returned for the caller to run as its own
     /// task: everything before it (the head, the router call, hyper) is
     /// freed, so the long-lived part is the small `StreamWriter`.
-    pub async fn serve(self: Arc<Self>, sock: TcpStream, drain: CancellationToken) -> Option<StreamWriter> {
-        let (sock, session, chunked) = self.handle(sock, drain).await?;
+    /// `read` holds the bytes already read from `sock`.
+    pub async fn serve(
+        self: Arc<Self>,
+        sock: TcpStream,
+        read: BytesMut,
+        client: ClientIp,
+        drain: CancellationToken,
+    ) -> Option<StreamWriter> {
+        let (sock, session, chunked) = self.handle(sock, read, client, drain).await?;
         Some(StreamWriter::new(sock, session, chunked))
     }
 
     /// Serves a connection with hyper (HTTP/1.1 or HTTP/2), closed when
     /// idle for `--header-timeout` (see `watch`).
-    pub async fn serve_hyper<I>(&self, io: I, drain: &CancellationToken)
+    pub async fn serve_hyper<I>(&self, io: I, client: ClientIp, drain: &CancellationToken)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        watch::serve(&self.hyper, &self.router, io, self.head_timeout, drain).await;
+        let idle = self.head_timeout;
+        watch::serve(&self.hyper, &self.router, io, client, idle, drain).await;
     }
 
     /// Everything up to the start of an event stream; returns the stream
@@ -68,9 +84,11 @@ impl Front {
     async fn handle(
         &self,
         mut sock: TcpStream,
+        mut buf: BytesMut,
+        client: ClientIp,
         drain: CancellationToken,
     ) -> Option<(TcpStream, StreamSession, bool)> {
-        let mut buf = BytesMut::with_capacity(1024);
+        buf.reserve(1024);
         let head =
             tokio::time::timeout(self.head_timeout, read_head(&mut sock, &mut buf, self.max_head)).await;
         let head = match head {
@@ -96,11 +114,12 @@ impl Front {
                     prefix: buf.freeze(),
                     inner: sock,
                 };
-                self.serve_hyper(io, &drain).await;
+                self.serve_hyper(io, client, &drain).await;
                 None
             }
-            Head::Stream(req, chunked) => {
+            Head::Stream(mut req, chunked) => {
                 drop(buf);
+                req.extensions_mut().insert(client);
                 let resp = self
                     .router
                     .clone()
