@@ -16,6 +16,8 @@ use ppp::v2;
 
 /// The start of a version 1 header.
 pub const V1_SIGNATURE: &[u8] = b"PROXY ";
+/// The longest version 1 header, its CRLF included.
+const V1_MAX: usize = 107;
 /// The start of a version 2 header.
 pub const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
@@ -51,12 +53,19 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Malformed> {
         };
     }
     if buf.starts_with(V1_SIGNATURE) {
-        return match v1::Header::try_from(buf) {
+        // The line is parsed once whole: a line cut right after a
+        // separator would read as a bad field.
+        let Some(end) = buf.iter().take(V1_MAX).position(|&b| b == b'\n') else {
+            if buf.len() >= V1_MAX {
+                return Err(Malformed(format!("version 1: no line end within {V1_MAX} bytes")));
+            }
+            return Ok(Parsed::Incomplete);
+        };
+        return match v1::Header::try_from(&buf[..=end]) {
             Ok(h) => Ok(Parsed::Header {
                 len: h.header.len(),
                 source: v1_source(&h.addresses),
             }),
-            Err(e) if e.is_incomplete() => Ok(Parsed::Incomplete),
             Err(e) => Err(Malformed(format!("version 1: {e}"))),
         };
     }
