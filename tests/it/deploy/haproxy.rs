@@ -147,6 +147,12 @@ pub(crate) async fn haproxy_in_front(haproxy: PathBuf, nodes: &[NodeProcess; 3])
 /// The status HAProxy's stats page gives each server of the `ssegate`
 /// backend (`UP`, `DOWN`, `UP 1/2`, ..).
 pub(crate) async fn haproxy_status(stats: u16) -> BTreeMap<String, String> {
+    haproxy_column(stats, "status").await
+}
+
+/// One column of HAProxy's stats for each server of the `ssegate` backend
+/// (`status`, `check_status`: `L7OK` after a passed HTTP check, ..).
+pub(crate) async fn haproxy_column(stats: u16, column: &str) -> BTreeMap<String, String> {
     let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{stats}/stats;csv")).await else {
         return BTreeMap::new();
     };
@@ -159,7 +165,7 @@ pub(crate) async fn haproxy_status(stats: u16) -> BTreeMap<String, String> {
         .split(',')
         .collect();
     let col = |name: &str| header.iter().position(|h| *h == name);
-    let (Some(px), Some(sv), Some(st)) = (col("pxname"), col("svname"), col("status")) else {
+    let (Some(px), Some(sv), Some(st)) = (col("pxname"), col("svname"), col(column)) else {
         return BTreeMap::new();
     };
     lines
