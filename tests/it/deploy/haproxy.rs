@@ -59,6 +59,18 @@ fn the_haproxy_config_suits_long_streams_without_stickiness() {
             .unwrap_or_else(|| panic!("no timeout {t}"));
         assert!(duration(v) >= Duration::from_secs(3600), "timeout {t} {v}");
     }
+    // The client's address goes to the nodes ahead of each connection,
+    // health checks included (the nodes trust HAProxy: manifests.rs).
+    let default_server = lines
+        .iter()
+        .find(|l| l.starts_with("default-server "))
+        .expect("a default-server line");
+    for want in ["send-proxy-v2", "check-send-proxy"] {
+        assert!(
+            default_server.split_whitespace().any(|w| w == want),
+            "default-server lacks {want}"
+        );
+    }
     // The defaults point at the compose services on the server's port.
     for i in 1..=3 {
         let var = format!("NODE{i}_ADDR");
