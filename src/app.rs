@@ -133,6 +133,12 @@ impl Application {
                 trusted_proxies = %trusted.join(","),
                 "client addresses from PROXY headers and X-Forwarded-For / Forwarded of these peers"
             );
+            if config.trusted_proxies.iter().any(|n| n.prefix_len() == 0) {
+                tracing::warn!(
+                    "--trusted-proxies trusts every address: any peer may name any client; \
+                     fine only where nothing but the balancers can reach the node"
+                );
+            }
         }
         let state = AppState::new(config, occupancy, auth, hub, broker, metrics, ip_rate);
         let server = Server::new(listener, tls, state.clone(), gate);

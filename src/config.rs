@@ -54,6 +54,9 @@ fn duration(s: &str) -> Result<Duration, String> {
 /// `::1`).
 pub fn cidr(s: &str) -> Result<IpNet, String> {
     let t = s.trim();
+    if t.is_empty() {
+        return Err("an empty entry: list CIDRs or addresses, or leave it unset to trust no proxy".into());
+    }
     if let Ok(net) = t.parse::<IpNet>() {
         // `10.1.2.3/8` means the network it lies in.
         return Ok(net.trunc());
