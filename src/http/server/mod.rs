@@ -1,7 +1,7 @@
 //! The front door: every connection of a node enters here. The server
 //! accepts, admits (`admission`: connection limits), learns who the
-//! connection is from (`proxied`: a trusted proxy's PROXY header), terminates TLS,
-//! chooses the protocol (`front`: the hand-written HTTP/1.1 fast path for
+//! connection is from (`proxied`: a trusted proxy's PROXY header),
+//! terminates TLS, chooses the protocol (`front`: the hand-written HTTP/1.1 fast path for
 //! event streams, hyper for everything else and for HTTP/2), and drains
 //! at shutdown.
 //!

@@ -123,7 +123,16 @@ async fn through_haproxy_in_http_mode_forwarded_clients_are_limited_per_request(
 
     let limited = limited_of("127.0.0.2", &base, 12).await;
     assert!(limited >= 5, "only {limited} of 12 were limited");
-    let _s = still_served("127.0.0.3", &base, &unique("forwarded")).await;
+    let channel = unique("forwarded");
+    let mut s = still_served("127.0.0.3", &base, &channel).await;
+    let published = client_from("127.0.0.3")
+        .post(format!("{base}/v1/stream/{channel}"))
+        .body("from 127.0.0.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201);
+    assert_eq!(s.take(1).await, ["from 127.0.0.3"]);
 
     let line = wait_for_log(&mut [&mut node], "127.0.0.2 limited per request", |v| {
         v["message"] == "request rate limited" && v["client"] == "127.0.0.2"
@@ -134,5 +143,8 @@ async fn through_haproxy_in_http_mode_forwarded_clients_are_limited_per_request(
         "127.0.0.3's stream",
         stream_opened_for("127.0.0.3"),
     );
+    wait_for_log(&mut [&mut node], "127.0.0.3's publish", |v| {
+        v["message"] == "published" && field(v, "client") == Some("127.0.0.3")
+    });
     proxy.assert_running();
 }
