@@ -17,6 +17,7 @@ use crate::broker::{Retention, SharedBroker};
 use crate::config::Config;
 use crate::http::server::{Gate, Server};
 use crate::hub::Hub;
+use crate::limits::IpRate;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Occupancy};
 
@@ -77,12 +78,8 @@ impl Application {
             });
         }
         let occupancy = Arc::new(Occupancy::new(max_connections));
-        let gate = Gate::new(
-            occupancy.clone(),
-            config.ip_rate,
-            config.ip_burst,
-            metrics.clone(),
-        );
+        let ip_rate = Arc::new(IpRate::new(config.ip_rate, config.ip_burst));
+        let gate = Gate::new(occupancy.clone(), ip_rate.clone(), metrics.clone());
         let (hub, control) = Hub::new(metrics.clone());
         let tasks = CancellationToken::new();
         let retention = Retention {
@@ -119,7 +116,7 @@ impl Application {
             hub.clone()
                 .run_heartbeats(config.heartbeat, config.write_timeout, tasks.clone()),
         );
-        tokio::spawn(gate.clone().run_cleanup(tasks.clone()));
+        tokio::spawn(ip_rate.clone().run_cleanup(tasks.clone()));
         if auth.is_enforced() {
             tracing::info!(max_connections, file_limit, "tokens required to read and publish");
         } else {
@@ -130,7 +127,20 @@ impl Application {
                  (configure --jwt-secret, --jwt-public-key, --jwks-file or --publish-keys-file to require tokens)"
             );
         }
-        let state = AppState::new(config, occupancy, auth, hub, broker, metrics);
+        if !config.trusted_proxies.is_empty() {
+            let trusted: Vec<String> = config.trusted_proxies.iter().map(|n| n.to_string()).collect();
+            tracing::info!(
+                trusted_proxies = %trusted.join(","),
+                "client addresses from PROXY headers and X-Forwarded-For / Forwarded of these peers"
+            );
+            if config.trusted_proxies.iter().any(|n| n.prefix_len() == 0) {
+                tracing::warn!(
+                    "--trusted-proxies trusts every address: any peer may name any client; \
+                     fine only where nothing but the balancers can reach the node"
+                );
+            }
+        }
+        let state = AppState::new(config, occupancy, auth, hub, broker, metrics, ip_rate);
         let server = Server::new(listener, tls, state.clone(), gate);
         Ok(Application { server, state, tasks })
     }

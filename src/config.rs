@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +48,22 @@ pub enum LogFormat {
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use a unit: 500ms, 15s, 2m, 1h)"))
+}
+
+/// A network (`10.0.0.0/8`, `fd00::/8`) or one address (`192.0.2.7`,
+/// `::1`).
+pub fn cidr(s: &str) -> Result<IpNet, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("an empty entry: list CIDRs or addresses, or leave it unset to trust no proxy".into());
+    }
+    if let Ok(net) = t.parse::<IpNet>() {
+        // `10.1.2.3/8` means the network it lies in.
+        return Ok(net.trunc());
+    }
+    t.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{s}` is not an address or a CIDR (e.g. 10.0.0.0/8, 192.0.2.7, fd00::/8)"))
 }
 
 /// Byte sizes: a number with an optional unit (`64KiB`, `1MiB`, `512`).
@@ -222,6 +239,13 @@ pub struct Config {
     /// Burst of new connections allowed per client IP above --ip-rate.
     #[arg(long, env = "SSEGATE_IP_BURST", default_value_t = 1000)]
     pub ip_burst: u32,
+
+    /// Balancers and proxies (CIDRs or addresses, comma-separated) whose
+    /// word on the client's address is taken: a PROXY protocol header
+    /// (v1 or v2) before the request, and `X-Forwarded-For` / `Forwarded`.
+    /// From any other peer both are ignored.
+    #[arg(long, env = "SSEGATE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = cidr)]
+    pub trusted_proxies: Vec<IpNet>,
 
     /// Largest request head (request line and headers); 431 above.
     #[arg(long, env = "SSEGATE_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = byte_size)]
@@ -446,6 +470,23 @@ mod tests {
         }
         c.jwks_min_refresh = Duration::from_secs(1);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let cli = Cli::try_parse_from([
+            "ssegate",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7,fd00::/8,172.16.5.4/12",
+        ])
+        .unwrap();
+        let nets: Vec<String> = cli.serve.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8", "172.16.0.0/12"]);
+        for bad in ["10.0.0.0/33", "example.com", "10.0.0/8", ""] {
+            let e = Cli::try_parse_from(["ssegate", "--trusted-proxies", bad]).unwrap_err();
+            assert!(e.to_string().contains("--trusted-proxies"), "{bad}: {e}");
+        }
+        assert!(Config::default_for_tests().trusted_proxies.is_empty());
     }
 
     #[test]

@@ -22,6 +22,11 @@
 //!   while at least one local stream reads it.
 //! - **broker**: what carries events between nodes and keeps history:
 //!   Redis, or the embedded in-process broker.
+//! - **client address**: who a connection or request is from: the peer's
+//!   address, unless the peer is a **trusted proxy** (`--trusted-proxies`)
+//!   that names the client in a PROXY protocol header or in
+//!   `X-Forwarded-For` / `Forwarded` ([`peer`]). The per-IP rate
+//!   ([`limits`]) and the logs use it.
 //!
 //! # The path of an event
 //!
@@ -42,8 +47,10 @@
 //!
 //! Around that path: [`config`], [`app`] (build and run a node), [`state`]
 //! (what handlers share), [`auth`] (who reads and publishes what),
-//! [`metrics`], [`telemetry`], [`tls`] and [`shutdown`]. `fuzzing` holds
-//! the fuzz targets of every parser of untrusted bytes (`docs/fuzzing.md`).
+//! [`peer`] (client addresses behind balancers), [`limits`] (the per-IP
+//! rate), [`metrics`], [`telemetry`], [`tls`] and [`shutdown`]. `fuzzing`
+//! holds the fuzz targets of every parser of untrusted bytes
+//! (`docs/fuzzing.md`).
 //! `docs/architecture.md` has the module map and the function at each hop.
 
 pub mod app;
@@ -55,7 +62,9 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
+pub mod peer;
 pub mod shutdown;
 pub mod sse;
 pub mod state;

@@ -1,6 +1,6 @@
 //! The shared state of a node, as the HTTP handlers and the server see it:
-//! configuration, auth, the hub, the broker, metrics and whether the node
-//! is draining. A cheap `Clone` handle; it depends on nothing of `http`
+//! configuration, auth, the hub, the broker, metrics, the per-IP rate and
+//! the trusted proxies, and whether the node is draining. A cheap `Clone` handle; it depends on nothing of `http`
 //! or `app`, so both can depend on it.
 
 use std::sync::Arc;
@@ -10,7 +10,9 @@ use crate::auth::Auth;
 use crate::broker::SharedBroker;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::IpRate;
 use crate::metrics::Metrics;
+use crate::peer::TrustedProxies;
 use crate::stream::ReplayBudget;
 
 /// How many connections the node holds, against `--max-connections`:
@@ -59,6 +61,8 @@ struct Inner {
     broker: SharedBroker,
     metrics: Metrics,
     replay: ReplayBudget,
+    ip_rate: Arc<IpRate>,
+    trusted: TrustedProxies,
     draining: AtomicBool,
 }
 
@@ -74,10 +78,14 @@ impl AppState {
         hub: Hub,
         broker: SharedBroker,
         metrics: Metrics,
+        ip_rate: Arc<IpRate>,
     ) -> AppState {
         let replay = ReplayBudget::new(config.replay_memory, config.client_queue);
+        let trusted = TrustedProxies::new(&config.trusted_proxies);
         AppState(Arc::new(Inner {
             replay,
+            ip_rate,
+            trusted,
             config,
             occupancy,
             auth,
@@ -109,6 +117,14 @@ impl AppState {
     /// The node's budget for history pages of resuming streams.
     pub fn replay_budget(&self) -> &ReplayBudget {
         &self.0.replay
+    }
+    /// The per-client-IP rate (`--ip-rate`, `--ip-burst`).
+    pub fn ip_rate(&self) -> &Arc<IpRate> {
+        &self.0.ip_rate
+    }
+    /// `--trusted-proxies`.
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.0.trusted
     }
     pub fn is_draining(&self) -> bool {
         self.0.draining.load(Ordering::Relaxed)

@@ -56,7 +56,7 @@ pub enum ApiError {
     RequestTimeout,
     #[error("this node is at its connection limit; retry later or elsewhere")]
     TooManyConnections,
-    #[error("too many new connections from this address; retry later")]
+    #[error("too many new connections or requests from this address; retry later")]
     RateLimited { retry_after: u64 },
     #[error("method not allowed on this route")]
     MethodNotAllowed,

@@ -1,8 +1,10 @@
 //! HTTP: the server (`server`: accept, admission, TLS, protocol choice,
 //! drain), the router with every route of the contract, and thin handlers
 //! over the stream session, the broker and the node's state. Every error
-//! is JSON, written by `error`.
+//! is JSON, written by `error`; every request knows its client address
+//! (`client`).
 
+mod client;
 mod error;
 mod health;
 mod publish;
@@ -86,6 +88,7 @@ pub fn router(state: AppState) -> Router {
     let max_payload = state.config().max_payload;
     let max_head = state.config().max_header_bytes;
     let cors = cors(state.config());
+    let forwarded = axum::middleware::from_fn_with_state(state.clone(), client::forwarded_client);
     let router = Router::new()
         .route("/v1/stream", get(subscribe::many))
         .route(
@@ -102,7 +105,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(max_head, limit_head));
+        .layer(axum::middleware::from_fn_with_state(max_head, limit_head))
+        .layer(forwarded);
     match cors {
         Some(layer) => router.layer(layer),
         None => router,

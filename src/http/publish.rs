@@ -10,7 +10,7 @@
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -18,14 +18,16 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::error::ApiError;
 use crate::broker::{BrokerError, IdempotencyKey};
+use crate::peer::ClientIp;
 use crate::sse::{Channel, ChannelError, parse_payload};
 use crate::state::AppState;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(client = client.as_ref().map(|c| tracing::field::display(c.0))))]
 pub async fn publish(
     State(app): State<AppState>,
+    client: Option<Extension<ClientIp>>,
     path: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
@@ -48,6 +50,7 @@ pub async fn publish(
             }
             e => e.into(),
         })?;
+    tracing::debug!(%channel, id = %published.id, "published");
     if published.replayed {
         app.metrics().published_replayed.increment(1);
     } else {

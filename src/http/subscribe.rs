@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use http_body::Frame;
 use parking_lot::Mutex;
 
 use super::error::ApiError;
+use crate::peer::ClientIp;
 use crate::sse::Channel;
 use crate::state::AppState;
 use crate::stream::{OpenParams, StreamSession, coalesce};
@@ -47,6 +48,7 @@ pub(super) fn parse_query(raw: Option<&str>) -> SubscribeQuery {
 
 pub async fn one(
     State(app): State<AppState>,
+    client: Option<Extension<ClientIp>>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -54,16 +56,17 @@ pub async fn one(
     let Path(channel) = path.map_err(|_| ApiError::InvalidChannel(crate::sse::ChannelError::BadChar))?;
     let mut q = parse_query(raw.as_deref());
     q.channels = vec![channel];
-    serve(app, q, &headers).await
+    serve(app, client.map(|Extension(c)| c), q, &headers).await
 }
 
 pub async fn many(
     State(app): State<AppState>,
+    client: Option<Extension<ClientIp>>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = parse_query(raw.as_deref());
-    serve(app, q, &headers).await
+    serve(app, client.map(|Extension(c)| c), q, &headers).await
 }
 
 pub(super) fn validate_channels(names: Vec<String>, max: usize) -> Result<Box<[Channel]>, ApiError> {
@@ -84,8 +87,17 @@ pub(super) fn validate_channels(names: Vec<String>, max: usize) -> Result<Box<[C
     Ok(out.into_boxed_slice())
 }
 
-#[tracing::instrument(skip_all, fields(channels = q.channels.len()))]
-async fn serve(app: AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<Response, ApiError> {
+#[tracing::instrument(
+    name = "subscribe",
+    skip_all,
+    fields(client = client.map(tracing::field::display), channels = q.channels.len())
+)]
+async fn serve(
+    app: AppState,
+    client: Option<ClientIp>,
+    q: SubscribeQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     if app.is_draining() {
         return Err(ApiError::Draining);
     }
@@ -121,6 +133,7 @@ async fn serve(app: AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp.extensions_mut().insert(handoff);
+    tracing::debug!("stream opened");
     Ok(resp)
 }
 

@@ -417,8 +417,8 @@ impl Session {
                 self.spare = items;
                 return Poll::Pending;
             }
+            // Counted where the queue overflowed (the hub, or the stall check).
             Poll::Ready(Err(Close::SlowClient)) => {
-                self.app.metrics().slow_client_disconnects.increment(1);
                 return Poll::Ready(Err((4008, "queue full: reconnect and resume with after")));
             }
             Poll::Ready(Err(Close::Shutdown)) => return Poll::Ready(Err((1001, "node draining"))),

@@ -4,6 +4,7 @@
 mod auth;
 mod auth_jwks;
 mod browser;
+mod client_ip;
 mod container;
 mod core;
 mod deploy;

@@ -1,8 +1,13 @@
 //! Admission: connection limits, applied as connections are accepted (before any
 //! HTTP parsing): `--max-connections` open at once and a per-IP rate of new
-//! connections (`governor`). Past a limit the client gets a short answer
-//! (503 or 429, with `Retry-After` and a JSON body) and the socket is
-//! closed.
+//! connections (`limits::IpRate`). Past a limit the client gets a short
+//! answer (503 or 429, with `Retry-After` and a JSON body) and the socket
+//! is closed.
+//!
+//! A connection from a trusted proxy takes its place at once, but its rate
+//! is the client's: counted once its PROXY header has named the client
+//! (`check_rate`), or per request for clients named in forwarded headers
+//! (the router does that); the proxy's own address is never limited.
 //!
 //! Refusing costs a file descriptor and a task for up to two seconds, so
 //! refusals in progress are bounded (`REFUSALS`); past that a refused
@@ -14,22 +19,19 @@
 //! default `--max-connections` is derived from it.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::head::probe_request;
 use super::response::{write_and_close, write_error};
 use crate::http::ApiError;
+use crate::limits::IpRate;
 use crate::metrics::Metrics;
 use crate::state::Occupancy;
 
@@ -62,7 +64,7 @@ pub fn default_max_connections(file_limit: u64) -> usize {
 
 pub struct Gate {
     occupancy: Arc<Occupancy>,
-    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    rate: Arc<IpRate>,
     refusals: Arc<Semaphore>,
     metrics: Metrics,
 }
@@ -83,27 +85,22 @@ pub enum Verdict {
 }
 
 impl Gate {
-    /// `rate` new connections per second per IP with bursts of `burst`;
-    /// a rate of 0 turns the per-IP limit off.
-    pub fn new(occupancy: Arc<Occupancy>, rate: u32, burst: u32, metrics: Metrics) -> Arc<Gate> {
-        let per_ip = NonZeroU32::new(rate).map(|r| {
-            let burst = NonZeroU32::new(burst.max(rate)).expect("nonzero");
-            RateLimiter::keyed(Quota::per_second(r).allow_burst(burst))
-        });
+    pub fn new(occupancy: Arc<Occupancy>, rate: Arc<IpRate>, metrics: Metrics) -> Arc<Gate> {
         Arc::new(Gate {
             occupancy,
-            per_ip,
+            rate,
             refusals: Arc::new(Semaphore::new(REFUSALS)),
             metrics,
         })
     }
 
-    pub fn admit(&self, ip: IpAddr) -> Verdict {
-        if let Some(limiter) = &self.per_ip
-            && let Err(not_until) = limiter.check_key(&ip.to_canonical())
+    /// A new connection: the per-IP rate of `rate_key` (none for a trusted
+    /// proxy), then a place among `--max-connections`.
+    pub fn admit(&self, rate_key: Option<IpAddr>) -> Verdict {
+        if let Some(ip) = rate_key
+            && let Err(refused) = self.check_rate(ip)
         {
-            self.metrics.rejected("rate_limited").increment(1);
-            return Verdict::RateLimited(not_until.wait_time_from(DefaultClock::default().now()));
+            return refused;
         }
         if !self.occupancy.try_take() {
             self.metrics.rejected("too_many_connections").increment(1);
@@ -112,33 +109,28 @@ impl Gate {
         Verdict::Admit(Admitted(self.occupancy.clone()))
     }
 
+    /// Counts a new connection from `ip` against the per-IP rate.
+    pub fn check_rate(&self, ip: IpAddr) -> Result<(), Verdict> {
+        self.rate.check(ip).map_err(|wait| {
+            self.metrics.rejected("rate_limited").increment(1);
+            tracing::debug!(client = %ip, "connection rate limited");
+            Verdict::RateLimited(wait)
+        })
+    }
+
     /// Answers a refused connection in the background, or closes it at
-    /// once when too many refusals are in progress.
-    pub fn refuse(&self, sock: TcpStream, verdict: Verdict, router: &axum::Router) {
+    /// once when too many refusals are in progress. `read` holds the bytes
+    /// of the connection already read (after a PROXY header).
+    pub fn refuse(&self, sock: TcpStream, read: BytesMut, verdict: Verdict, router: &axum::Router) {
         let Ok(permit) = self.refusals.clone().try_acquire_owned() else {
             self.metrics.rejected("closed_unanswered").increment(1);
             return;
         };
         let router = router.clone();
         tokio::spawn(async move {
-            refuse(sock, verdict, router).await;
+            refuse(sock, read, verdict, router).await;
             drop(permit);
         });
-    }
-
-    /// Forgets idle per-IP state now and then, so that many distinct
-    /// clients do not grow the limiter without bound.
-    pub async fn run_cleanup(self: Arc<Self>, cancel: CancellationToken) {
-        let Some(limiter) = &self.per_ip else { return };
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                    limiter.retain_recent();
-                    limiter.shrink_to_fit();
-                }
-            }
-        }
     }
 }
 
@@ -146,26 +138,26 @@ impl Gate {
 /// first (briefly): a health check is answered as usual; anything else
 /// gets the refusal, and reading first means the close does not reset
 /// the answer away.
-async fn refuse(mut sock: TcpStream, verdict: Verdict, router: axum::Router) {
+async fn refuse(mut sock: TcpStream, mut buf: BytesMut, verdict: Verdict, router: axum::Router) {
     let err = match verdict {
         Verdict::Admit(_) => return,
         Verdict::TooMany => ApiError::TooManyConnections,
         Verdict::RateLimited(wait) => ApiError::RateLimited {
-            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+            retry_after: IpRate::retry_after(wait),
         },
     };
     let too_many = matches!(err, ApiError::TooManyConnections);
     let _ = tokio::time::timeout(PROBE_TIMEOUT, async {
-        let mut buf = BytesMut::with_capacity(1024);
+        buf.reserve(1024);
         let probe = tokio::time::timeout(PROBE_TIMEOUT / 2, async {
             while buf.len() < 4096 {
-                if sock.read_buf(&mut buf).await? == 0 {
-                    break;
-                }
                 if let Some(req) = probe_request(&buf) {
                     return Ok(req);
                 }
                 if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+                if sock.read_buf(&mut buf).await? == 0 {
                     break;
                 }
             }
@@ -192,10 +184,14 @@ mod tests {
 
     #[test]
     fn the_gate_counts_open_connections() {
-        let gate = Gate::new(Arc::new(Occupancy::new(2)), 0, 0, Metrics::new());
-        let ip = IpAddr::from([127, 0, 0, 1]);
+        let gate = Gate::new(
+            Arc::new(Occupancy::new(2)),
+            Arc::new(IpRate::new(0, 0)),
+            Metrics::new(),
+        );
+        let ip = Some(IpAddr::from([127, 0, 0, 1]));
         let a = gate.admit(ip);
-        let b = gate.admit(ip);
+        let b = gate.admit(None);
         assert!(matches!(gate.admit(ip), Verdict::TooMany));
         drop(a);
         assert!(matches!(gate.admit(ip), Verdict::Admit(_)));
@@ -203,15 +199,24 @@ mod tests {
     }
 
     #[test]
-    fn the_per_ip_rate_allows_a_burst_then_refuses() {
-        let gate = Gate::new(Arc::new(Occupancy::new(1000)), 1, 3, Metrics::new());
+    fn the_per_ip_rate_allows_a_burst_then_refuses_and_a_trusted_proxy_takes_a_place() {
+        let gate = Gate::new(
+            Arc::new(Occupancy::new(1000)),
+            Arc::new(IpRate::new(1, 3)),
+            Metrics::new(),
+        );
         let ip = IpAddr::from([10, 0, 0, 1]);
-        let admitted: Vec<_> = (0..3).map(|_| gate.admit(ip)).collect();
+        let admitted: Vec<_> = (0..3).map(|_| gate.admit(Some(ip))).collect();
         assert!(admitted.iter().all(|v| matches!(v, Verdict::Admit(_))));
-        assert!(matches!(gate.admit(ip), Verdict::RateLimited(_)));
+        assert!(matches!(gate.admit(Some(ip)), Verdict::RateLimited(_)));
+        assert!(matches!(gate.check_rate(ip), Err(Verdict::RateLimited(_))));
         assert!(
-            matches!(gate.admit(IpAddr::from([10, 0, 0, 2])), Verdict::Admit(_)),
+            matches!(gate.admit(Some(IpAddr::from([10, 0, 0, 2]))), Verdict::Admit(_)),
             "per address"
+        );
+        assert!(
+            matches!(gate.admit(None), Verdict::Admit(_)),
+            "no rate for a proxy"
         );
     }
 }

@@ -1,6 +1,8 @@
 //! One admitted connection, from its first byte to the protocol that
 //! serves it:
 //!
+//! - first, who it is from (`proxied`: a trusted proxy's PROXY header);
+//!   every request on it carries that client address (`ClientIp`).
 //! - plain TCP: the first request head is read here (`head`). A lone
 //!   `GET /v1/stream...` goes through the axum router like every request
 //!   (auth, CORS, validation, errors); when the answer is an event stream,
@@ -28,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::admission::Gate;
 use super::head::{Head, HeadError, read_head};
 use super::prefixed::Prefixed;
 use super::response::{Framing, head_bytes, write_and_close, write_error};
@@ -35,6 +38,8 @@ use super::watch;
 use super::writer::StreamWriter;
 use crate::http::ApiError;
 use crate::http::subscribe::SseHandoff;
+use crate::metrics::Metrics;
+use crate::peer::{ClientIp, TrustedProxies};
 use crate::stream::StreamSession;
 use crate::ws::{WsConn, WsHandoff};
 
@@ -57,6 +62,9 @@ pub(super) struct Front {
     pub head_timeout: Duration,
     /// Largest WebSocket message a client may send.
     pub max_message: usize,
+    pub trusted: TrustedProxies,
+    pub gate: Arc<Gate>,
+    pub metrics: Metrics,
 }
 
 impl Front {
@@ -64,8 +72,15 @@ impl Front {
     /// event stream, which is returned for the caller to run as its own
     /// task: everything before it (the head, the router call, hyper) is
     /// freed, so the long-lived part is the small `StreamWriter`.
-    pub async fn serve(self: Arc<Self>, sock: TcpStream, drain: CancellationToken) -> Option<Served> {
-        Some(match self.handle(sock, drain).await? {
+    /// `read` holds the bytes already read from `sock`.
+    pub async fn serve(
+        self: Arc<Self>,
+        sock: TcpStream,
+        read: BytesMut,
+        client: ClientIp,
+        drain: CancellationToken,
+    ) -> Option<Served> {
+        Some(match self.handle(sock, read, client, drain).await? {
             Handled::Stream(sock, session, chunked) => {
                 Served::Stream(StreamWriter::new(sock, session, chunked))
             }
@@ -75,17 +90,24 @@ impl Front {
 
     /// Serves a connection with hyper (HTTP/1.1 or HTTP/2), closed when
     /// idle for `--header-timeout` (see `watch`).
-    pub async fn serve_hyper<I>(&self, io: I, drain: &CancellationToken)
+    pub async fn serve_hyper<I>(&self, io: I, client: ClientIp, drain: &CancellationToken)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        watch::serve(&self.hyper, &self.router, io, self.head_timeout, drain).await;
+        let idle = self.head_timeout;
+        watch::serve(&self.hyper, &self.router, io, client, idle, drain).await;
     }
 
     /// Everything up to the start of an event stream; returns the stream
     /// to write, if the connection turned out to be one.
-    async fn handle(&self, mut sock: TcpStream, drain: CancellationToken) -> Option<Handled> {
-        let mut buf = BytesMut::with_capacity(1024);
+    async fn handle(
+        &self,
+        mut sock: TcpStream,
+        mut buf: BytesMut,
+        client: ClientIp,
+        drain: CancellationToken,
+    ) -> Option<Handled> {
+        buf.reserve(1024);
         let head =
             tokio::time::timeout(self.head_timeout, read_head(&mut sock, &mut buf, self.max_head)).await;
         let head = match head {
@@ -111,11 +133,12 @@ impl Front {
                     prefix: buf.freeze(),
                     inner: sock,
                 };
-                self.serve_hyper(io, &drain).await;
+                self.serve_hyper(io, client, &drain).await;
                 None
             }
-            Head::Stream(req, chunked) => {
+            Head::Stream(mut req, chunked) => {
                 drop(buf);
+                req.extensions_mut().insert(client);
                 let resp = self
                     .router
                     .clone()
@@ -125,8 +148,9 @@ impl Front {
                 let (sock, session) = respond(sock, resp, chunked).await?;
                 Some(Handled::Stream(sock, session, chunked))
             }
-            Head::Upgrade(req) => {
+            Head::Upgrade(mut req) => {
                 drop(buf);
+                req.extensions_mut().insert(client);
                 let resp = self
                     .router
                     .clone()

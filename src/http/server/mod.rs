@@ -1,6 +1,7 @@
 //! The front door: every connection of a node enters here. The server
-//! accepts, admits (`admission`: connection limits), terminates TLS,
-//! chooses the protocol (`front`: the hand-written HTTP/1.1 fast path for
+//! accepts, admits (`admission`: connection limits), learns who the
+//! connection is from (`proxied`: a trusted proxy's PROXY header),
+//! terminates TLS, chooses the protocol (`front`: the hand-written HTTP/1.1 fast path for
 //! event streams, hyper for everything else and for HTTP/2), and drains
 //! at shutdown.
 //!
@@ -12,6 +13,7 @@ mod admission;
 mod front;
 mod head;
 mod prefixed;
+mod proxied;
 mod response;
 mod watch;
 mod writer;
@@ -24,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -34,6 +37,8 @@ use tokio_util::task::TaskTracker;
 use crate::state::AppState;
 use admission::{Admitted, Verdict};
 use front::{Front, Served};
+use prefixed::Prefixed;
+use proxied::Arrived;
 
 /// Streams (requests) one HTTP/2 connection may have open at once.
 const H2_STREAMS: u32 = 100;
@@ -92,6 +97,9 @@ impl Server {
             max_head: cfg.max_header_bytes,
             head_timeout: cfg.header_timeout,
             max_message: cfg.max_payload + crate::ws::MESSAGE_OVERHEAD,
+            trusted: self.state.trusted_proxies().clone(),
+            gate: self.gate.clone(),
+            metrics: self.state.metrics().clone(),
         })
     }
 
@@ -127,15 +135,17 @@ impl Server {
                     }
                 },
             };
-            let admitted = match self.gate.admit(peer.ip()) {
+            // A trusted proxy's rate is its clients': counted once they are known.
+            let trusted = front.trusted.contains(peer.ip());
+            let admitted = match self.gate.admit((!trusted).then_some(peer.ip())) {
                 Verdict::Admit(a) => a,
                 refused => {
-                    self.gate.refuse(sock, refused, &front.router);
+                    self.gate.refuse(sock, BytesMut::new(), refused, &front.router);
                     continue;
                 }
             };
             prepare(&sock, cfg.write_timeout);
-            self.spawn_connection(sock, admitted, &front, &drain, &connections);
+            self.spawn_connection(sock, peer, admitted, &front, &drain, &connections);
         }
         let deadline = *deadline.get().expect("set when draining began");
         drop(self.listener);
@@ -153,6 +163,7 @@ impl Server {
     fn spawn_connection(
         &self,
         sock: TcpStream,
+        peer: SocketAddr,
         admitted: Admitted,
         front: &Arc<Front>,
         drain: &CancellationToken,
@@ -162,16 +173,26 @@ impl Server {
         if let Some(acceptor) = &self.tls {
             let acceptor = acceptor.clone();
             connections.spawn(async move {
-                let handshake = tokio::time::timeout(front.head_timeout, acceptor.accept(sock)).await;
+                let Some(Arrived { sock, read, client }) = front.arrive(sock, peer).await else {
+                    return;
+                };
+                let io = Prefixed {
+                    prefix: read.freeze(),
+                    inner: sock,
+                };
+                let handshake = tokio::time::timeout(front.head_timeout, acceptor.accept(io)).await;
                 if let Ok(Ok(tls)) = handshake {
-                    front.serve_hyper(tls, &drain).await;
+                    front.serve_hyper(tls, client, &drain).await;
                 }
                 drop(admitted);
             });
             return;
         }
         connections.spawn(async move {
-            match Box::pin(front.serve(sock, drain)).await {
+            let Some(Arrived { sock, read, client }) = front.arrive(sock, peer).await else {
+                return;
+            };
+            match Box::pin(front.serve(sock, read, client, drain)).await {
                 Some(Served::Stream(writer)) => {
                     tracker.spawn(async move {
                         writer.await;

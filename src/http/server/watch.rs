@@ -6,6 +6,8 @@
 //! their response bodies end) and is closed when it has had none for
 //! `--header-timeout`; when the node drains, it is asked to finish
 //! (HTTP/2 GOAWAY, HTTP/1 close after the current answer).
+//!
+//! Every request gets the connection's client address (`ClientIp`).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -26,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::peer::ClientIp;
 
 /// Time a connection asked to finish (idle) has to do so.
 const FINISH: Duration = Duration::from_secs(1);
@@ -79,6 +83,7 @@ impl Drop for InFlight {
 struct Counted {
     router: Router,
     activity: Arc<Activity>,
+    client: ClientIp,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Counted {
@@ -86,8 +91,9 @@ impl hyper::service::Service<Request<Incoming>> for Counted {
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let guard = InFlight::start(&self.activity);
+        req.extensions_mut().insert(self.client);
         let call = self.router.clone().oneshot(req.map(Body::new));
         Box::pin(async move {
             let resp = call.await?;
@@ -128,6 +134,7 @@ pub(super) async fn serve<I>(
     hyper: &auto::Builder<TokioExecutor>,
     router: &Router,
     io: I,
+    client: ClientIp,
     idle: Duration,
     drain: &CancellationToken,
 ) where
@@ -137,6 +144,7 @@ pub(super) async fn serve<I>(
     let svc = Counted {
         router: router.clone(),
         activity: activity.clone(),
+        client,
     };
     let conn = hyper.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);

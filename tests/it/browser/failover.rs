@@ -77,6 +77,9 @@ async fn a_page_reconnects_by_itself_after_its_node_is_killed_and_gets_every_eve
         "--allow-anonymous",
         "--demo",
         "on",
+        // deploy/haproxy.cfg names each client in a PROXY header.
+        "--trusted-proxies",
+        "127.0.0.1",
         "--ip-rate",
         "0",
         "--retry",

@@ -59,6 +59,18 @@ fn the_haproxy_config_suits_long_streams_without_stickiness() {
             .unwrap_or_else(|| panic!("no timeout {t}"));
         assert!(duration(v) >= Duration::from_secs(3600), "timeout {t} {v}");
     }
+    // The client's address goes to the nodes ahead of each connection,
+    // health checks included (the nodes trust HAProxy: manifests.rs).
+    let default_server = lines
+        .iter()
+        .find(|l| l.starts_with("default-server "))
+        .expect("a default-server line");
+    for want in ["send-proxy-v2", "check-send-proxy"] {
+        assert!(
+            default_server.split_whitespace().any(|w| w == want),
+            "default-server lacks {want}"
+        );
+    }
     // The defaults point at the compose services on the server's port.
     for i in 1..=3 {
         let var = format!("NODE{i}_ADDR");
@@ -147,6 +159,12 @@ pub(crate) async fn haproxy_in_front(haproxy: PathBuf, nodes: &[NodeProcess; 3])
 /// The status HAProxy's stats page gives each server of the `ssegate`
 /// backend (`UP`, `DOWN`, `UP 1/2`, ..).
 pub(crate) async fn haproxy_status(stats: u16) -> BTreeMap<String, String> {
+    haproxy_column(stats, "status").await
+}
+
+/// One column of HAProxy's stats for each server of the `ssegate` backend
+/// (`status`, `check_status`: `L7OK` after a passed HTTP check, ..).
+pub(crate) async fn haproxy_column(stats: u16, column: &str) -> BTreeMap<String, String> {
     let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{stats}/stats;csv")).await else {
         return BTreeMap::new();
     };
@@ -159,7 +177,7 @@ pub(crate) async fn haproxy_status(stats: u16) -> BTreeMap<String, String> {
         .split(',')
         .collect();
     let col = |name: &str| header.iter().position(|h| *h == name);
-    let (Some(px), Some(sv), Some(st)) = (col("pxname"), col("svname"), col("status")) else {
+    let (Some(px), Some(sv), Some(st)) = (col("pxname"), col("svname"), col(column)) else {
         return BTreeMap::new();
     };
     lines

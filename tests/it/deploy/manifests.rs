@@ -157,6 +157,49 @@ fn compose_runs_three_nodes_behind_haproxy_with_redis_and_prometheus() {
     );
 }
 
+/// The networks a node trusts, as the node reads `SSEGATE_TRUSTED_PROXIES`;
+/// trusting everyone would let any client name any address.
+fn trusted_proxies(env: &BTreeMap<String, String>, what: &str) -> Vec<ipnet::IpNet> {
+    let value = env
+        .get("SSEGATE_TRUSTED_PROXIES")
+        .unwrap_or_else(|| panic!("{what} sets no SSEGATE_TRUSTED_PROXIES"));
+    let nets: Vec<ipnet::IpNet> = value
+        .split(',')
+        .map(|n| ssegate::config::cidr(n).unwrap_or_else(|e| panic!("{what}: {e}")))
+        .collect();
+    assert!(!nets.is_empty(), "{what}");
+    for n in &nets {
+        assert!(n.prefix_len() >= 8, "{what} trusts all of {n}");
+    }
+    nets
+}
+
+#[test]
+fn every_node_trusts_the_balancer_in_front_of_it_and_no_more() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_mapping().unwrap();
+    let lb = services
+        .values()
+        .find(|s| text_at(s, &["image"]).unwrap_or_default().starts_with("haproxy:"))
+        .expect("a balancer");
+    let lb_addr: std::net::IpAddr = text_at(lb, &["networks", "default", "ipv4_address"])
+        .expect("the balancer has a fixed address")
+        .parse()
+        .unwrap();
+    let subnet = &seq(&compose["networks"]["default"]["ipam"], "config")[0];
+    let subnet = ssegate::config::cidr(&text_at(subnet, &["subnet"]).expect("a subnet")).unwrap();
+    assert!(subnet.contains(&lb_addr), "{lb_addr} is outside {subnet}");
+    for (name, svc) in compose_gateways(&compose) {
+        let nets = trusted_proxies(&env_of(&svc["environment"]), &name);
+        assert!(
+            nets.iter().any(|n| n.contains(&lb_addr)),
+            "{name} does not trust the balancer at {lb_addr}: {nets:?}"
+        );
+    }
+    let (_, c) = k8s_container();
+    trusted_proxies(&env_of(&c["env"]), "deploy/k8s/deployment.yaml");
+}
+
 #[test]
 fn prometheus_scrapes_metrics_of_every_node() {
     let compose = yaml("docker-compose.yml");

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use serde_norway::Value;
 
-pub(crate) use haproxy::{haproxy_env, haproxy_in_front, haproxy_status};
-pub(crate) use proxy::three_nodes;
+pub(crate) use haproxy::{haproxy_column, haproxy_env, haproxy_in_front, haproxy_status};
+pub(crate) use proxy::{Proxy, listening, three_nodes};
 
 // ---------------------------------------------------------------------------
 // The files

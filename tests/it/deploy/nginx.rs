@@ -18,6 +18,7 @@ fn the_nginx_config_suits_long_streams_without_stickiness() {
         "proxy_http_version 1.1;",
         "proxy_set_header Connection \"\";",
         "proxy_set_header Last-Event-ID $http_last_event_id;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         "proxy_read_timeout 1h;",
         "chunked_transfer_encoding on;",
     ] {

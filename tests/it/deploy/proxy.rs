@@ -86,13 +86,16 @@ pub(crate) async fn publish_via(base: &str, channel: &str, body: &str) -> String
 }
 
 /// Three nodes on one Redis, as in docker-compose.yml, with a drain long
-/// enough to watch.
+/// enough to watch. They trust the balancer in front of them, on 127.0.0.1
+/// (deploy/haproxy.cfg sends PROXY headers).
 pub(crate) fn three_nodes(redis: &RedisServer) -> [NodeProcess; 3] {
     let url = redis.url();
     let args = [
         "--redis-url",
         url.as_str(),
         "--allow-anonymous",
+        "--trusted-proxies",
+        "127.0.0.1",
         "--ip-rate",
         "0",
         "--drain-delay",

@@ -208,6 +208,14 @@ impl NodeProcess {
         self.early.clone()
     }
 
+    /// The next log line, awaited for up to `limit`; it stays in `logs()`.
+    pub fn next_log(&mut self, limit: Duration) -> Option<String> {
+        // One line at a time, the queued ones first: every line is seen.
+        let line = self.stderr.recv_timeout(limit).ok()?;
+        self.early.push(line.clone());
+        Some(line)
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
