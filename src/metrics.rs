@@ -39,6 +39,9 @@ pub mod names {
     pub const STALLED_STREAMS: &str = "ssegate_stalled_streams_total";
     pub const HISTORY_MEMORY: &str = "ssegate_history_memory_bytes";
     pub const WEBSOCKETS_OPEN: &str = "ssegate_websockets_open";
+    pub const HISTORY_READS: &str = "ssegate_history_reads_total";
+    pub const STATES_STORED: &str = "ssegate_states_stored_total";
+    pub const STATES_SENT: &str = "ssegate_states_sent_total";
     pub const WEBSOCKETS_OPENED: &str = "ssegate_websockets_opened_total";
     pub const WS_ERRORS: &str = "ssegate_websocket_errors_total";
 }
@@ -116,6 +119,9 @@ pub struct Inner {
     /// Bytes of history the embedded broker holds.
     pub history_memory: Gauge,
     pub websockets_open: Gauge,
+    pub history_reads: Counter,
+    pub states_stored: Counter,
+    pub states_sent: Counter,
     pub websockets_opened: Counter,
     /// `error` replies to WebSocket messages.
     pub ws_errors: Counter,
@@ -202,6 +208,13 @@ impl Metrics {
             "Events from the broker dropped as forged or broken, by reason.",
         );
         describe(WEBSOCKETS_OPEN, None, "WebSocket connections open on this node.");
+        describe(HISTORY_READS, None, "Pages read through GET /v1/history.");
+        describe(STATES_STORED, None, "Snapshots stored through PUT /v1/state.");
+        describe(
+            STATES_SENT,
+            None,
+            "Snapshots sent first on streams and sockets that asked for state.",
+        );
         describe(
             WEBSOCKETS_OPENED,
             None,
@@ -258,6 +271,9 @@ impl Metrics {
             stalled_streams: counter(STALLED_STREAMS),
             history_memory: gauge(HISTORY_MEMORY),
             websockets_open: gauge(WEBSOCKETS_OPEN),
+            history_reads: counter(HISTORY_READS),
+            states_stored: counter(STATES_STORED),
+            states_sent: counter(STATES_SENT),
             websockets_opened: counter(WEBSOCKETS_OPENED),
             ws_errors: counter(WS_ERRORS),
             gap_repairs: counter(GAP_REPAIRS),

@@ -116,6 +116,32 @@ pub struct Page {
     /// one event is returned): a page's memory stays bounded whatever the
     /// events' sizes.
     pub max_bytes: usize,
+    /// When events after `after` are gone, still return those retained
+    /// (with `trimmed` set) rather than none.
+    pub lenient: bool,
+}
+
+impl Page {
+    /// Events after `after` up to `until`, at most `limit` of them and
+    /// about `max_bytes`.
+    pub fn new(after: EventId, until: Option<EventId>, limit: usize, max_bytes: usize) -> Page {
+        Page {
+            after,
+            until,
+            limit,
+            max_bytes,
+            lenient: false,
+        }
+    }
+}
+
+/// A channel's state snapshot: the body stored by `PUT /v1/state/{C}`, and
+/// the channel's position when it was stored (it reflects every event up
+/// to that id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub position: EventId,
+    pub body: Bytes,
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -133,6 +159,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A page of the channel's history, oldest first.
     fn history(&self, channel: &Channel, page: Page) -> BoxFuture<'_, Result<History, BrokerError>>;
+
+    /// Stores `body` as the channel's snapshot at its current position, in
+    /// one step; returns that position.
+    fn put_state(&self, channel: &Channel, body: Bytes) -> BoxFuture<'_, Result<EventId, BrokerError>>;
+
+    /// The channel's snapshot, if it has one.
+    fn get_state(&self, channel: &Channel) -> BoxFuture<'_, Result<Option<Snapshot>, BrokerError>>;
 
     /// Whether the broker can deliver events right now.
     fn is_connected(&self) -> bool;

@@ -46,6 +46,10 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error("no such route")]
     NotFound,
+    #[error("the query string is not valid: {0}")]
+    InvalidQuery(String),
+    #[error("this channel has no state snapshot (PUT /v1/state/{{channel}} stores one)")]
+    NoState,
     #[error(transparent)]
     BadUpgrade(crate::ws::UpgradeError),
     #[error("malformed HTTP request: {0}")]
@@ -81,6 +85,8 @@ impl ApiError {
             Auth(e) if e.is_forbidden() => (StatusCode::FORBIDDEN, "forbidden"),
             Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            NoState => (StatusCode::NOT_FOUND, "no_state"),
             BadUpgrade(crate::ws::UpgradeError::Version) => (StatusCode::UPGRADE_REQUIRED, "invalid_upgrade"),
             BadUpgrade(_) => (StatusCode::BAD_REQUEST, "invalid_upgrade"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

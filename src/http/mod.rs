@@ -7,8 +7,10 @@
 mod client;
 mod error;
 mod health;
+mod history;
 mod publish;
 pub mod server;
+mod snapshot;
 mod subscribe;
 mod ws;
 
@@ -44,11 +46,12 @@ fn cors(cfg: &Config) -> Option<CorsLayer> {
         return None;
     }
     let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::PUT])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("idempotency-key"),
         ])
         .max_age(Duration::from_secs(600));
     if cfg.cors_origin.iter().any(|o| o == "*") {
@@ -98,6 +101,13 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(max_payload)),
         )
         .route("/v1/ws", axum::routing::any(ws::upgrade))
+        .route("/v1/history/{channel}", get(history::history))
+        .route(
+            "/v1/state/{channel}",
+            get(snapshot::get)
+                .put(snapshot::put)
+                .layer(DefaultBodyLimit::max(max_payload)),
+        )
         .route("/", get(demo))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -78,7 +78,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Ap
 }
 
 /// The whole body, within `--max-payload` bytes and `--body-timeout`.
-async fn read_body(app: &AppState, body: axum::body::Body) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(app: &AppState, body: axum::body::Body) -> Result<Bytes, ApiError> {
     let cfg = app.config();
     let limited = Limited::new(body, cfg.max_payload);
     match tokio::time::timeout(cfg.body_timeout, limited.collect()).await {

@@ -27,6 +27,7 @@ pub(super) struct SubscribeQuery {
     pub(super) channels: Vec<String>,
     last_event_id: Option<String>,
     pub(super) token: Option<String>,
+    state: bool,
 }
 
 pub(super) fn parse_query(raw: Option<&str>) -> SubscribeQuery {
@@ -34,12 +35,14 @@ pub(super) fn parse_query(raw: Option<&str>) -> SubscribeQuery {
         channels: Vec::new(),
         last_event_id: None,
         token: None,
+        state: false,
     };
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*k {
             "channel" => q.channels.push(v.into_owned()),
             "lastEventId" => q.last_event_id = Some(v.into_owned()),
             "token" => q.token = Some(v.into_owned()),
+            "state" => q.state = matches!(&*v, "1" | "true"),
             _ => {}
         }
     }
@@ -105,6 +108,11 @@ async fn serve(
     let access = app.auth().reader(headers, q.token.as_deref()).await?;
     let channels = validate_channels(q.channels, cfg.max_channels)?;
     access.check_read(&channels)?;
+    if q.state && channels.len() != 1 {
+        return Err(ApiError::InvalidQuery(
+            "state=1 needs exactly one channel: its snapshot is the stream's first event".into(),
+        ));
+    }
     // The header (sent by EventSource on reconnect) wins over the query.
     let cursor = headers
         .get("last-event-id")
@@ -117,6 +125,7 @@ async fn serve(
         retry: cfg.retry,
         open_timeout: cfg.subscribe_timeout,
         replay: app.replay_budget().clone(),
+        state: q.state,
     };
     let mut session = StreamSession::open(app.hub(), app.broker(), app.metrics(), params).await?;
     if let Some(at) = access.expires_at() {

@@ -126,6 +126,17 @@ fn write_data(buf: &mut BytesMut, data: &[u8]) {
     }
 }
 
+/// A gateway event (`ssegate.*`) whose data is any text (a snapshot's
+/// body): every line becomes a `data:` line, as for published events.
+pub fn encode_control_text(event: &str, data: &[u8], cursor: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(event.len() + data.len() + 64);
+    field(&mut buf, b"event", event.as_bytes());
+    field(&mut buf, b"id", cursor);
+    write_data(&mut buf, data);
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
 /// A control event of the gateway itself (`ssegate.*`), with an optional
 /// cursor line. `data` must be a single line (we pass compact JSON).
 pub fn encode_control(event: &str, data: &str, cursor: Option<&[u8]>) -> Bytes {

@@ -12,6 +12,6 @@ mod id;
 
 pub use channel::{Channel, ChannelError, MAX_CHANNEL_LEN};
 pub use cursor::{Cursor, CursorError};
-pub use encode::{Encoded, encode_comment, encode_control, encode_retry_hint};
+pub use encode::{Encoded, encode_comment, encode_control, encode_control_text, encode_retry_hint};
 pub use envelope::{EnvelopeError, Event, parse_payload, parse_payload_lenient};
 pub use id::EventId;

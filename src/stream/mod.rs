@@ -26,11 +26,14 @@ use bytes::{Bytes, BytesMut};
 use crate::broker::{BrokerError, Page, SharedBroker, encode_incoming, now_us};
 use crate::hub::{Close, Hub, Item, Registration, Subscriber};
 use crate::metrics::Metrics;
-use crate::sse::{Channel, Cursor, Encoded, EventId, encode_comment, encode_control, encode_retry_hint};
+use crate::sse::{
+    Channel, Cursor, Encoded, EventId, encode_comment, encode_control, encode_control_text, encode_retry_hint,
+};
 use replay::{Replay, Step};
 
 pub const RESET_EVENT: &str = "ssegate.reset";
 pub const TOKEN_EXPIRED_EVENT: &str = "ssegate.token_expired";
+pub const STATE_EVENT: &str = "ssegate.state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -50,6 +53,8 @@ pub struct OpenParams {
     pub retry: Duration,
     pub open_timeout: Duration,
     pub replay: ReplayBudget,
+    /// `?state=1` (one channel): the channel's snapshot first.
+    pub state: bool,
 }
 
 pub struct StreamSession {
@@ -100,6 +105,18 @@ impl StreamSession {
             metrics: metrics.clone(),
         };
         match params.cursor.as_deref().map(|c| Cursor::parse(c, n)) {
+            None if params.state => {
+                // The snapshot first, then every event after its position.
+                let snapshot = broker.get_state(&session.reg.channels()[0]).await?;
+                if let Some(s) = &snapshot {
+                    session.positions[0] = s.position;
+                }
+                out.push(encode_retry_hint(retry_ms, Some(&session.cursor())));
+                if let Some(s) = snapshot {
+                    out.push(session.state_frame(&s.body));
+                }
+                session.start_replay(broker, params.replay, live);
+            }
             None => out.push(encode_retry_hint(retry_ms, Some(&session.cursor()))),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "malformed cursor");
@@ -116,13 +133,51 @@ impl StreamSession {
                     out.push(session.reset_frame(&ahead, "unknown_position"));
                     metrics.resets_ahead.increment(1);
                 }
-                if session.positions.iter().zip(live.iter()).any(|(p, l)| p < l) {
-                    session.replay = Some(Box::new(Replay::new(broker.clone(), params.replay, live)));
+                if params.state {
+                    session.reset_to_snapshot(broker, &mut out).await?;
                 }
+                session.start_replay(broker, params.replay, live);
             }
         }
         session.opening = out;
         Ok(session)
+    }
+
+    fn start_replay(&mut self, broker: &SharedBroker, budget: ReplayBudget, live: Box<[EventId]>) {
+        if self.positions.iter().zip(live.iter()).any(|(p, l)| p < l) {
+            self.replay = Some(Box::new(Replay::new(broker.clone(), budget, live)));
+        }
+    }
+
+    fn state_frame(&self, body: &[u8]) -> Bytes {
+        self.metrics.states_sent.increment(1);
+        encode_control_text(STATE_EVENT, body, &self.cursor())
+    }
+
+    /// A resume of a stream that asked for state, older than the retained
+    /// history, of a channel with a snapshot: `ssegate.reset` and the
+    /// snapshot right after it, then the events after its position, so that
+    /// the page needs no second round trip.
+    async fn reset_to_snapshot(
+        &mut self,
+        broker: &SharedBroker,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), BrokerError> {
+        let channel = self.reg.channels()[0].clone();
+        let probe = broker
+            .history(&channel, Page::new(self.positions[0], None, 1, 1))
+            .await?;
+        if !probe.trimmed {
+            return Ok(());
+        }
+        let Some(snapshot) = broker.get_state(&channel).await? else {
+            return Ok(());
+        };
+        self.positions[0] = snapshot.position;
+        out.push(self.reset_frame(&[0], "history_trimmed"));
+        self.metrics.resets_trimmed.increment(1);
+        out.push(self.state_frame(&snapshot.body));
+        Ok(())
     }
 
     /// Channels whose client position lies beyond anything the channel
@@ -140,12 +195,7 @@ impl StreamSession {
             if self.positions[i] <= at {
                 continue;
             }
-            let page = Page {
-                after: self.positions[i],
-                until: None,
-                limit: 1,
-                max_bytes: 1,
-            };
+            let page = Page::new(self.positions[i], None, 1, 1);
             let history = broker.history(&self.reg.channels()[i], page).await?;
             if self.positions[i] > history.tip {
                 self.positions[i] = at;

@@ -50,12 +50,7 @@ impl ReplayBudget {
     pub fn fetch(&self, broker: SharedBroker, channel: Channel, after: EventId, until: EventId) -> Fetch {
         let permits = self.permits.clone();
         let units = (self.page_bytes / UNIT) as u32;
-        let page = Page {
-            after,
-            until: Some(until),
-            limit: PAGE,
-            max_bytes: self.page_bytes,
-        };
+        let page = Page::new(after, Some(until), PAGE, self.page_bytes);
         Box::pin(async move {
             let permit = permits
                 .acquire_many_owned(units)

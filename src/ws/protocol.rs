@@ -11,6 +11,8 @@ pub enum Request {
     Subscribe {
         channel: String,
         after: Option<String>,
+        /// The channel's snapshot first (`"state": true`).
+        state: bool,
         reference: Option<Value>,
     },
     Unsubscribe {
@@ -50,6 +52,8 @@ impl Refusal {
 struct Subscribe {
     channel: String,
     after: Option<String>,
+    #[serde(default)]
+    state: bool,
     #[serde(rename = "ref")]
     reference: Option<Value>,
 }
@@ -111,6 +115,7 @@ pub fn parse(text: &[u8]) -> Result<Request, (Refusal, Option<Value>)> {
         "subscribe" => fields::<Subscribe>(msg, "subscribe").map(|m| Request::Subscribe {
             channel: m.channel,
             after: m.after,
+            state: m.state,
             reference: m.reference,
         }),
         "unsubscribe" => fields::<Unsubscribe>(msg, "unsubscribe").map(|m| Request::Unsubscribe {
@@ -157,6 +162,11 @@ pub fn reset(channel: &str, reason: &str, position: &str) -> Value {
     json!({"type": "reset", "channel": channel, "reason": reason, "position": position})
 }
 
+/// A channel's snapshot: `data` is the stored body, `id` its position.
+pub fn state(channel: &str, position: &str, body: &[u8]) -> Value {
+    json!({"type": "state", "channel": channel, "id": position, "data": String::from_utf8_lossy(body)})
+}
+
 pub fn ack(id: &str, reference: Option<Value>) -> Value {
     with_ref(json!({"type": "ack", "id": id}), reference)
 }
@@ -183,6 +193,7 @@ mod tests {
             Ok(Request::Subscribe {
                 channel: "a".into(),
                 after: Some("1-0".into()),
+                state: false,
                 reference: Some(json!(1)),
             })
         );

@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::frame;
 use super::protocol;
 use super::session::Slot;
-use crate::broker::{BrokerError, History, Page, encode_incoming};
+use crate::broker::{BrokerError, History, Page, Snapshot, encode_incoming};
 use crate::sse::{Channel, EventId};
 use crate::state::AppState;
 use crate::stream::Fetch;
@@ -29,6 +29,16 @@ pub enum Step {
     Failed,
 }
 
+type SnapshotFetch = BoxFuture<'static, Result<Option<Snapshot>, BrokerError>>;
+
+/// Where the snapshot of a `"state": true` subscribe stands.
+enum StateStep {
+    /// Asked for at the start (no `after`).
+    First(Option<SnapshotFetch>),
+    /// Asked for when the history after `after` turns out to be gone.
+    OnReset(Option<SnapshotFetch>),
+}
+
 pub struct Resume {
     app: AppState,
     ch: usize,
@@ -40,6 +50,9 @@ pub struct Resume {
     reference: Option<Option<Value>>,
     /// Checking a position ahead of this node against the channel's tip.
     tip: Option<BoxFuture<'static, Result<History, BrokerError>>>,
+    /// `"state": true`: the snapshot first (and after a reset); `None`
+    /// once it was asked for.
+    state: Option<StateStep>,
     fetch: Option<Fetch>,
     /// The page sent last holds its share of the budget until the socket
     /// comes back for more.
@@ -47,22 +60,31 @@ pub struct Resume {
 }
 
 impl Resume {
+    /// From `after` (or, with `state` and no `after`, from the snapshot)
+    /// up to `target`.
     pub fn new(
         app: &AppState,
         ch: usize,
         channel: Channel,
-        after: EventId,
+        after: Option<EventId>,
         target: EventId,
         reference: Option<Value>,
+        state: bool,
     ) -> Resume {
+        let state = match (state, after) {
+            (false, _) => None,
+            (true, None) => Some(StateStep::First(None)),
+            (true, Some(_)) => Some(StateStep::OnReset(None)),
+        };
         Resume {
             app: app.clone(),
             ch,
             channel,
-            after,
+            after: after.unwrap_or(target),
             target,
             reference: Some(reference),
             tip: None,
+            state,
             fetch: None,
             handed_out: None,
         }
@@ -97,8 +119,98 @@ impl Resume {
         counter.increment(1);
     }
 
+    fn state_frame(&self, snapshot: &Snapshot, out: &mut Vec<Bytes>) {
+        self.app.metrics().states_sent.increment(1);
+        let frame = protocol::state(
+            self.channel.as_str(),
+            &snapshot.position.to_string(),
+            &snapshot.body,
+        );
+        out.push(frame::json(&frame));
+    }
+
+    /// The snapshot asked for at the start: `subscribed` at its position,
+    /// then it, then the events after it.
+    fn poll_first_state(
+        &mut self,
+        cx: &mut Context<'_>,
+        slot: &mut Slot,
+        out: &mut Vec<Bytes>,
+    ) -> Poll<Step> {
+        let fetch = match &mut self.state {
+            Some(StateStep::First(f)) => f.get_or_insert_with(|| {
+                let broker = self.app.broker().clone();
+                let channel = self.channel.clone();
+                Box::pin(async move { broker.get_state(&channel).await })
+            }),
+            _ => unreachable!("called for the first snapshot"),
+        };
+        let snapshot = match ready!(fetch.poll_unpin(cx)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, channel = %self.channel, "reading a snapshot failed");
+                return Poll::Ready(Step::Failed);
+            }
+        };
+        self.state = None;
+        let Some(snapshot) = snapshot else {
+            // No snapshot: live from now, as without `state`.
+            slot.position = self.target;
+            self.subscribed(self.target, out);
+            return Poll::Ready(Step::Done);
+        };
+        self.after = snapshot.position;
+        slot.position = snapshot.position;
+        self.subscribed(snapshot.position, out);
+        self.state_frame(&snapshot, out);
+        if snapshot.position >= self.target {
+            return Poll::Ready(Step::Done);
+        }
+        Poll::Ready(Step::More)
+    }
+
+    /// History after `after` is gone: with `state`, the snapshot right
+    /// after the reset, then the events after it; without, live on.
+    fn poll_reset(&mut self, cx: &mut Context<'_>, slot: &mut Slot, out: &mut Vec<Bytes>) -> Poll<Step> {
+        let fetch = match &mut self.state {
+            Some(StateStep::OnReset(f)) => Some(f.get_or_insert_with(|| {
+                let broker = self.app.broker().clone();
+                let channel = self.channel.clone();
+                Box::pin(async move { broker.get_state(&channel).await })
+            })),
+            _ => None,
+        };
+        let snapshot = match fetch {
+            None => None,
+            Some(f) => match ready!(f.poll_unpin(cx)) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, channel = %self.channel, "reading a snapshot failed");
+                    return Poll::Ready(Step::Failed);
+                }
+            },
+        };
+        self.state = None;
+        self.reset("history_trimmed", slot, out);
+        let Some(snapshot) = snapshot else {
+            return Poll::Ready(Step::Done);
+        };
+        self.state_frame(&snapshot, out);
+        slot.position = snapshot.position;
+        if snapshot.position >= self.target {
+            return Poll::Ready(Step::Done);
+        }
+        Poll::Ready(Step::More)
+    }
+
     pub fn poll_step(&mut self, cx: &mut Context<'_>, slot: &mut Slot, out: &mut Vec<Bytes>) -> Poll<Step> {
         self.handed_out = None;
+        match &self.state {
+            Some(StateStep::First(_)) => return self.poll_first_state(cx, slot, out),
+            // A reset waiting for its snapshot.
+            Some(StateStep::OnReset(Some(_))) => return self.poll_reset(cx, slot, out),
+            _ => {}
+        }
         if self.after > self.target {
             return self.poll_ahead(cx, slot, out);
         }
@@ -126,8 +238,7 @@ impl Resume {
             }
         };
         if page.trimmed {
-            self.reset("history_trimmed", slot, out);
-            return Poll::Ready(Step::Done);
+            return self.poll_reset(cx, slot, out);
         }
         let before = slot.position;
         let more = page.more;
@@ -161,12 +272,7 @@ impl Resume {
         let (channel, after) = (self.channel.clone(), self.after);
         let tip = self.tip.get_or_insert_with(|| {
             Box::pin(async move {
-                let page = Page {
-                    after,
-                    until: None,
-                    limit: 1,
-                    max_bytes: 1,
-                };
+                let page = Page::new(after, None, 1, 1);
                 broker.history(&channel, page).await
             })
         });

@@ -38,8 +38,16 @@ pub struct Slot {
     pub channel: Channel,
     _subscription: Subscription,
     pub position: EventId,
-    /// Until the channel is live: the client's `after` and `ref`.
-    start: Option<(Option<EventId>, Option<Value>)>,
+    /// Until the channel is live: what the subscribe asked.
+    start: Option<Start>,
+}
+
+/// A subscribe waiting for its channel to be live: its `after`, whether
+/// it wants the snapshot, its `ref`.
+struct Start {
+    after: Option<EventId>,
+    state: bool,
+    reference: Option<Value>,
 }
 
 /// The outcome of something the socket waited for.
@@ -92,7 +100,7 @@ impl Session {
         };
         session.set_expiry();
         for c in channels {
-            session.add(c, None, None);
+            session.add(c, None, false, None);
         }
         let mut out = Vec::new();
         let open_timeout = session.app.config().subscribe_timeout;
@@ -134,7 +142,7 @@ impl Session {
             .position(|s| s.as_ref().is_some_and(|s| s.channel.as_str() == channel))
     }
 
-    fn add(&mut self, channel: Channel, after: Option<EventId>, reference: Option<Value>) {
+    fn add(&mut self, channel: Channel, after: Option<EventId>, state: bool, reference: Option<Value>) {
         let ch = match self.slots.iter().position(Option::is_none) {
             Some(free) => free,
             None => {
@@ -147,7 +155,11 @@ impl Session {
             channel,
             _subscription: subscription,
             position: EventId::ZERO,
-            start: Some((after, reference)),
+            start: Some(Start {
+                after,
+                state,
+                reference,
+            }),
         });
     }
 
@@ -173,6 +185,7 @@ impl Session {
             Subscribe {
                 channel,
                 after,
+                state,
                 reference,
             } => {
                 let r = reference.clone();
@@ -199,7 +212,7 @@ impl Session {
                         )
                     })?),
                 };
-                self.add(channel, after, reference);
+                self.add(channel, after, state, reference);
                 Ok(())
             }
             Unsubscribe { channel, reference } => {
@@ -313,13 +326,20 @@ impl Session {
         let Some(slot) = self.slots.get_mut(ch as usize).and_then(Option::as_mut) else {
             return;
         };
-        let Some((after, reference)) = slot.start.take() else {
+        let Some(Start {
+            after,
+            state,
+            reference,
+        }) = slot.start.take()
+        else {
             return;
         };
         match after {
-            Some(a) if a != pos => {
-                // Resume: `subscribed` once the replay knows where it starts.
-                let resume = Resume::new(&self.app, ch as usize, slot.channel.clone(), a, pos, reference);
+            _ if state || after.is_some_and(|a| a != pos) => {
+                // A resume or a snapshot: `subscribed` once the replay knows
+                // where it starts.
+                let channel = slot.channel.clone();
+                let resume = Resume::new(&self.app, ch as usize, channel, after, pos, reference, state);
                 self.resume = Some(Box::new(resume));
             }
             _ => {

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerError, History, HistoryFacts, IdempotencyKey, Page, Published, Retention, encode_incoming,
-    gap_after,
+    Broker, BrokerError, History, HistoryFacts, IdempotencyKey, Page, Published, Retention, Snapshot,
+    encode_incoming, gap_after,
 };
 use crate::hub::{Hub, Plan, SubCommand};
 use crate::metrics::Metrics;
@@ -141,7 +141,7 @@ impl Broker for MemoryBroker {
                 };
                 let trimmed = gap_after(page.after, &facts, ttl);
                 let mut entries = Vec::new();
-                if !trimmed {
+                if !trimmed || page.lenient {
                     let start = s.entries.partition_point(|e| e.id <= page.after);
                     let mut bytes = 0;
                     for e in s.entries.range(start..) {
@@ -165,6 +165,23 @@ impl Broker for MemoryBroker {
             }
         };
         Box::pin(std::future::ready(Ok(history)))
+    }
+
+    fn put_state(&self, channel: &Channel, body: Bytes) -> BoxFuture<'_, Result<EventId, BrokerError>> {
+        let mut store = self.0.store.lock();
+        let position = store.put_state(channel, body);
+        self.0.metrics.history_memory.set(store.bytes() as f64);
+        Box::pin(std::future::ready(Ok(position)))
+    }
+
+    fn get_state(&self, channel: &Channel) -> BoxFuture<'_, Result<Option<Snapshot>, BrokerError>> {
+        let snapshot = self
+            .0
+            .store
+            .lock()
+            .live(channel)
+            .and_then(|log| log.state.clone());
+        Box::pin(std::future::ready(Ok(snapshot)))
     }
 
     fn is_connected(&self) -> bool {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::broker::{HistoryEntry, IdempotencyKey, Published, Retention, now_us};
+use crate::broker::{HistoryEntry, IdempotencyKey, Published, Retention, Snapshot, now_us};
 use crate::sse::{Channel, EventId};
 
 /// Bytes counted per event and per key beyond their payload (entry,
@@ -26,6 +26,8 @@ pub(super) struct Log {
     pub(super) last: EventId,
     pub(super) max_deleted: EventId,
     pub(super) expires: Option<Instant>,
+    /// The channel's snapshot (`PUT /v1/state`), kept and expired with it.
+    pub(super) state: Option<Snapshot>,
     keys: HashMap<String, EventId>,
     /// Keys in publish order, for forgetting those older than the history.
     key_order: VecDeque<(EventId, String)>,
@@ -157,12 +159,52 @@ impl Store {
         Published { id, replayed: false }
     }
 
+    /// Stores `body` as the channel's snapshot at its current position.
+    pub(super) fn put_state(&mut self, channel: &Channel, body: Bytes) -> EventId {
+        let ttl = self.retention.ttl;
+        if self.live(channel).is_none() {
+            self.bytes += LOG_OVERHEAD;
+            let log = Log {
+                bytes: LOG_OVERHEAD,
+                ..Log::default()
+            };
+            self.logs.insert(channel.clone(), log);
+        }
+        let log = self.logs.get_mut(channel).expect("inserted above");
+        let old = log.state.as_ref().map_or(0, |s| s.body.len());
+        let new = body.len();
+        log.state = Some(Snapshot {
+            position: log.last,
+            body,
+        });
+        log.bytes = log.bytes + new - old;
+        self.bytes = self.bytes + new - old;
+        if !ttl.is_zero() {
+            log.expires = Some(Instant::now() + ttl);
+        }
+        let position = log.last;
+        // A snapshot takes its turn in the node's bound like an event (the
+        // zero id marks it): a channel with nothing else goes with it.
+        self.order.push_back((channel.clone(), EventId::ZERO));
+        self.enforce_bound();
+        position
+    }
+
     /// Drops the node's oldest events until its history fits the bound.
     fn enforce_bound(&mut self) {
         while self.bytes > self.max_bytes {
             let Some((channel, id)) = self.order.pop_front() else {
                 break;
             };
+            if id == EventId::ZERO {
+                if let Some(log) = self.logs.get(&channel)
+                    && log.entries.is_empty()
+                {
+                    self.bytes -= log.bytes;
+                    self.logs.remove(&channel);
+                }
+                continue;
+            }
             if let Some(log) = self.logs.get_mut(&channel)
                 && log.entries.front().is_some_and(|e| e.id == id)
             {
@@ -187,10 +229,10 @@ impl Store {
     /// Forgets order entries whose event is gone.
     fn compact_order(&mut self) {
         let logs = &self.logs;
-        self.order.retain(|(channel, id)| {
-            logs.get(channel)
-                .and_then(|l| l.entries.front())
-                .is_some_and(|first| first.id <= *id)
+        self.order.retain(|(channel, id)| match logs.get(channel) {
+            None => false,
+            Some(l) if *id == EventId::ZERO => l.state.is_some() && l.entries.is_empty(),
+            Some(l) => l.entries.front().is_some_and(|first| first.id <= *id),
         });
     }
 
@@ -237,6 +279,20 @@ mod tests {
         s.append(&c, &Bytes::from("b"), None);
         s.append(&c, &Bytes::from("c"), None);
         assert!(!s.append(&c, &Bytes::from("a"), Some(&key)).replayed);
+    }
+
+    #[test]
+    fn snapshots_take_the_channels_position_and_count_in_the_bound() {
+        let mut s = store(10, 64 * 1024);
+        let c = chan("c");
+        assert_eq!(s.put_state(&c, Bytes::from("empty")), EventId::ZERO);
+        let id = s.append(&c, &Bytes::from("e"), None).id;
+        assert_eq!(s.put_state(&c, Bytes::from("after e")), id);
+        for i in 0..1000 {
+            s.put_state(&chan(&format!("s{i}")), Bytes::from(vec![b'x'; 1000]));
+            assert!(s.bytes() <= 64 * 1024);
+        }
+        assert!(s.live(&chan("s0")).is_none(), "the oldest snapshot went first");
     }
 
     #[test]

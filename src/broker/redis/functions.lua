@@ -11,9 +11,15 @@
 --   a key seen before answers {first id, 1} and appends nothing. Keys are
 --   kept in '<prefix>{C}:idem' (key -> id) and '<prefix>{C}:idem:t' (key by
 --   time), in the channel's slot, pruned as the history is trimmed.
--- ssegate_history(1, key, after, upto, count, max_bytes) -> {trimmed, tip, entries}
+-- ssegate_history(1, key, after, upto, count, max_bytes[, lenient]) -> {trimmed, tip, entries}
 --   At most count entries after `after` up to `upto`, stopping once their
---   payloads reach max_bytes (at least one entry).
+--   payloads reach max_bytes (at least one entry). When trimmed, no
+--   entries, unless lenient is '1' (then those still retained).
+-- ssegate_state_put(1, key, body) -> position
+--   Stores body as the channel's snapshot at its newest id, atomically
+--   (no event can slip between the two), in '<prefix>{C}:state', with the
+--   history's idle expiry (each publish refreshes it).
+-- ssegate_state_get(1, key) -> {position, body}, or nil without a snapshot
 -- ssegate_tip(1, key) -> newest id ever added ('0-0' without history)
 
 local MAXLEN = __MAXLEN__
@@ -74,7 +80,10 @@ local function publish(keys, args)
     if seen then return {seen, 1} end
   end
   local id = redis.call('XADD', key, 'MAXLEN', '~', MAXLEN, '*', 'p', payload)
-  if TTL_MS > 0 then redis.call('PEXPIRE', key, TTL_MS) end
+  if TTL_MS > 0 then
+    redis.call('PEXPIRE', key, TTL_MS)
+    redis.call('PEXPIRE', channel .. ':state', TTL_MS)
+  end
   redis.call(PUBLISH, channel, '\0' .. id .. '\0' .. payload)
   if ikey == nil then return id end
   redis.call('HSET', idem, ikey, id)
@@ -127,8 +136,37 @@ local function history(keys, args)
     local am = split(after)
     trimmed = (fm - am) >= TTL_MS
   end
-  if trimmed then return {1, f['last-generated-id'], {}} end
-  return {0, f['last-generated-id'], range(key, after, upto, count, max_bytes)}
+  if trimmed and args[5] ~= '1' then return {1, f['last-generated-id'], {}} end
+  return {trimmed and 1 or 0, f['last-generated-id'], range(key, after, upto, count, max_bytes)}
+end
+
+local function checked_log_key(keys, name)
+  if #keys ~= 1 or string.sub(keys[1], -5) ~= '}:log' then
+    return nil, redis.error_reply('ERR ' .. name .. ' takes one key, <prefix>{channel}:log')
+  end
+  return keys[1]
+end
+
+local function state_put(keys, args)
+  local key, err = checked_log_key(keys, 'ssegate_state_put')
+  if not key then return err end
+  if args[1] == nil then
+    return redis.error_reply('ERR ssegate_state_put needs the snapshot as its argument')
+  end
+  local position = '0-0'
+  if redis.call('EXISTS', key) == 1 then position = info(key)['last-generated-id'] end
+  local state = string.sub(key, 1, -5) .. ':state'
+  redis.call('HSET', state, 'p', position, 'b', args[1])
+  if TTL_MS > 0 then redis.call('PEXPIRE', state, TTL_MS) end
+  return position
+end
+
+local function state_get(keys)
+  local key, err = checked_log_key(keys, 'ssegate_state_get')
+  if not key then return err end
+  local v = redis.call('HMGET', string.sub(key, 1, -5) .. ':state', 'p', 'b')
+  if not v[1] then return false end
+  return {v[1], v[2]}
 end
 
 local function tip(keys)
@@ -139,3 +177,5 @@ end
 redis.register_function('ssegate_publish', publish)
 redis.register_function{function_name = 'ssegate_history', callback = history, flags = {'no-writes'}}
 redis.register_function{function_name = 'ssegate_tip', callback = tip, flags = {'no-writes'}}
+redis.register_function('ssegate_state_put', state_put)
+redis.register_function{function_name = 'ssegate_state_get', callback = state_get, flags = {'no-writes'}}

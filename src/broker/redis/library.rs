@@ -27,9 +27,12 @@ pub(super) fn load_command(library: &str) -> redis::Cmd {
     cmd
 }
 
+/// The functions that write.
+const WRITING: [&str; 2] = ["ssegate_publish", "ssegate_state_put"];
+
 /// `FCALL <function> 1 <key>` (`FCALL_RO` for the read-only functions).
 pub(super) fn fcall(function: &str, key: String) -> redis::Cmd {
-    let mut cmd = redis::cmd(if function == "ssegate_publish" {
+    let mut cmd = redis::cmd(if WRITING.contains(&function) {
         "FCALL"
     } else {
         "FCALL_RO"
@@ -49,6 +52,24 @@ pub(super) fn parse_id(v: &Value) -> Result<EventId, BrokerError> {
         _ => None,
     }
     .ok_or_else(|| proto(format!("expected an event id, got {v:?}")))
+}
+
+/// The reply of `ssegate_state_get`: `[position, body]` or nil.
+pub(super) fn parse_snapshot(v: Value) -> Result<Option<crate::broker::Snapshot>, BrokerError> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::Array(mut parts) if parts.len() == 2 => {
+            let body = match parts.pop() {
+                Some(Value::BulkString(b)) => Bytes::from(b),
+                other => return Err(proto(format!("ssegate_state_get: body {other:?}"))),
+            };
+            Ok(Some(crate::broker::Snapshot {
+                position: parse_id(&parts[0])?,
+                body,
+            }))
+        }
+        other => Err(proto(format!("ssegate_state_get: {other:?}"))),
+    }
 }
 
 /// The reply of `ssegate_history`: `[trimmed, tip, [[id, [field, payload]]...]]`.

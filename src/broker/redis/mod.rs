@@ -30,12 +30,12 @@ use redis::{IntoConnectionInfo, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, History, IdempotencyKey, Page, Published};
+use super::{Broker, BrokerError, History, IdempotencyKey, Page, Published, Snapshot};
 use crate::hub::{Hub, SubCommand};
 use crate::metrics::Metrics;
 use crate::sse::{Channel, EventId};
 use commands::Commands;
-use library::{fcall, parse_history, parse_id};
+use library::{fcall, parse_history, parse_id, parse_snapshot};
 use pubsub::{Kind, PubSub, Target};
 
 /// What the broker's tasks share: the command connections and the
@@ -89,8 +89,20 @@ impl Inner {
         cmd.arg(page.after.to_string())
             .arg(upto)
             .arg(page.limit)
-            .arg(page.max_bytes);
+            .arg(page.max_bytes)
+            .arg(if page.lenient { "1" } else { "0" });
         Ok(parse_history(self.fcall(&cmd).await?)?.limited_by(&page))
+    }
+
+    async fn put_state(&self, channel: &str, body: &[u8]) -> Result<EventId, BrokerError> {
+        let mut cmd = fcall("ssegate_state_put", self.names.log(channel));
+        cmd.arg(body);
+        parse_id(&self.fcall::<Value>(&cmd).await?)
+    }
+
+    async fn get_state(&self, channel: &str) -> Result<Option<Snapshot>, BrokerError> {
+        let cmd = fcall("ssegate_state_get", self.names.log(channel));
+        parse_snapshot(self.fcall(&cmd).await?)
     }
 
     /// Newest ids of several channels.
@@ -245,6 +257,16 @@ impl Broker for RedisBroker {
     fn history(&self, channel: &Channel, page: Page) -> BoxFuture<'_, Result<History, BrokerError>> {
         let channel = channel.clone();
         Box::pin(async move { self.0.history(channel.as_str(), page).await })
+    }
+
+    fn put_state(&self, channel: &Channel, body: Bytes) -> BoxFuture<'_, Result<EventId, BrokerError>> {
+        let channel = channel.clone();
+        Box::pin(async move { self.0.put_state(channel.as_str(), &body).await })
+    }
+
+    fn get_state(&self, channel: &Channel) -> BoxFuture<'_, Result<Option<Snapshot>, BrokerError>> {
+        let channel = channel.clone();
+        Box::pin(async move { self.0.get_state(channel.as_str()).await })
     }
 
     fn is_connected(&self) -> bool {

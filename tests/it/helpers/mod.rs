@@ -5,6 +5,7 @@
 
 mod metrics;
 mod node;
+mod redis_cluster;
 mod redis_server;
 mod sse;
 mod tools;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 pub use metrics::*;
 pub use node::*;
+pub use redis_cluster::*;
 pub use redis_server::*;
 pub use sse::*;
 pub use tools::*;

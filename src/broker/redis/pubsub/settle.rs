@@ -64,12 +64,7 @@ async fn repair(inner: &Inner, hub: &Hub, channel: &Channel, t: Ticket, mut from
     let mut backoff = Backoff::default();
     let mut delivered = 0;
     loop {
-        let page = Page {
-            after: from,
-            until: None,
-            limit: REPAIR_PAGE,
-            max_bytes: REPAIR_BYTES,
-        };
+        let page = Page::new(from, None, REPAIR_PAGE, REPAIR_BYTES);
         let page = match inner.history(channel.as_str(), page).await {
             Ok(p) => p,
             Err(e) => {
