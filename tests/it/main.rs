@@ -15,3 +15,4 @@ mod library;
 mod netfault;
 mod scale;
 mod tools;
+mod websocket;

@@ -1,0 +1,4 @@
+//! The WebSocket endpoint (`/v1/ws`) end to end, against real nodes.
+
+mod raw;
+mod slots;
