@@ -46,7 +46,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 /// Whether tests/browser/node_modules holds what package-lock.json pins.
-fn node_modules_match(dir: &Path) -> bool {
+pub(crate) fn node_modules_match(dir: &Path) -> bool {
     let read = |p: PathBuf| -> Value {
         std::fs::read_to_string(p)
             .ok()
