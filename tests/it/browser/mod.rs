@@ -19,6 +19,7 @@ mod demo;
 mod failover;
 mod http2;
 mod tokens;
+mod websocket;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
