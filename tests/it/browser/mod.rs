@@ -18,6 +18,7 @@
 mod demo;
 mod failover;
 mod http2;
+mod mixed;
 mod tokens;
 mod websocket;
 
