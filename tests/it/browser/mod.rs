@@ -16,6 +16,7 @@
 //! One browser runs at a time.
 
 mod demo;
+mod demo_ws;
 mod failover;
 mod http2;
 mod mixed;
