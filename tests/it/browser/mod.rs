@@ -22,6 +22,7 @@ mod http2;
 mod mixed;
 mod tokens;
 mod websocket;
+mod ws_cookie;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@
 //! printed line elsewhere (`require_tool`).
 
 mod client;
+mod origin;
 mod protocol;
 mod raw;
 mod served;

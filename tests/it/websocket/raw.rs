@@ -125,3 +125,49 @@ impl RawWs {
         }
     }
 }
+
+/// Sends an upgrade request for `path` with `headers` and returns the
+/// answer's status and, unless it is `101`, its body.
+pub async fn upgrade_answer(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut ws = RawWs {
+        sock,
+        buf: Vec::new(),
+    };
+    let end = loop {
+        if let Some(i) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        ws.read_more().await;
+    };
+    let head = String::from_utf8_lossy(&ws.buf[..end]).to_ascii_lowercase();
+    let status: u16 = head[9..12].parse().unwrap();
+    if status == 101 {
+        return (status, String::new());
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("a refusal has a content-length");
+    while ws.buf.len() < end + len {
+        ws.read_more().await;
+    }
+    (
+        status,
+        String::from_utf8_lossy(&ws.buf[end..end + len]).into_owned(),
+    )
+}
