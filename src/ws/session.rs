@@ -231,6 +231,7 @@ impl Session {
             } => self.publish(channel, data, event, reference),
             Refresh { token, reference } => {
                 let app = self.app.clone();
+                let r = reference.clone();
                 self.start(Box::pin(async move {
                     match app.auth().reader(&Default::default(), Some(&token)).await {
                         Ok(access) => Outcome::Refreshed(access, reference),
@@ -240,7 +241,7 @@ impl Session {
                         ))),
                     }
                 }))
-                .map_err(|r| (r, None))
+                .map_err(|refusal| (refusal, r))
             }
         }
     }

@@ -12,6 +12,7 @@
 
 mod client;
 mod origin;
+mod pending;
 mod protocol;
 mod raw;
 mod served;
