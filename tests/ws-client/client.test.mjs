@@ -137,6 +137,28 @@ test("unsubscribe stops a channel at once; the other goes on", async () => {
   assert.deepEqual(got(a), []);
 });
 
+test("an unsubscribe right after a subscribe rejects it at once; subscribing again works", async () => {
+  const [a, b] = [unique("quick-a"), unique("quick-b")];
+  const c = client(B, { token: token({ channels: [a, b] }) });
+  await c.subscribe(b);
+  const got = record(c);
+  // Back to back: the gateway gets each subscribe and unsubscribe in turn.
+  for (let i = 0; i < 20; i++) {
+    const pending = c.subscribe(a);
+    await c.unsubscribe(a);
+    await assert.rejects(pending, /unsubscribed from .* before it was subscribed/);
+  }
+  const reply = await c.subscribe(a);
+  assert.equal(reply.channel, a);
+  const publisher = token({ publish: [a, b] });
+  const onA = await post(B, a, "on a", publisher);
+  const onB = await post(B, b, "on b", publisher);
+  await until(c, got, a, onA);
+  await until(c, got, b, onB);
+  assert.deepEqual(got(a).map((e) => e.data), ["on a"]);
+  assert.deepEqual(got(b).map((e) => e.data), ["on b"]);
+});
+
 test("after its node drains (1001) the client resumes every channel on another node, each event once", async () => {
   const [a, b] = [unique("drain-a"), unique("drain-b")];
   const fw = await forwarder(A);

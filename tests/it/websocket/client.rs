@@ -39,7 +39,7 @@ async fn the_javascript_client_and_the_gateway_agree() {
         ],
     )
     .await;
-    assert_eq!(passed, 8);
+    assert_eq!(passed, 9);
     // Node A was drained by the script (SIGTERM) and exited by itself.
     assert!(exited(&mut a.child).await.success());
 }
