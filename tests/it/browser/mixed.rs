@@ -66,7 +66,7 @@ async fn an_eventsource_and_a_websocket_on_different_nodes_get_the_same_events()
     .await;
 
     // Durable through either node and through Redis; one ephemeral.
-    let on = |i: usize| if i % 2 == 0 { &sse_node } else { &ws_node };
+    let on = |i: usize| if i.is_multiple_of(2) { &sse_node } else { &ws_node };
     let bodies = [
         "plain text",
         "line one\nline two",
