@@ -11,6 +11,7 @@
 //! printed line elsewhere (`require_tool`).
 
 mod client;
+mod heartbeat;
 mod origin;
 mod pending;
 mod protocol;
