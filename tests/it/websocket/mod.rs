@@ -15,7 +15,7 @@ mod heartbeat;
 mod origin;
 mod pending;
 mod protocol;
-mod raw;
+pub(crate) mod raw;
 mod served;
 mod slots;
 
