@@ -4,9 +4,13 @@
 //! survives the SIGKILL of its node behind HAProxy and, with its own
 //! Last-Event-ID, ends with every durable event exactly once; a page on
 //! another origin reads with a cookie through CORS, and a page on an origin
-//! that is not allowed reads nothing; one page holds 20 streams over HTTP/2;
-//! and the demo page's screenshot is docs/demo.png (refreshed with
-//! SSEGATE_UPDATE_SCREENSHOT=1).
+//! that is not allowed reads nothing (over EventSource and over WebSocket);
+//! one page holds 20 streams over HTTP/2; the demo page's screenshot is
+//! docs/demo.png (refreshed with SSEGATE_UPDATE_SCREENSHOT=1), and its
+//! WebSocket mode publishes with acks and resumes; Chromium's WebSocket,
+//! with the client the node serves at /ssegate.js, gets every event once
+//! behind HAProxy through a node kill and a drain; and an EventSource and a
+//! WebSocket on two nodes get the same events.
 //!
 //! They need `node` and `npm`, `chromium` on PATH (or `SSEGATE_CHROMIUM`)
 //! and, for the balancer test, `haproxy`; scripts/test.sh installs them.
