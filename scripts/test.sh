@@ -39,6 +39,8 @@ echo "== npm ci (tests/browser: playwright-core only, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund --prefer-offline)
 echo "== npm ci (clients/js: ws for the client's tests)"
 (cd clients/js && npm ci --no-audit --no-fund --prefer-offline)
+echo "== npm ci (tests/ws-client: ws for the scripts tests/it/websocket/ runs against real nodes)"
+(cd tests/ws-client && npm ci --no-audit --no-fund --prefer-offline)
 
 echo "== redis: $(redis-server --version)"
 echo "== module graph (fails on an import cycle)"

@@ -178,7 +178,12 @@ export class Client {
    * @param {string} channel @returns {Promise<void>}
    */
   unsubscribe(channel) {
-    if (this.#drop(channel) && this.#open) this.#tell({ type: "unsubscribe", channel });
+    const ch = this.#channels.get(channel);
+    if (this.#drop(channel)) {
+      // A subscribe still waiting for its reply will not get one.
+      settle(ch, false, new Error(`ssegate: unsubscribed from ${channel} before it was subscribed`));
+      if (this.#open) this.#tell({ type: "unsubscribe", channel });
+    }
     return Promise.resolve();
   }
 

@@ -52,6 +52,11 @@ pub enum ApiError {
     NoState,
     #[error(transparent)]
     BadUpgrade(crate::ws::UpgradeError),
+    #[error(
+        "a WebSocket that sends its token in the cookie must come from this gateway's origin or one \
+         listed in --cors-origin, not {0:?}; pass the token as the `token` parameter instead"
+    )]
+    OriginNotAllowed(String),
     #[error("malformed HTTP request: {0}")]
     MalformedRequest(String),
     #[error("the request head is larger than {max} bytes")]
@@ -89,6 +94,7 @@ impl ApiError {
             NoState => (StatusCode::NOT_FOUND, "no_state"),
             BadUpgrade(crate::ws::UpgradeError::Version) => (StatusCode::UPGRADE_REQUIRED, "invalid_upgrade"),
             BadUpgrade(_) => (StatusCode::BAD_REQUEST, "invalid_upgrade"),
+            OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             MalformedRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             HeadTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "head_too_large"),

@@ -30,6 +30,10 @@ use crate::state::AppState;
 
 static DEMO_PAGE: &str = include_str!("demo/index.html");
 
+/// The JavaScript client, served so that a page can load it from the
+/// gateway it talks to (`import { connect } from "/ssegate.js"`).
+static CLIENT_JS: &str = include_str!("../../clients/js/ssegate.js");
+
 /// The demo page: subscribe, publish, watch events arrive (`--demo`).
 async fn demo(axum::extract::State(app): axum::extract::State<AppState>) -> axum::response::Response {
     use axum::response::{Html, IntoResponse};
@@ -37,6 +41,20 @@ async fn demo(axum::extract::State(app): axum::extract::State<AppState>) -> axum
         return ApiError::NotFound.into_response();
     }
     Html(DEMO_PAGE).into_response()
+}
+
+/// `GET /ssegate.js`: the JavaScript client. Cached briefly, so that a new
+/// release of the gateway reaches browsers soon after it is deployed.
+async fn client_js() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        CLIENT_JS,
+    )
+        .into_response()
 }
 
 /// CORS for the configured origins: `*` allows any origin without
@@ -109,6 +127,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(max_payload)),
         )
         .route("/", get(demo))
+        .route("/ssegate.js", get(client_js))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -5,7 +5,7 @@
 //! the upgrade is answered.
 
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
 
@@ -13,6 +13,40 @@ use super::error::ApiError;
 use super::subscribe::{parse_query, validate_channels};
 use crate::state::AppState;
 use crate::ws::{self, Session, WsConn, WsHandoff};
+
+fn has_bearer(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+}
+
+/// A token from the cookie: a browser sends the cookie with a WebSocket
+/// that any page of the site opens, and WebSocket has no CORS, so the node
+/// takes it only from the origins that could read with it through CORS:
+/// its own, and those listed in `--cors-origin` (`*` allows no
+/// credentials). A request without `Origin` is not a browser's.
+fn cookie_origin(app: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    let same = match (host, origin.split_once("://")) {
+        (Some(host), Some((_, authority))) => authority.eq_ignore_ascii_case(host),
+        _ => false,
+    };
+    let listed = app.config().cors_origin.iter().any(|o| o != "*" && o == origin);
+    if same || listed {
+        Ok(())
+    } else {
+        Err(ApiError::OriginNotAllowed(origin.to_owned()))
+    }
+}
 
 #[tracing::instrument(skip_all)]
 pub async fn upgrade(
@@ -37,6 +71,9 @@ pub async fn upgrade(
     };
     let q = parse_query(raw.as_deref());
     let access = app.auth().reader(req.headers(), q.token.as_deref()).await?;
+    if app.auth().is_enforced() && q.token.is_none() && !has_bearer(req.headers()) {
+        cookie_origin(&app, req.headers(), req.uri())?;
+    }
     let max = app.config().ws_max_channels;
     let channels = if q.channels.is_empty() {
         Vec::new()

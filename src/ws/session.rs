@@ -63,6 +63,10 @@ pub struct Session {
     sub: Arc<Subscriber>,
     _attachment: Attachment,
     slots: Vec<Option<Slot>>,
+    /// Channel numbers freed since the queue was last drained: items of
+    /// the channel that had one may still be queued under it, so it is not
+    /// given to another channel until they are taken.
+    retired: Vec<usize>,
     access: Access,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     pending: Option<Box<FuturesUnordered<Pending>>>,
@@ -89,6 +93,7 @@ impl Session {
             _attachment: attachment,
             sub,
             slots: Vec::new(),
+            retired: Vec::new(),
             expiry: None,
             pending: None,
             resume: None,
@@ -142,14 +147,17 @@ impl Session {
             .position(|s| s.as_ref().is_some_and(|s| s.channel.as_str() == channel))
     }
 
+    /// A channel number to give a new subscription, if one is left.
+    fn free_slot(&self) -> Option<usize> {
+        let reusable = (0..self.slots.len()).find(|i| self.slots[*i].is_none() && !self.retired.contains(i));
+        reusable.or((self.slots.len() <= u16::MAX as usize).then_some(self.slots.len()))
+    }
+
     fn add(&mut self, channel: Channel, after: Option<EventId>, state: bool, reference: Option<Value>) {
-        let ch = match self.slots.iter().position(Option::is_none) {
-            Some(free) => free,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
-        };
+        let ch = self.free_slot().expect("checked by the caller");
+        if ch == self.slots.len() {
+            self.slots.push(None);
+        }
         let subscription = self.app.hub().subscribe(&self.sub, channel.clone(), ch as u16);
         self.slots[ch] = Some(Slot {
             channel,
@@ -199,7 +207,7 @@ impl Session {
                     return Err((Refusal::new("already_subscribed", msg), r));
                 }
                 let max = self.app.config().ws_max_channels;
-                if self.slots.iter().flatten().count() >= max {
+                if self.slots.iter().flatten().count() >= max || self.free_slot().is_none() {
                     let msg = format!("at most {max} channels per socket");
                     return Err((Refusal::new("too_many_channels", msg), r));
                 }
@@ -221,6 +229,7 @@ impl Session {
                     return Err((Refusal::new("not_subscribed", msg), reference));
                 };
                 self.slots[ch] = None;
+                self.retired.push(ch);
                 if self.resume.as_ref().is_some_and(|r| r.channel_index() == ch) {
                     self.resume = None;
                 }
@@ -235,6 +244,7 @@ impl Session {
             } => self.publish(channel, data, event, reference),
             Refresh { token, reference } => {
                 let app = self.app.clone();
+                let r = reference.clone();
                 self.start(Box::pin(async move {
                     match app.auth().reader(&Default::default(), Some(&token)).await {
                         Ok(access) => Outcome::Refreshed(access, reference),
@@ -244,7 +254,7 @@ impl Session {
                         ))),
                     }
                 }))
-                .map_err(|r| (r, None))
+                .map_err(|refusal| (refusal, r))
             }
         }
     }
@@ -434,6 +444,8 @@ impl Session {
         let mut items = std::mem::take(&mut self.spare);
         match self.sub.poll_drain(cx, &mut items) {
             Poll::Pending => {
+                // Nothing queued, nothing stashed: no item names a freed number.
+                self.retired.clear();
                 self.spare = items;
                 return Poll::Pending;
             }
@@ -452,6 +464,10 @@ impl Session {
                 self.stash.extend(items.drain(..));
                 break;
             }
+        }
+        if self.stash.is_empty() {
+            // Everything queued before the last unsubscribe has been taken.
+            self.retired.clear();
         }
         self.spare = items;
         Poll::Ready(Ok(()))

@@ -16,4 +16,5 @@ mod library;
 mod netfault;
 mod scale;
 mod tools;
+mod websocket;
 mod ws;

@@ -2,7 +2,8 @@
 // of the contract (subscribe with `after` replay, unsubscribe, publish/ack,
 // refresh, error replies, close codes), with per-channel history in memory.
 // It lets the client's own logic be tested without building the server; the
-// end-to-end tests against the real gateway live with the server.
+// same client against the real gateway is tests/ws-client/client.test.mjs
+// (run by tests/it/websocket/, which starts the nodes).
 import { WebSocketServer } from "ws";
 
 /**

@@ -171,6 +171,15 @@ test("events at or before the position are not delivered twice", async () => {
   assert.equal(client.position("a"), id);
 });
 
+test("unsubscribe rejects a subscribe still waiting for its reply at once", async () => {
+  const { client } = await setup({}, { timeout: 4000 });
+  const early = client.subscribe("a"); // before the connection is open
+  await client.unsubscribe("a");
+  await assert.rejects(early, /unsubscribed from a before it was subscribed/);
+  assert.equal(client.position("a"), null);
+  assert.equal((await client.subscribe("a")).channel, "a");
+});
+
 test("an error reply to an unsubscribe is reported", async () => {
   const { gw, client } = await setup();
   await client.subscribe("a");

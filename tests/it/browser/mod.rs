@@ -4,9 +4,13 @@
 //! survives the SIGKILL of its node behind HAProxy and, with its own
 //! Last-Event-ID, ends with every durable event exactly once; a page on
 //! another origin reads with a cookie through CORS, and a page on an origin
-//! that is not allowed reads nothing; one page holds 20 streams over HTTP/2;
-//! and the demo page's screenshot is docs/demo.png (refreshed with
-//! SSEGATE_UPDATE_SCREENSHOT=1).
+//! that is not allowed reads nothing (over EventSource and over WebSocket);
+//! one page holds 20 streams over HTTP/2; the demo page's screenshot is
+//! docs/demo.png (refreshed with SSEGATE_UPDATE_SCREENSHOT=1), and its
+//! WebSocket mode publishes with acks and resumes; Chromium's WebSocket,
+//! with the client the node serves at /ssegate.js, gets every event once
+//! behind HAProxy through a node kill and a drain; and an EventSource and a
+//! WebSocket on two nodes get the same events.
 //!
 //! They need `node` and `npm`, `chromium` on PATH (or `SSEGATE_CHROMIUM`)
 //! and, for the balancer test, `haproxy`; scripts/test.sh installs them.
@@ -16,9 +20,13 @@
 //! One browser runs at a time.
 
 mod demo;
+mod demo_ws;
 mod failover;
 mod http2;
+mod mixed;
 mod tokens;
+mod websocket;
+mod ws_cookie;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -46,7 +54,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 /// Whether tests/browser/node_modules holds what package-lock.json pins.
-fn node_modules_match(dir: &Path) -> bool {
+pub(crate) fn node_modules_match(dir: &Path) -> bool {
     let read = |p: PathBuf| -> Value {
         std::fs::read_to_string(p)
             .ok()

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use super::{Browser, js, post, root};
 use crate::helpers::*;
 
-const SECRET: &str = "browser-test-secret";
-const COOKIE: &str = "ssegate_session";
+pub(super) const SECRET: &str = "browser-test-secret";
+pub(super) const COOKIE: &str = "ssegate_session";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -30,7 +30,7 @@ fn signed(secret: &str, mut claims: Value) -> String {
     .unwrap()
 }
 
-fn token(claims: Value) -> String {
+pub(super) fn token(claims: Value) -> String {
     signed(SECRET, claims)
 }
 

@@ -21,6 +21,8 @@ fn the_nginx_config_suits_long_streams_without_stickiness() {
         "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         "proxy_read_timeout 1h;",
         "chunked_transfer_encoding on;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection \"upgrade\";",
     ] {
         assert!(lines.contains(&want), "nginx.conf lacks `{want}`");
     }
@@ -112,5 +114,34 @@ async fn through_nginx_events_reach_streams_on_every_node() {
     publish_via(&base, &ch, "three").await;
     let mut resumed = Sse::open_with(&format!("{base}/v1/stream/{ch}"), Some(&resumed_from)).await;
     assert_eq!(resumed.take(1).await, ["three"], "Last-Event-ID reaches the node");
+    proxy.assert_running();
+}
+
+#[tokio::test]
+async fn through_nginx_a_websocket_upgrades_and_gets_events() {
+    let Some(nginx) = require_tool("nginx") else {
+        return;
+    };
+    let redis = RedisServer::spawn();
+    let nodes = three_nodes(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = local_nginx_conf(dir.path(), port, &nodes);
+    let mut cmd = Command::new(nginx);
+    cmd.args(["-e", "stderr", "-g", "daemon off;", "-c"]).arg(conf);
+    let mut proxy = Proxy::spawn(cmd);
+    proxy.stop_signal = Some("-TERM");
+    listening(port, &mut proxy).await;
+    let base = format!("http://127.0.0.1:{port}");
+
+    let ch = unique("nginx-ws");
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut ws = crate::websocket::raw::RawWs::connect(addr, &format!("/v1/ws?channel={ch}")).await;
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+    let id = publish_via(&base, &ch, "through nginx").await;
+    assert_eq!(
+        ws.next_json().await,
+        serde_json::json!({"type": "event", "channel": ch, "id": id, "data": "through nginx"})
+    );
     proxy.assert_running();
 }
