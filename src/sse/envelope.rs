@@ -38,7 +38,9 @@ pub struct Event {
 #[serde(deny_unknown_fields)]
 struct Envelope {
     event: Option<Value>,
-    data: Value,
+    /// Kept as written: a value that is not a string is the event's data
+    /// exactly as the publisher serialized it (key order, number precision).
+    data: Box<serde_json::value::RawValue>,
     id: Option<Value>,
     retry: Option<Value>,
 }
@@ -85,9 +87,11 @@ fn check(payload: &Bytes) -> Option<Checked> {
         Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(EnvelopeError::BadRetry),
         Some(_) => Err(EnvelopeError::BadRetry),
     };
-    let data = match env.data {
-        Value::String(s) => Bytes::from(s),
-        other => Bytes::from(other.to_string()),
+    let raw = env.data.get();
+    let data = if raw.starts_with('"') {
+        Bytes::from(serde_json::from_str::<String>(raw).ok()?)
+    } else {
+        Bytes::copy_from_slice(raw.as_bytes())
     };
     Some(Checked {
         event,
@@ -182,9 +186,15 @@ mod tests {
     }
 
     #[test]
-    fn non_string_data_is_serialized() {
+    fn non_string_data_is_kept_as_written() {
         let e = strict(r#"{ "data" : {"a": [1, 2]} }"#).unwrap();
-        assert_eq!(e.data, Bytes::from(r#"{"a":[1,2]}"#));
+        assert_eq!(e.data, Bytes::from(r#"{"a": [1, 2]}"#));
+        let e = strict(r#"{"data":{"z":1,"a":123456789012345678901234567890}}"#).unwrap();
+        assert_eq!(
+            e.data,
+            Bytes::from(r#"{"z":1,"a":123456789012345678901234567890}"#),
+            "key order and precision kept"
+        );
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl Session {
                 data,
                 event,
                 reference,
-            } => self.publish(channel, data, event, reference),
+            } => self.publish(channel, &data, event, reference),
             Refresh { token, reference } => {
                 let app = self.app.clone();
                 let r = reference.clone();
@@ -262,7 +262,7 @@ impl Session {
     fn publish(
         &mut self,
         channel: String,
-        data: Value,
+        data: &serde_json::value::RawValue,
         event: Option<String>,
         reference: Option<Value>,
     ) -> Result<(), (Refusal, Option<Value>)> {
@@ -272,12 +272,12 @@ impl Session {
         self.access
             .check_publish(&channel)
             .map_err(|e| (Refusal::new("forbidden", e.to_string()), r.clone()))?;
-        let mut envelope = serde_json::Map::new();
-        envelope.insert("data".into(), data);
-        if let Some(e) = event {
-            envelope.insert("event".into(), e.into());
-        }
-        let payload = Bytes::from(Value::Object(envelope).to_string());
+        // The envelope, with `data` exactly as the client wrote it.
+        let payload = match event {
+            Some(e) => format!(r#"{{"event":{},"data":{}}}"#, Value::from(e), data.get()),
+            None => format!(r#"{{"data":{}}}"#, data.get()),
+        };
+        let payload = Bytes::from(payload);
         let max = self.app.config().max_payload;
         if payload.len() > max {
             let msg = format!("the publish is larger than {max} bytes");
