@@ -15,6 +15,7 @@ mod hostile;
 mod library;
 mod netfault;
 mod scale;
+mod state;
 mod tools;
 mod websocket;
 mod ws;
