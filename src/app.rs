@@ -140,6 +140,15 @@ impl Application {
                 );
             }
         }
+        let node = crate::presence::node_id(config.node_id.as_deref());
+        let presence = crate::presence::Presence::new(
+            hub.clone(),
+            broker.clone(),
+            node,
+            config.presence_ttl,
+            metrics.clone(),
+        );
+        tokio::spawn(presence.run(tasks.clone()));
         let state = AppState::new(config, occupancy, auth, hub, broker, metrics, ip_rate);
         let server = Server::new(listener, tls, state.clone(), gate);
         Ok(Application { server, state, tasks })

@@ -130,6 +130,15 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_HISTORY_TTL", default_value = "1h", value_parser = duration)]
     pub history_ttl: Duration,
 
+    /// How long a node's presence report of a channel stays valid: a node
+    /// that dies leaves the counts within this (refreshed every third).
+    #[arg(long, env = "SSEGATE_PRESENCE_TTL", default_value = "30s", value_parser = duration)]
+    pub presence_ttl: Duration,
+
+    /// This node's name in presence (default: the host name and a random suffix).
+    #[arg(long, env = "SSEGATE_NODE_ID")]
+    pub node_id: Option<String>,
+
     /// Interval of the comment heartbeat on every stream.
     #[arg(long, env = "SSEGATE_HEARTBEAT", default_value = "15s", value_parser = duration)]
     pub heartbeat: Duration,
@@ -346,6 +355,16 @@ fn bad(flag: &'static str, rule: impl Into<String>) -> ConfigError {
 impl Config {
     /// Rules clap cannot express on one value.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.presence_ttl < Duration::from_secs(1) {
+            return Err(bad("presence-ttl", "must be at least 1s"));
+        }
+        if self
+            .node_id
+            .as_ref()
+            .is_some_and(|n| n.is_empty() || n.len() > 100 || n.contains('|'))
+        {
+            return Err(bad("node-id", "must be 1 to 100 characters, without '|'"));
+        }
         if self.heartbeat < Duration::from_millis(10) {
             return Err(bad("heartbeat", "must be at least 10ms"));
         }

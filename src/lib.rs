@@ -65,6 +65,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod peer;
+pub mod presence;
 pub mod shutdown;
 pub mod sse;
 pub mod state;

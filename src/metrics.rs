@@ -40,6 +40,7 @@ pub mod names {
     pub const HISTORY_MEMORY: &str = "ssegate_history_memory_bytes";
     pub const WEBSOCKETS_OPEN: &str = "ssegate_websockets_open";
     pub const HISTORY_READS: &str = "ssegate_history_reads_total";
+    pub const PRESENCE_REPORTS: &str = "ssegate_presence_reports_total";
     pub const STATES_STORED: &str = "ssegate_states_stored_total";
     pub const STATES_SENT: &str = "ssegate_states_sent_total";
     pub const WEBSOCKETS_OPENED: &str = "ssegate_websockets_opened_total";
@@ -120,6 +121,7 @@ pub struct Inner {
     pub history_memory: Gauge,
     pub websockets_open: Gauge,
     pub history_reads: Counter,
+    pub presence_reports: Counter,
     pub states_stored: Counter,
     pub states_sent: Counter,
     pub websockets_opened: Counter,
@@ -209,6 +211,11 @@ impl Metrics {
         );
         describe(WEBSOCKETS_OPEN, None, "WebSocket connections open on this node.");
         describe(HISTORY_READS, None, "Pages read through GET /v1/history.");
+        describe(
+            PRESENCE_REPORTS,
+            None,
+            "Presence reports this node wrote (one per channel, on a change or a refresh).",
+        );
         describe(STATES_STORED, None, "Snapshots stored through PUT /v1/state.");
         describe(
             STATES_SENT,
@@ -272,6 +279,7 @@ impl Metrics {
             history_memory: gauge(HISTORY_MEMORY),
             websockets_open: gauge(WEBSOCKETS_OPEN),
             history_reads: counter(HISTORY_READS),
+            presence_reports: counter(PRESENCE_REPORTS),
             states_stored: counter(STATES_STORED),
             states_sent: counter(STATES_SENT),
             websockets_opened: counter(WEBSOCKETS_OPENED),

@@ -22,9 +22,17 @@ pub(super) fn access(claims: &Map<String, Value>) -> Result<Access, AuthError> {
     let exp = claims
         .get("exp")
         .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+    let subject = match claims.get("sub") {
+        None | Some(Value::Null) => None,
+        // As long as a channel name at most: it is shown in presence.
+        Some(Value::String(s)) if s.len() <= 200 => Some(s.clone()),
+        Some(_) => return Err(AuthError::NotASubject),
+    };
     Ok(Access::Token {
         read: patterns(claims, "channels")?,
         publish: patterns(claims, "publish")?,
+        presence: patterns(claims, "presence")?,
+        subject,
         expires: numeric_date(exp).ok_or(AuthError::NotADate("exp"))?,
     })
 }
@@ -117,6 +125,8 @@ mod tests {
             let a = Access::Token {
                 read: vec![],
                 publish: vec![],
+                presence: vec![],
+                subject: None,
                 expires,
             };
             assert_eq!(a.expires_at(), Some(far), "{expires}");

@@ -77,6 +77,8 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("token claim `{0}` is not a date: it must be a number of seconds since the epoch")]
     NotADate(&'static str),
+    #[error("the token's `sub` claim must be a string of at most 200 bytes")]
+    NotASubject,
     #[error("token claim `{0}` must be an array of strings (channel names or patterns)")]
     NotPatterns(&'static str),
     #[error("token claim `{0}` holds more than {MAX_PATTERNS} patterns, the most one token may carry")]
@@ -91,12 +93,17 @@ pub enum AuthError {
     ReadForbidden(String),
     #[error("the token does not grant publishing to channel {0:?}")]
     PublishForbidden(String),
+    #[error("the token does not grant reading the presence of channel {0:?}")]
+    PresenceForbidden(String),
 }
 
 impl AuthError {
     /// 403 for a valid token without the grant, 401 for everything else.
     pub fn is_forbidden(&self) -> bool {
-        matches!(self, AuthError::ReadForbidden(_) | AuthError::PublishForbidden(_))
+        matches!(
+            self,
+            AuthError::ReadForbidden(_) | AuthError::PublishForbidden(_) | AuthError::PresenceForbidden(_)
+        )
     }
 }
 
@@ -133,6 +140,10 @@ pub enum Access {
     Token {
         read: Vec<Pattern>,
         publish: Vec<Pattern>,
+        /// `presence`: channels whose presence the token may read.
+        presence: Vec<Pattern>,
+        /// `sub`: who the client is, as presence shows it.
+        subject: Option<String>,
         /// `exp`, seconds since the epoch.
         expires: u64,
     },
@@ -157,6 +168,24 @@ impl Access {
             Access::Anonymous | Access::ApiKey => Ok(()),
             Access::Token { publish, .. } if publish.iter().any(|p| p.matches(channel.as_str())) => Ok(()),
             Access::Token { .. } => Err(AuthError::PublishForbidden(channel.to_string())),
+        }
+    }
+
+    /// Whether presence of `channel` may be read (the `presence` claim;
+    /// everyone in anonymous mode).
+    pub fn check_presence(&self, channel: &Channel) -> Result<(), AuthError> {
+        match self {
+            Access::Anonymous => Ok(()),
+            Access::Token { presence, .. } if presence.iter().any(|p| p.matches(channel.as_str())) => Ok(()),
+            _ => Err(AuthError::PresenceForbidden(channel.to_string())),
+        }
+    }
+
+    /// Who the client is in presence: the token's `sub`, else "anonymous".
+    pub fn client_id(&self) -> &str {
+        match self {
+            Access::Token { subject: Some(s), .. } => s,
+            _ => "anonymous",
         }
     }
 

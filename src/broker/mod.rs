@@ -144,6 +144,34 @@ pub struct Snapshot {
     pub body: Bytes,
 }
 
+/// One client on a channel, as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Present {
+    pub client: String,
+    /// Its streams and sockets on the channel on that node.
+    pub connections: u64,
+    /// When its first one connected (ms since the epoch).
+    pub since_ms: u64,
+}
+
+/// What one node reported of a channel's presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePresence {
+    pub node: String,
+    pub clients: Vec<Present>,
+}
+
+/// A node's report of one channel: who is there (empty: nobody), valid
+/// for `ttl`, and who came and went since its last report.
+#[derive(Debug, Clone)]
+pub struct PresenceReport {
+    pub node: String,
+    pub clients: Vec<Present>,
+    pub ttl: Duration,
+    pub joined: Vec<String>,
+    pub left: Vec<String>,
+}
+
 pub trait Broker: Send + Sync + 'static {
     /// `"memory"` or `"redis"`.
     fn name(&self) -> &'static str;
@@ -166,6 +194,19 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The channel's snapshot, if it has one.
     fn get_state(&self, channel: &Channel) -> BoxFuture<'_, Result<Option<Snapshot>, BrokerError>>;
+
+    /// Stores this node's presence on `channel` (replacing its last
+    /// report), drops the reports of nodes that stopped reporting, and
+    /// announces who joined and left (with the clients of those nodes) to
+    /// every node's subscribers of the channel.
+    fn put_presence(
+        &self,
+        channel: &Channel,
+        report: PresenceReport,
+    ) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Every node's current report of `channel`.
+    fn get_presence(&self, channel: &Channel) -> BoxFuture<'_, Result<Vec<NodePresence>, BrokerError>>;
 
     /// Whether the broker can deliver events right now.
     fn is_connected(&self) -> bool;
@@ -221,6 +262,35 @@ pub fn encode_incoming(payload: Bytes, id: Option<EventId>, metrics: &Metrics) -
         None => now_us(),
     };
     Arc::new(Encoded::new(&event, id, published_us))
+}
+
+/// A presence notice (`{"j": [clients], "l": [clients]}`) becomes
+/// `ssegate.join` / `ssegate.leave` events for the local subscribers of
+/// `channel` that asked for them.
+pub fn dispatch_presence_notice(hub: &crate::hub::Hub, channel: &str, notice: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(notice) else {
+        tracing::debug!(%channel, "a malformed presence notice");
+        return;
+    };
+    for (key, event) in [("j", "ssegate.join"), ("l", "ssegate.leave")] {
+        let Some(clients) = v[key].as_array() else {
+            continue;
+        };
+        for client in clients.iter().filter_map(|c| c.as_str()) {
+            hub.dispatch_presence(channel, presence_event(event, client, channel));
+        }
+    }
+}
+
+/// `event: ssegate.join` (or leave) with `{"client": .., "channel": ..}`.
+pub fn presence_event(event: &str, client: &str, channel: &str) -> Arc<Encoded> {
+    let data = serde_json::json!({ "client": client, "channel": channel }).to_string();
+    let ev = crate::sse::Event {
+        event: Some(event.to_owned()),
+        data: Bytes::from(data),
+        ..Default::default()
+    };
+    Arc::new(Encoded::new(&ev, None, now_us()))
 }
 
 pub fn now_us() -> u64 {

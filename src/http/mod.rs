@@ -8,6 +8,7 @@ mod client;
 mod error;
 mod health;
 mod history;
+mod presence;
 mod publish;
 pub mod server;
 mod snapshot;
@@ -120,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/ws", axum::routing::any(ws::upgrade))
         .route("/v1/history/{channel}", get(history::history))
+        .route("/v1/presence/{channel}", get(presence::presence))
         .route(
             "/v1/state/{channel}",
             get(snapshot::get)

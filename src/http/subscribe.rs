@@ -28,6 +28,7 @@ pub(super) struct SubscribeQuery {
     last_event_id: Option<String>,
     pub(super) token: Option<String>,
     state: bool,
+    presence: bool,
 }
 
 pub(super) fn parse_query(raw: Option<&str>) -> SubscribeQuery {
@@ -36,6 +37,7 @@ pub(super) fn parse_query(raw: Option<&str>) -> SubscribeQuery {
         last_event_id: None,
         token: None,
         state: false,
+        presence: false,
     };
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*k {
@@ -43,6 +45,7 @@ pub(super) fn parse_query(raw: Option<&str>) -> SubscribeQuery {
             "lastEventId" => q.last_event_id = Some(v.into_owned()),
             "token" => q.token = Some(v.into_owned()),
             "state" => q.state = matches!(&*v, "1" | "true"),
+            "presence" => q.presence = matches!(&*v, "1" | "true"),
             _ => {}
         }
     }
@@ -126,6 +129,8 @@ async fn serve(
         open_timeout: cfg.subscribe_timeout,
         replay: app.replay_budget().clone(),
         state: q.state,
+        presence: q.presence,
+        client: Some(access.client_id().to_owned()),
     };
     let mut session = StreamSession::open(app.hub(), app.broker(), app.metrics(), params).await?;
     if let Some(at) = access.expires_at() {

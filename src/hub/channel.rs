@@ -17,6 +17,8 @@ const HOLD_LIMIT: usize = 10_000;
 pub(super) struct SubRef {
     pub(super) sub: Arc<Subscriber>,
     pub(super) ch: u16,
+    /// The subscriber wants `ssegate.join` / `ssegate.leave` events.
+    pub(super) presence: bool,
 }
 
 pub(super) enum Mode {

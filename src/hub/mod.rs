@@ -17,7 +17,7 @@ mod channel;
 mod registration;
 mod subscriber;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -87,6 +87,8 @@ struct Inner {
     hasher: RandomState,
     control: mpsc::UnboundedSender<SubCommand>,
     metrics: Metrics,
+    /// Channels whose local subscribers changed since presence last looked.
+    presence_dirty: Mutex<HashSet<Channel>>,
 }
 
 /// Cheap handle to the node's hub.
@@ -106,6 +108,7 @@ impl Hub {
             hasher: RandomState::new(),
             control: tx,
             metrics,
+            presence_dirty: Mutex::default(),
         }));
         (hub, rx)
     }
@@ -125,6 +128,54 @@ impl Hub {
             Mode::Live => state.deliver(&ev, &self.0.metrics),
             Mode::Pending | Mode::Repairing { .. } => state.hold(ev),
         }
+    }
+
+    /// A presence notice (`ssegate.join` / `ssegate.leave`) for `channel`:
+    /// to the local subscribers that asked for them, whatever the mode.
+    pub fn dispatch_presence(&self, channel: &str, ev: Arc<Encoded>) {
+        let shard = self.shard(channel).lock();
+        let Some(state) = shard.get(channel) else {
+            return;
+        };
+        for (_, s) in state.subs.iter().filter(|(_, s)| s.presence) {
+            if s.sub.push(Item::Event(ev.clone(), s.ch)).wake() {
+                self.0.metrics.slow_client_disconnects.increment(1);
+            }
+        }
+    }
+
+    fn presence_changed(&self, channel: &Channel) {
+        self.0.presence_dirty.lock().insert(channel.clone());
+    }
+
+    /// Channels whose local subscribers changed since the last call.
+    pub fn take_presence_changes(&self) -> Vec<Channel> {
+        self.0.presence_dirty.lock().drain().collect()
+    }
+
+    /// Every channel with a local subscriber.
+    pub fn channel_names(&self) -> Vec<Channel> {
+        self.0
+            .channels
+            .iter()
+            .flat_map(|s| s.lock().keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Who is on `channel` on this node: each client with its number of
+    /// streams and sockets and when its first one connected (ms).
+    pub fn local_presence(&self, channel: &str) -> Vec<(Arc<str>, u64, u64)> {
+        let mut clients: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
+        if let Some(state) = self.shard(channel).lock().get(channel) {
+            for (_, s) in state.subs.iter() {
+                let e = clients.entry(Arc::from(s.sub.client())).or_insert((0, u64::MAX));
+                e.0 += 1;
+                e.1 = e.1.min(s.sub.since_ms());
+            }
+        }
+        let mut out: Vec<_> = clients.into_iter().map(|(c, (n, since))| (c, n, since)).collect();
+        out.sort();
+        out
     }
 
     /// Runs `f` on the channel if `t` is still valid for it.
@@ -350,8 +401,8 @@ mod tests {
     #[test]
     fn first_stream_wants_the_channel_and_last_one_unwants_it() {
         let (hub, mut rx) = Hub::new(Metrics::new());
-        let a = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]));
-        let b = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]));
+        let a = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]), false);
+        let b = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]), false);
         let SubCommand::Want { instance, .. } = rx.try_recv().unwrap() else {
             panic!()
         };
@@ -372,7 +423,7 @@ mod tests {
     #[test]
     fn events_held_while_pending_are_delivered_after_the_tip_without_duplicates() {
         let (hub, _rx) = Hub::new(Metrics::new());
-        let reg = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]));
+        let reg = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]), false);
         hub.dispatch("c", durable(5));
         hub.dispatch("c", durable(7));
         ready(&hub, "c", 6);
@@ -385,7 +436,7 @@ mod tests {
     #[test]
     fn repair_delivers_history_before_held_live_events() {
         let (hub, _rx) = Hub::new(Metrics::new());
-        let reg = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]));
+        let reg = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]), false);
         ready(&hub, "c", 1);
         hub.channels_lost([&chan("c")]);
         hub.dispatch("c", durable(4));
@@ -405,7 +456,7 @@ mod tests {
     #[test]
     fn an_unrepairable_gap_resets_the_channel() {
         let (hub, _rx) = Hub::new(Metrics::new());
-        let reg = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]));
+        let reg = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]), false);
         ready(&hub, "c", 1);
         hub.channels_lost([&chan("c")]);
         let Plan::Repair(t, _) = hub.plan("c") else {
@@ -420,13 +471,13 @@ mod tests {
     #[test]
     fn tickets_from_an_earlier_instance_or_connection_are_ignored() {
         let (hub, _rx) = Hub::new(Metrics::new());
-        let first = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]));
+        let first = hub.register(Subscriber::new(1, 1 << 20), Box::new([chan("c")]), false);
         let Plan::Tip(old_instance) = hub.plan("c") else {
             panic!()
         };
         drop(first);
         let sub = Subscriber::new(1, 1 << 20);
-        let _reg = hub.register(sub.clone(), Box::new([chan("c")]));
+        let _reg = hub.register(sub.clone(), Box::new([chan("c")]), false);
         let mut cx = Context::from_waker(noop_waker_ref());
         hub.channel_ready("c", old_instance, EventId::new(3, 0));
         assert!(sub.poll_ready(&mut cx).is_pending());
@@ -450,7 +501,7 @@ mod tests {
         let subs: Vec<_> = (0..40)
             .map(|_| {
                 let s = Subscriber::new(1, 1 << 20);
-                let r = hub.register(s.clone(), Box::new([chan("h")]));
+                let r = hub.register(s.clone(), Box::new([chan("h")]), false);
                 (s, r)
             })
             .collect();

@@ -70,11 +70,11 @@ impl Hub {
     /// Registers an SSE stream on `channels` (distinct). Each channel
     /// reports its position to the subscriber as soon as it is live on
     /// this node.
-    pub fn register(&self, sub: Arc<Subscriber>, channels: Box<[Channel]>) -> Registration {
+    pub fn register(&self, sub: Arc<Subscriber>, channels: Box<[Channel]>, presence: bool) -> Registration {
         let subscriptions = channels
             .iter()
             .enumerate()
-            .map(|(i, c)| self.subscribe(&sub, c.clone(), i as u16))
+            .map(|(i, c)| self.subscribe(&sub, c.clone(), i as u16, presence))
             .collect();
         let attachment = self.attach(&sub);
         self.0.metrics.streams_open.increment(1.0);
@@ -100,7 +100,15 @@ impl Hub {
 
     /// Adds `sub` to `channel`'s fan-out as its channel number `ch`; the
     /// channel's position reaches the subscriber once it is live here.
-    pub fn subscribe(&self, sub: &Arc<Subscriber>, channel: Channel, ch: u16) -> Subscription {
+    /// With `presence`, it also gets the channel's `ssegate.join` and
+    /// `ssegate.leave` events.
+    pub fn subscribe(
+        &self,
+        sub: &Arc<Subscriber>,
+        channel: Channel,
+        ch: u16,
+        presence: bool,
+    ) -> Subscription {
         let mut want = None;
         let key = {
             let mut shard = self.shard(channel.as_str()).lock();
@@ -119,7 +127,11 @@ impl Hub {
                     held: Vec::new(),
                 }
             });
-            let key = state.subs.insert(SubRef { sub: sub.clone(), ch });
+            let key = state.subs.insert(SubRef {
+                sub: sub.clone(),
+                ch,
+                presence,
+            });
             if !matches!(state.mode, Mode::Pending) {
                 sub.set_ready(ch, state.last_id);
             }
@@ -129,6 +141,7 @@ impl Hub {
             self.0.metrics.subscriptions.increment(1.0);
             let _ = self.0.control.send(w);
         }
+        self.presence_changed(&channel);
         Subscription {
             hub: self.clone(),
             channel,
@@ -137,6 +150,7 @@ impl Hub {
     }
 
     fn remove_channel(&self, channel: &Channel, key: usize) {
+        self.presence_changed(channel);
         let unwant = {
             let mut shard = self.shard(channel.as_str()).lock();
             let Some(state) = shard.get_mut(channel.as_str()) else {

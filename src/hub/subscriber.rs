@@ -70,6 +70,11 @@ pub enum Close {
 
 pub struct Subscriber {
     state: Mutex<State>,
+    /// Who the client is, for presence (the token's `sub`); anonymous
+    /// until set.
+    client: std::sync::OnceLock<Arc<str>>,
+    /// When it connected (ms since the epoch), for presence.
+    since_ms: u64,
 }
 
 struct State {
@@ -126,6 +131,8 @@ impl Pushed {
 impl Subscriber {
     pub fn new(channels: usize, limit: usize) -> Arc<Subscriber> {
         Arc::new(Subscriber {
+            client: std::sync::OnceLock::new(),
+            since_ms: crate::broker::now_us() / 1000,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
@@ -140,6 +147,19 @@ impl Subscriber {
                 })),
             }),
         })
+    }
+
+    /// Names the client for presence (once; later calls are ignored).
+    pub fn set_client(&self, client: &str) {
+        let _ = self.client.set(Arc::from(client));
+    }
+
+    pub fn client(&self) -> &str {
+        self.client.get().map_or("anonymous", |c| c)
+    }
+
+    pub fn since_ms(&self) -> u64 {
+        self.since_ms
     }
 
     pub fn push(&self, item: Item) -> Pushed {

@@ -55,6 +55,10 @@ pub struct OpenParams {
     pub replay: ReplayBudget,
     /// `?state=1` (one channel): the channel's snapshot first.
     pub state: bool,
+    /// `?presence=1`: `ssegate.join` and `ssegate.leave` events too.
+    pub presence: bool,
+    /// Who the client is in presence (the token's `sub`).
+    pub client: Option<String>,
 }
 
 pub struct StreamSession {
@@ -88,7 +92,10 @@ impl StreamSession {
     ) -> Result<StreamSession, OpenError> {
         let n = params.channels.len();
         let sub = Subscriber::new(n, params.queue_limit);
-        let reg = hub.register(sub.clone(), params.channels);
+        if let Some(client) = &params.client {
+            sub.set_client(client);
+        }
+        let reg = hub.register(sub.clone(), params.channels, params.presence);
         let live = tokio::time::timeout(params.open_timeout, sub.ready())
             .await
             .map_err(|_| OpenError::NotReady)?

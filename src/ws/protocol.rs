@@ -13,6 +13,8 @@ pub enum Request {
         after: Option<String>,
         /// The channel's snapshot first (`"state": true`).
         state: bool,
+        /// `ssegate.join` / `ssegate.leave` events too (`"presence": true`).
+        presence: bool,
         reference: Option<Value>,
     },
     Unsubscribe {
@@ -58,6 +60,8 @@ struct Subscribe {
     after: Option<String>,
     #[serde(default)]
     state: bool,
+    #[serde(default)]
+    presence: bool,
     #[serde(rename = "ref")]
     reference: Option<Value>,
 }
@@ -129,6 +133,7 @@ pub fn parse(text: &[u8]) -> Result<Request, (Refusal, Option<Value>)> {
             channel: m.channel,
             after: m.after,
             state: m.state,
+            presence: m.presence,
             reference: m.reference,
         }),
         "unsubscribe" => fields::<Unsubscribe>(text, "unsubscribe").map(|m| Request::Unsubscribe {
@@ -203,7 +208,7 @@ mod tests {
     fn messages_parse_with_their_ref() {
         assert!(matches!(
             parse(br#"{"type":"subscribe","channel":"a","after":"1-0","ref":1}"#),
-            Ok(Request::Subscribe { channel, after: Some(after), state: false, reference: Some(r) })
+            Ok(Request::Subscribe { channel, after: Some(after), state: false, reference: Some(r), .. })
                 if channel == "a" && after == "1-0" && r == json!(1)
         ));
         assert!(matches!(

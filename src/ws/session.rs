@@ -86,6 +86,7 @@ impl Session {
         channels: Vec<Channel>,
     ) -> Result<(Session, Vec<Bytes>), crate::stream::OpenError> {
         let sub = Subscriber::new_dynamic(app.config().client_queue);
+        sub.set_client(access.client_id());
         let attachment = app.hub().attach(&sub);
         app.metrics().websockets_open.increment(1.0);
         app.metrics().websockets_opened.increment(1);
@@ -105,7 +106,7 @@ impl Session {
         };
         session.set_expiry();
         for c in channels {
-            session.add(c, None, false, None);
+            session.add(c, None, false, false, None);
         }
         let mut out = Vec::new();
         let open_timeout = session.app.config().subscribe_timeout;
@@ -153,12 +154,22 @@ impl Session {
         reusable.or((self.slots.len() <= u16::MAX as usize).then_some(self.slots.len()))
     }
 
-    fn add(&mut self, channel: Channel, after: Option<EventId>, state: bool, reference: Option<Value>) {
+    fn add(
+        &mut self,
+        channel: Channel,
+        after: Option<EventId>,
+        state: bool,
+        presence: bool,
+        reference: Option<Value>,
+    ) {
         let ch = self.free_slot().expect("checked by the caller");
         if ch == self.slots.len() {
             self.slots.push(None);
         }
-        let subscription = self.app.hub().subscribe(&self.sub, channel.clone(), ch as u16);
+        let subscription = self
+            .app
+            .hub()
+            .subscribe(&self.sub, channel.clone(), ch as u16, presence);
         self.slots[ch] = Some(Slot {
             channel,
             _subscription: subscription,
@@ -194,6 +205,7 @@ impl Session {
                 channel,
                 after,
                 state,
+                presence,
                 reference,
             } => {
                 let r = reference.clone();
@@ -220,7 +232,7 @@ impl Session {
                         )
                     })?),
                 };
-                self.add(channel, after, state, reference);
+                self.add(channel, after, state, presence, reference);
                 Ok(())
             }
             Unsubscribe { channel, reference } => {

@@ -8,6 +8,7 @@
 
 mod store;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerError, History, HistoryFacts, IdempotencyKey, Page, Published, Retention, Snapshot,
-    encode_incoming, gap_after,
+    Broker, BrokerError, History, HistoryFacts, IdempotencyKey, NodePresence, Page, PresenceReport, Present,
+    Published, Retention, Snapshot, encode_incoming, gap_after, presence_event,
 };
 use crate::hub::{Hub, Plan, SubCommand};
 use crate::metrics::Metrics;
@@ -28,6 +29,10 @@ use store::Store;
 
 struct Inner {
     store: Mutex<Store>,
+    /// Presence reports by channel and node: one node here, kept for the
+    /// same reading as with Redis. Bounded by the channels with a local
+    /// subscriber (an empty report removes its entry).
+    presence: Mutex<HashMap<Channel, HashMap<String, (Instant, Vec<Present>)>>>,
     hub: Hub,
     metrics: Metrics,
     retention: Retention,
@@ -47,6 +52,7 @@ impl MemoryBroker {
     ) -> MemoryBroker {
         let inner = Arc::new(Inner {
             store: Mutex::new(Store::new(retention, max_bytes)),
+            presence: Mutex::default(),
             hub,
             metrics,
             retention,
@@ -182,6 +188,55 @@ impl Broker for MemoryBroker {
             .live(channel)
             .and_then(|log| log.state.clone());
         Box::pin(std::future::ready(Ok(snapshot)))
+    }
+
+    fn put_presence(
+        &self,
+        channel: &Channel,
+        report: PresenceReport,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let inner = &self.0;
+        {
+            let mut all = inner.presence.lock();
+            let nodes = all.entry(channel.clone()).or_default();
+            if report.clients.is_empty() {
+                nodes.remove(&report.node);
+            } else {
+                nodes.insert(report.node.clone(), (Instant::now() + report.ttl, report.clients));
+            }
+            if nodes.is_empty() {
+                all.remove(channel);
+            }
+        }
+        for (event, clients) in [("ssegate.join", &report.joined), ("ssegate.leave", &report.left)] {
+            for client in clients {
+                inner
+                    .hub
+                    .dispatch_presence(channel.as_str(), presence_event(event, client, channel.as_str()));
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn get_presence(&self, channel: &Channel) -> BoxFuture<'_, Result<Vec<NodePresence>, BrokerError>> {
+        let now = Instant::now();
+        let reports = self
+            .0
+            .presence
+            .lock()
+            .get(channel)
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter(|(_, (expires, _))| *expires > now)
+                    .map(|(node, (_, clients))| NodePresence {
+                        node: node.clone(),
+                        clients: clients.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Box::pin(std::future::ready(Ok(reports)))
     }
 
     fn is_connected(&self) -> bool {

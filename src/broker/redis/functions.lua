@@ -20,6 +20,13 @@
 --   (no event can slip between the two), in '<prefix>{C}:state', with the
 --   history's idle expiry (each publish refreshes it).
 -- ssegate_state_get(1, key) -> {position, body}, or nil without a snapshot
+-- ssegate_presence_put(1, key, node, clients, ttl_ms, joined, left) -> 1
+--   Stores a node's presence report of the channel ('[]': nobody) in the
+--   hash '<prefix>{C}:presence' (field: the node; value: expiry ms '|'
+--   clients JSON), drops reports past their expiry (a node that died), and
+--   publishes "\0p\0{j:[...],l:[...]}" with who joined and who left
+--   (including the clients of the dropped reports) on '<prefix>{C}'.
+-- ssegate_presence_get(1, key) -> {now_ms, field, value, ...}
 -- ssegate_tip(1, key) -> newest id ever added ('0-0' without history)
 
 local MAXLEN = __MAXLEN__
@@ -161,6 +168,53 @@ local function state_put(keys, args)
   return position
 end
 
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function presence_put(keys, args)
+  local key, err = checked_log_key(keys, 'ssegate_presence_put')
+  if not key then return err end
+  local channel = string.sub(key, 1, -5)
+  local hash = channel .. ':presence'
+  local node, clients, ttl = args[1], args[2], tonumber(args[3])
+  local joined, left = cjson.decode(args[4]), cjson.decode(args[5])
+  local now = now_ms()
+  if clients == '[]' then
+    redis.call('HDEL', hash, node)
+  else
+    redis.call('HSET', hash, node, (now + ttl) .. '|' .. clients)
+  end
+  local all = redis.call('HGETALL', hash)
+  for i = 1, #all, 2 do
+    local value = all[i + 1]
+    local bar = string.find(value, '|', 1, true)
+    local expires = bar and tonumber(string.sub(value, 1, bar - 1))
+    if not expires or expires < now then
+      redis.call('HDEL', hash, all[i])
+      if bar then
+        for _, c in ipairs(cjson.decode(string.sub(value, bar + 1))) do
+          table.insert(left, c.client)
+        end
+      end
+    end
+  end
+  if redis.call('HLEN', hash) > 0 then redis.call('PEXPIRE', hash, ttl * 2) end
+  if #joined > 0 or #left > 0 then
+    redis.call(PUBLISH, channel, '\0p\0' .. cjson.encode({j = joined, l = left}))
+  end
+  return 1
+end
+
+local function presence_get(keys)
+  local key, err = checked_log_key(keys, 'ssegate_presence_get')
+  if not key then return err end
+  local out = redis.call('HGETALL', string.sub(key, 1, -5) .. ':presence')
+  table.insert(out, 1, tostring(now_ms()))
+  return out
+end
+
 local function state_get(keys)
   local key, err = checked_log_key(keys, 'ssegate_state_get')
   if not key then return err end
@@ -178,4 +232,6 @@ redis.register_function('ssegate_publish', publish)
 redis.register_function{function_name = 'ssegate_history', callback = history, flags = {'no-writes'}}
 redis.register_function{function_name = 'ssegate_tip', callback = tip, flags = {'no-writes'}}
 redis.register_function('ssegate_state_put', state_put)
+redis.register_function('ssegate_presence_put', presence_put)
+redis.register_function{function_name = 'ssegate_presence_get', callback = presence_get, flags = {'no-writes'}}
 redis.register_function{function_name = 'ssegate_state_get', callback = state_get, flags = {'no-writes'}}

@@ -28,7 +28,7 @@ pub(super) fn load_command(library: &str) -> redis::Cmd {
 }
 
 /// The functions that write.
-const WRITING: [&str; 2] = ["ssegate_publish", "ssegate_state_put"];
+const WRITING: [&str; 3] = ["ssegate_publish", "ssegate_state_put", "ssegate_presence_put"];
 
 /// `FCALL <function> 1 <key>` (`FCALL_RO` for the read-only functions).
 pub(super) fn fcall(function: &str, key: String) -> redis::Cmd {
@@ -70,6 +70,42 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Option<crate::broker::Snapshot>
         }
         other => Err(proto(format!("ssegate_state_get: {other:?}"))),
     }
+}
+
+/// The reply of `ssegate_presence_get`: the time, then each node's
+/// report (`expiry|clients`); reports past their expiry are left out.
+pub(super) fn parse_presence(v: Value) -> Result<Vec<crate::broker::NodePresence>, BrokerError> {
+    let Value::Array(items) = v else {
+        return Err(proto("ssegate_presence_get: not an array"));
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+        other => Err(proto(format!("ssegate_presence_get: {other:?}"))),
+    };
+    let mut items = items.iter();
+    let now: u64 = text(
+        items
+            .next()
+            .ok_or_else(|| proto("ssegate_presence_get: no time"))?,
+    )?
+    .parse()
+    .map_err(|_| proto("ssegate_presence_get: time"))?;
+    let mut out = Vec::new();
+    while let (Some(node), Some(value)) = (items.next(), items.next()) {
+        let value = text(value)?;
+        let Some((expires, clients)) = value.split_once('|') else {
+            continue;
+        };
+        if expires.parse::<u64>().map_or(true, |e| e < now) {
+            continue;
+        }
+        let clients = serde_json::from_str(clients).map_err(|e| proto(format!("presence report: {e}")))?;
+        out.push(crate::broker::NodePresence {
+            node: text(node)?,
+            clients,
+        });
+    }
+    Ok(out)
 }
 
 /// The reply of `ssegate_history`: `[trimmed, tip, [[id, [field, payload]]...]]`.

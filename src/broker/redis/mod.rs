@@ -30,12 +30,14 @@ use redis::{IntoConnectionInfo, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, History, IdempotencyKey, Page, Published, Snapshot};
+use super::{
+    Broker, BrokerError, History, IdempotencyKey, NodePresence, Page, PresenceReport, Published, Snapshot,
+};
 use crate::hub::{Hub, SubCommand};
 use crate::metrics::Metrics;
 use crate::sse::{Channel, EventId};
 use commands::Commands;
-use library::{fcall, parse_history, parse_id, parse_snapshot};
+use library::{fcall, parse_history, parse_id, parse_presence, parse_snapshot};
 use pubsub::{Kind, PubSub, Target};
 
 /// What the broker's tasks share: the command connections and the
@@ -103,6 +105,22 @@ impl Inner {
     async fn get_state(&self, channel: &str) -> Result<Option<Snapshot>, BrokerError> {
         let cmd = fcall("ssegate_state_get", self.names.log(channel));
         parse_snapshot(self.fcall(&cmd).await?)
+    }
+
+    async fn put_presence(&self, channel: &str, report: &PresenceReport) -> Result<(), BrokerError> {
+        let json = |v: &serde_json::Value| v.to_string();
+        let mut cmd = fcall("ssegate_presence_put", self.names.log(channel));
+        cmd.arg(&report.node)
+            .arg(json(&serde_json::json!(report.clients)))
+            .arg(report.ttl.as_millis() as u64)
+            .arg(json(&serde_json::json!(report.joined)))
+            .arg(json(&serde_json::json!(report.left)));
+        self.fcall::<Value>(&cmd).await.map(drop)
+    }
+
+    async fn get_presence(&self, channel: &str) -> Result<Vec<NodePresence>, BrokerError> {
+        let cmd = fcall("ssegate_presence_get", self.names.log(channel));
+        parse_presence(self.fcall(&cmd).await?)
     }
 
     /// Newest ids of several channels.
@@ -267,6 +285,20 @@ impl Broker for RedisBroker {
     fn get_state(&self, channel: &Channel) -> BoxFuture<'_, Result<Option<Snapshot>, BrokerError>> {
         let channel = channel.clone();
         Box::pin(async move { self.0.get_state(channel.as_str()).await })
+    }
+
+    fn put_presence(
+        &self,
+        channel: &Channel,
+        report: PresenceReport,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let channel = channel.clone();
+        Box::pin(async move { self.0.put_presence(channel.as_str(), &report).await })
+    }
+
+    fn get_presence(&self, channel: &Channel) -> BoxFuture<'_, Result<Vec<NodePresence>, BrokerError>> {
+        let channel = channel.clone();
+        Box::pin(async move { self.0.get_presence(channel.as_str()).await })
     }
 
     fn is_connected(&self) -> bool {

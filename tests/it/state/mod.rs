@@ -3,6 +3,7 @@
 //! is on a channel across the nodes.
 
 mod history;
+mod presence;
 mod race;
 mod snapshot;
 

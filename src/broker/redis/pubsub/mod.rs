@@ -367,6 +367,10 @@ impl PubSub {
         let Some(name) = self.inner.names.parse_channel(redis_channel) else {
             return;
         };
+        if let Some(notice) = payload.strip_prefix(b"\0p\0") {
+            crate::broker::dispatch_presence_notice(&self.hub, name, notice);
+            return;
+        }
         let (id, payload) = split_durable(payload);
         let m = &self.inner.metrics;
         match id {

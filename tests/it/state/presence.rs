@@ -1,0 +1,165 @@
+//! Presence across nodes: every node answers the same counts, a killed
+//! node's clients leave within `--presence-ttl` plus a few seconds, and
+//! streams that asked get `ssegate.join` and `ssegate.leave`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+const SECRET: &str = "presence-secret";
+
+fn token(sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"exp": exp, "sub": sub, "channels": ["*"], "presence": ["room-*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Connections per channel as `node` answers.
+async fn counts(node: &NodeProcess, channels: &[String]) -> BTreeMap<String, u64> {
+    let reader = token("reader");
+    let mut out = BTreeMap::new();
+    for c in channels {
+        let (status, v) = get_json(&node.url(&format!("/v1/presence/{c}?token={reader}"))).await;
+        assert_eq!(status, 200, "{v}");
+        out.insert(c.clone(), v["count"].as_u64().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn three_nodes_agree_on_who_is_there_and_a_killed_nodes_clients_leave() {
+    let redis = RedisServer::spawn();
+    let url = redis.url();
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--jwt-secret",
+        SECRET,
+        "--presence-ttl",
+        "3s",
+        "--ip-rate",
+        "0",
+    ];
+    let mut nodes = vec![
+        NodeProcess::spawn(&args),
+        NodeProcess::spawn(&args),
+        NodeProcess::spawn(&args),
+    ];
+    let channels: Vec<String> = (0..10)
+        .map(|i| format!("room-{}-{i}", std::process::id()))
+        .collect();
+    // One watcher of joins and leaves on the first channel, on node 0.
+    let mut watcher = Sse::open(&nodes[0].url(&format!(
+        "/v1/stream/{}?presence=1&token={}",
+        channels[0],
+        token("watcher")
+    )))
+    .await;
+    let mut streams = Vec::new();
+    for i in 0..300 {
+        let (node, channel) = (&nodes[i % 3], &channels[i % 10]);
+        let url = node.url(&format!(
+            "/v1/stream/{channel}?token={}",
+            token(&format!("user-{i}"))
+        ));
+        streams.push((i % 3, Sse::open_owned(url).await));
+    }
+    let want: BTreeMap<String, u64> = channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.clone(), 30 + u64::from(i == 0)))
+        .collect();
+    for node in &nodes {
+        eventually("every node answers the same counts", || async {
+            counts(node, &channels).await == want
+        })
+        .await;
+    }
+    let (_, detail) =
+        get_json(&nodes[1].url(&format!("/v1/presence/{}?token={}", channels[3], token("reader")))).await;
+    let clients = detail["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 30, "one entry per client and node");
+    assert!(
+        clients
+            .iter()
+            .all(|c| c["connections"] == 1 && c["since"].as_str().unwrap().ends_with('Z'))
+    );
+    // The watcher saw the users of its channel join.
+    let mut joined = std::collections::BTreeSet::new();
+    while joined.len() < 30 {
+        let ev = watcher.next().await.unwrap();
+        if ev.event == "ssegate.join" {
+            let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+            assert_eq!(v["channel"], channels[0].as_str());
+            joined.insert(v["client"].as_str().unwrap().to_owned());
+        }
+    }
+    // SIGKILL node 2: no goodbye. Its clients leave within the TTL and a
+    // few seconds, and the watcher hears their leaves.
+    nodes[2].signal("-KILL");
+    streams.retain(|(n, _)| *n != 2);
+    let after: BTreeMap<String, u64> = channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let on_live_nodes = (0..300).filter(|j| j % 10 == i && j % 3 != 2).count() as u64;
+            (c.clone(), on_live_nodes + u64::from(i == 0))
+        })
+        .collect();
+    nodes.truncate(2);
+    for node in &nodes {
+        eventually_within(
+            "the killed node's clients leave the counts",
+            Duration::from_secs(3 + 5),
+            || async { counts(node, &channels).await == after },
+        )
+        .await;
+    }
+    let gone = (0..300).filter(|j| j % 10 == 0 && j % 3 == 2).count();
+    let mut left = 0;
+    while left < gone {
+        if watcher.next().await.unwrap().event == "ssegate.leave" {
+            left += 1;
+        }
+    }
+    // A reader without the presence grant is refused.
+    let outsider = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"exp": 4_000_000_000u64, "channels": ["*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (status, body) =
+        get_json(&nodes[0].url(&format!("/v1/presence/{}?token={outsider}", channels[0]))).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    drop(streams);
+}
+
+#[tokio::test]
+async fn presence_works_with_the_embedded_broker() {
+    let node = NodeProcess::spawn(&[]);
+    let channel = unique("solo");
+    let mut watcher = Sse::open(&node.url(&format!("/v1/stream/{channel}?presence=1"))).await;
+    assert_eq!(watcher.next().await.unwrap().event, "ssegate.join");
+    let other = Sse::open(&node.url(&format!("/v1/stream/{channel}"))).await;
+    eventually("two connections", || async {
+        get_json(&node.url(&format!("/v1/presence/{channel}"))).await.1["count"] == 2
+    })
+    .await;
+    drop(other);
+    eventually("one connection", || async {
+        get_json(&node.url(&format!("/v1/presence/{channel}"))).await.1["count"] == 1
+    })
+    .await;
+}
