@@ -27,12 +27,15 @@ use crate::metrics::Metrics;
 use crate::sse::{Channel, EventId};
 use store::Store;
 
+/// The presence reports of one channel: by node, until when and who.
+type Reports = HashMap<String, (Instant, Vec<Present>)>;
+
 struct Inner {
     store: Mutex<Store>,
     /// Presence reports by channel and node: one node here, kept for the
     /// same reading as with Redis. Bounded by the channels with a local
     /// subscriber (an empty report removes its entry).
-    presence: Mutex<HashMap<Channel, HashMap<String, (Instant, Vec<Present>)>>>,
+    presence: Mutex<HashMap<Channel, Reports>>,
     hub: Hub,
     metrics: Metrics,
     retention: Retention,
