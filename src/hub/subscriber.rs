@@ -132,7 +132,9 @@ impl Subscriber {
     pub fn new(channels: usize, limit: usize) -> Arc<Subscriber> {
         Arc::new(Subscriber {
             client: std::sync::OnceLock::new(),
-            since_ms: crate::broker::now_us() / 1000,
+            since_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
