@@ -62,7 +62,9 @@ if ! msg=$(cargo afl config --build 2>&1); then
 fi
 
 echo "== fuzz: building fuzz/ with cargo afl (target dir $CARGO_TARGET_DIR)"
-(cd fuzz && cargo afl build --release --locked --quiet)
+# Not --locked: fuzz/ depends on the gateway by path, so its lock file
+# follows the gateway's dependencies.
+(cd fuzz && cargo afl build --release --quiet)
 bin=$CARGO_TARGET_DIR/release
 
 # replay TARGET FILE: prints "passes", "hangs", "known: <what>" or
