@@ -70,7 +70,8 @@ fn check_data_source(payload: &[u8], ev: &Event) {
         Value::String(s) => assert_eq!(ev.data, s.as_bytes(), "the data is not the envelope's `data`"),
         // Kept as the publisher wrote it: the same JSON value.
         other => {
-            let kept: Value = serde_json::from_slice(&ev.data).expect("non-string data is the JSON as written");
+            let kept: Value =
+                serde_json::from_slice(&ev.data).expect("non-string data is the JSON as written");
             assert_eq!(&kept, other, "the data is not the envelope's `data`");
         }
     }
