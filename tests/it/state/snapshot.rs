@@ -61,8 +61,10 @@ async fn a_stream_with_state_gets_the_snapshot_then_every_later_event() {
         a.publish(&channel, format!("before {i}")).await;
     }
     let at = put_state(&a.url(""), &channel, "line one\nline two").await;
-    let after: Vec<String> =
-        futures::future::join_all((0..3).map(|i| a.publish(&channel, format!("after {i}")))).await;
+    let mut after = Vec::new();
+    for i in 0..3 {
+        after.push(a.publish(&channel, format!("after {i}")).await);
+    }
     let mut s = Sse::open(&b.url(&format!("/v1/stream/{channel}?state=1"))).await;
     let state = s.next().await.unwrap();
     assert_eq!(
