@@ -12,9 +12,18 @@
 //! stop → drain → count. With `--storm` the publisher runs before the
 //! streams connect, all at once, and the run also reports how long until
 //! every stream was receiving and how many SUBSCRIBE commands Redis saw.
+//!
+//! Two modes of their own measure ssegate's history and presence:
+//! `history` (pages of `GET /v1/history` per second) and `presence` (what
+//! presence costs Redis and the node at rest and with clients coming and
+//! going).
 
 mod client;
+mod costs;
 mod emitter;
+mod history;
+mod http1;
+mod presence;
 mod publisher;
 mod stats;
 mod target;
@@ -61,6 +70,10 @@ enum Sub {
     /// Internal: one worker process, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
+    /// Pages of GET /v1/history per second on a filled channel.
+    History(history::HistoryArgs),
+    /// What presence costs Redis and the node, at rest and with clients coming and going.
+    Presence(presence::PresenceArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -236,8 +249,20 @@ pub fn raise_nofile() -> u64 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Sub::Worker) = cli.command {
-        return worker::main();
+    let mode = match cli.command {
+        Some(Sub::Worker) => return worker::main(),
+        Some(Sub::History(a)) => Some(history::main(a)),
+        Some(Sub::Presence(a)) => Some(presence::main(a)),
+        None => None,
+    };
+    if let Some(result) = mode {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ssegate-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let plan = match Plan::from_args(cli.run) {
         Ok(p) => p,

@@ -17,6 +17,24 @@
  */
 
 /**
+ * A channel's state snapshot (`state: true`): what `PUT /v1/state/{channel}` stored, and the
+ * position it was taken at. The channel's events after that position follow it.
+ * @typedef {object} SsegateState
+ * @property {string} channel
+ * @property {string} id the snapshot's position (`0-0` for a channel without history)
+ * @property {string} data the stored body, as text
+ */
+
+/**
+ * Someone came to or left a channel (`presence: true`), on one node: a client connected
+ * through two nodes joins and leaves once per node.
+ * @typedef {object} SsegatePresence
+ * @property {string} channel
+ * @property {"join"|"leave"} type
+ * @property {string} client the token's `sub`, or "anonymous"
+ */
+
+/**
  * @typedef {object} ConnectOptions
  * @property {string} [token] reader token, sent as the `token` query parameter
  * @property {() => (string|Promise<string>)} [getToken] asked for a fresh token when the
@@ -36,13 +54,24 @@
 /**
  * @typedef {object} SubscribeOptions
  * @property {string} [after] a durable id of the channel: replay strictly after it, then live
- * @property {boolean} [state] first send the channel's state snapshot (WebSocket only)
+ * @property {boolean} [state] first the channel's state snapshot, then the events after it;
+ *   after a reset, the snapshot again (WebSocket `"state": true`, EventSource `?state=1`)
+ * @property {boolean} [presence] also who joins and leaves the channel
+ *   (WebSocket `"presence": true`, EventSource `?presence=1`)
  * @property {(e: SsegateEvent) => void} [onEvent] handler for this channel's events
+ * @property {(s: SsegateState) => void} [onState] handler for the channel's snapshots
+ * @property {(p: SsegatePresence) => void} [onPresence] handler for joins and leaves
  * @property {(r: {channel: string, reason: string, position: string}) => void} [onReset]
  *   called when the history after the channel's position is gone: reload its state
  */
 
 const MIN_DELAY = 1;
+
+/** The per-channel handlers a subscribe may give. */
+const HANDLERS = ["onEvent", "onReset", "onState", "onPresence"];
+
+/** The events that carry joins and leaves, and what they are. */
+const PRESENCE = { "ssegate.join": "join", "ssegate.leave": "leave" };
 
 /**
  * The delay before reconnect attempt `attempt` (0 first): `initial * 2^attempt` capped at
@@ -124,8 +153,8 @@ export class Client {
   }
 
   /**
-   * Adds a listener: `event` (every channel's events), `reset`, `error`, `open`, `close`,
-   * `reconnect` ({attempt, delay}).
+   * Adds a listener: `event` (every channel's events), `state` (snapshots), `presence`
+   * (joins and leaves), `reset`, `error`, `open`, `close`, `reconnect` ({attempt, delay}).
    * @param {string} type @param {Function} fn @returns {() => void} removes the listener
    */
   on(type, fn) {
@@ -147,11 +176,12 @@ export class Client {
   subscribe(channel, options = {}) {
     let ch = this.#channels.get(channel);
     if (ch) {
-      Object.assign(ch, { onEvent: options.onEvent ?? ch.onEvent, onReset: options.onReset ?? ch.onReset });
+      for (const k of HANDLERS) ch[k] = options[k] ?? ch[k];
       if (ch.reply) return Promise.resolve(ch.reply);
     } else {
-      ch = { position: options.after ?? null, state: !!options.state, waiters: [], reply: null };
-      Object.assign(ch, { onEvent: options.onEvent, onReset: options.onReset });
+      ch = { position: options.after ?? null, waiters: [], reply: null };
+      Object.assign(ch, { state: !!options.state, presence: !!options.presence });
+      for (const k of HANDLERS) ch[k] = options[k];
       this.#channels.set(channel, ch);
       if (this.transport === "websocket") {
         if (this.#open) this.#sendSubscribe(channel, ch);
@@ -302,7 +332,9 @@ export class Client {
   #sendSubscribe(channel, ch) {
     const frame = { type: "subscribe", channel };
     if (ch.position) frame.after = ch.position;
-    if (ch.state && !ch.position) frame.state = true;
+    // With `after` too: the snapshot comes again if the history after it is gone.
+    if (ch.state) frame.state = true;
+    if (ch.presence) frame.presence = true;
     this.#send(frame, { kind: "subscribe", channel, ch });
   }
 
@@ -318,6 +350,8 @@ export class Client {
     switch (f.type) {
       case "event":
         return this.#deliver(f);
+      case "state":
+        return this.#onState(f.channel, f.id, f.data);
       case "reset": {
         const ch = this.#channels.get(f.channel);
         if (!ch) return;
@@ -353,9 +387,36 @@ export class Client {
     }
   }
 
+  /** A snapshot: the channel's position becomes the snapshot's, whatever it was. */
+  #onState(channel, id, data) {
+    const ch = this.#channels.get(channel);
+    if (!ch) return;
+    if (id) ch.position = id;
+    const s = { channel, id, data };
+    ch.onState?.(s);
+    this.#emit("state", s);
+  }
+
+  /** A join or leave; false if `name` is not one. */
+  #onPresence(channel, ch, name, data) {
+    const type = PRESENCE[name];
+    if (!type) return false;
+    let client;
+    try {
+      client = JSON.parse(data).client;
+    } catch {
+      return true;
+    }
+    const p = { channel, type, client };
+    ch.onPresence?.(p);
+    this.#emit("presence", p);
+    return true;
+  }
+
   #deliver(f) {
     const ch = this.#channels.get(f.channel);
     if (!ch) return; // unsubscribed meanwhile
+    if (!f.id && this.#onPresence(f.channel, ch, f.event, f.data)) return;
     if (f.id) {
       // Ids are totally ordered per channel: whatever is not after the position was seen.
       if (ch.position && compareIds(f.id, ch.position) <= 0) return;
@@ -447,6 +508,8 @@ export class Client {
     url.searchParams.set("channel", channel);
     if (this.#token) url.searchParams.set("token", this.#token);
     if (ch.position) url.searchParams.set("lastEventId", ch.position);
+    if (ch.state) url.searchParams.set("state", "1");
+    if (ch.presence) url.searchParams.set("presence", "1");
     const es = new this.#ES(url.href);
     ch.es = es;
     const live = () => ch.es === es && this.#channels.get(channel) === ch;
@@ -469,7 +532,10 @@ export class Client {
       this.#emit("event", ev);
     };
     es.onmessage = onEvent;
-    for (const name of [...(this.#opts.events ?? []), "ssegate.state"]) es.addEventListener(name, onEvent);
+    for (const name of this.#opts.events ?? []) es.addEventListener(name, onEvent);
+    es.addEventListener("ssegate.state", (e) => live() && this.#onState(channel, e.lastEventId, e.data));
+    for (const name of Object.keys(PRESENCE))
+      es.addEventListener(name, (e) => live() && this.#onPresence(channel, ch, e.type, e.data));
     es.addEventListener("ssegate.reset", (e) => {
       if (!live()) return;
       if (e.lastEventId) ch.position = e.lastEventId;

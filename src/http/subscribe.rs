@@ -111,6 +111,10 @@ async fn serve(
     let access = app.auth().reader(headers, q.token.as_deref()).await?;
     let channels = validate_channels(q.channels, cfg.max_channels)?;
     access.check_read(&channels)?;
+    if q.presence {
+        // Joins and leaves name the clients: the same grant as GET /v1/presence.
+        channels.iter().try_for_each(|c| access.check_presence(c))?;
+    }
     if q.state && channels.len() != 1 {
         return Err(ApiError::InvalidQuery(
             "state=1 needs exactly one channel: its snapshot is the stream's first event".into(),

@@ -214,6 +214,12 @@ impl Session {
                 self.access
                     .check_read(std::slice::from_ref(&channel))
                     .map_err(|e| (Refusal::new("forbidden", e.to_string()), r.clone()))?;
+                if presence {
+                    // Joins and leaves name the clients: the grant of GET /v1/presence.
+                    self.access
+                        .check_presence(&channel)
+                        .map_err(|e| (Refusal::new("forbidden", e.to_string()), r.clone()))?;
+                }
                 if self.slot_of(channel.as_str()).is_some() {
                     let msg = format!("already subscribed to {channel}");
                     return Err((Refusal::new("already_subscribed", msg), r));

@@ -1,7 +1,7 @@
 // clients/js/ssegate.js against the real gateway it is written for (its own
 // tests in clients/js/test/ use a stand-in): subscribe and publish, refusals,
 // resume after a drained node, a cut connection and an expired token, refresh,
-// and a reset. tests/it/websocket/client.rs starts two nodes on one Redis with
+// a reset, a state snapshot first, and joins and leaves. tests/it/websocket/client.rs starts two nodes on one Redis with
 // --jwt-secret and runs this file.
 //
 // Needs: SSEGATE_TEST_URL_A and SSEGATE_TEST_URL_B (http://host:port of the
@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import WebSocket from "ws";
 import { connect as open } from "../../clients/js/ssegate.js";
-import { connect as raw, mint, post, setting, unique, WAIT } from "./lib.mjs";
+import { connect as raw, mint, post, putState, setting, unique, WAIT } from "./lib.mjs";
 
 const A = setting("URL_A");
 const B = setting("URL_B");
@@ -265,4 +265,39 @@ test("a raw socket and the client agree on what a subscribe without `after` star
   assert.equal((await s.next()).position, last);
   assert.equal(c.position(ch), last);
   await s.close();
+});
+
+test("state: the snapshot first, at its position, then the events after it", async () => {
+  const ch = unique("state");
+  const publisher = token({ publish: [ch] });
+  await post(B, ch, "before", publisher);
+  const at = await putState(B, ch, '{"count":1}', publisher);
+  const after = await post(B, ch, "after", publisher);
+  const c = client(B, { token: token({ channels: [ch] }) });
+  const seen = [];
+  c.on("state", (s) => seen.push(["state", s]));
+  c.on("event", (e) => seen.push(["event", e]));
+  const reply = await c.subscribe(ch, { state: true });
+  assert.equal(reply.position, at);
+  if (!seen.some(([, e]) => e.id === after)) await next(c, "event", (e) => e.id === after);
+  assert.deepEqual(seen, [
+    ["state", { channel: ch, id: at, data: '{"count":1}' }],
+    ["event", { channel: ch, id: after, data: "after" }],
+  ]);
+  assert.equal(c.position(ch), after);
+});
+
+test("presence: another client's join and leave, named by its token's sub", async () => {
+  const ch = unique("presence");
+  const watcher = client(B, { token: token({ sub: "watcher", channels: [ch], presence: [ch] }) });
+  const heard = [];
+  await watcher.subscribe(ch, { presence: true, onPresence: (p) => heard.push(p) });
+  const joined = next(watcher, "presence", (p) => p.client === "bob" && p.type === "join");
+  const bob = client(B, { token: token({ sub: "bob", channels: [ch] }) });
+  await bob.subscribe(ch);
+  assert.deepEqual(await joined, { channel: ch, type: "join", client: "bob" });
+  const left = next(watcher, "presence", (p) => p.client === "bob" && p.type === "leave");
+  bob.close();
+  assert.deepEqual(await left, { channel: ch, type: "leave", client: "bob" });
+  assert.ok(heard.every((p) => p.channel === ch && ["watcher", "bob"].includes(p.client)), JSON.stringify(heard));
 });

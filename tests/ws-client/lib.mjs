@@ -140,6 +140,14 @@ export function connect(base, path, { token, protocols = ["ssegate.v1"] } = {}) 
 }
 
 /** POSTs one event; resolves with its id. */
+export async function putState(base, channel, body, token) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const resp = await fetch(new URL(`/v1/state/${channel}`, base), { method: "PUT", headers, body });
+  const reply = await resp.json();
+  if (resp.status !== 200) throw new Error(`PUT state ${channel}: ${resp.status} ${JSON.stringify(reply)}`);
+  return reply.position;
+}
+
 export async function post(base, channel, body, token) {
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   const resp = await fetch(new URL(`/v1/stream/${channel}`, base), { method: "POST", headers, body });

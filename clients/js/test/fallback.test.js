@@ -208,3 +208,37 @@ test("a gateway that cannot be reached is retried with capped delays", async () 
     `capped at 8, so at least 4: ${delays}`,
   );
 });
+
+test("state and presence open the EventSource with ?state=1&presence=1 and get their own handlers", async () => {
+  const { client, sources } = setup();
+  const got = [];
+  for (const type of ["event", "state", "presence"]) client.on(type, (v) => got.push([type, v]));
+  client.subscribe("a", { state: true, presence: true });
+  const subB = client.subscribe("b");
+  const [a, b] = sources;
+  b.open();
+  await subB;
+  assert.equal(a.url.searchParams.get("state"), "1");
+  assert.equal(a.url.searchParams.get("presence"), "1");
+  assert.equal(b.url.searchParams.get("state"), null);
+  assert.equal(b.url.searchParams.get("presence"), null);
+  a.open();
+  a.emit("ssegate.state", '{"count":1}', "4-0");
+  a.emit("ssegate.join", '{"client":"ada","channel":"a"}', "4-0");
+  a.emit("message", "after it", "5-0");
+  a.emit("ssegate.leave", '{"client":"ada","channel":"a"}', "5-0");
+  assert.deepEqual(got, [
+    ["state", { channel: "a", id: "4-0", data: '{"count":1}' }],
+    ["presence", { channel: "a", type: "join", client: "ada" }],
+    ["event", { channel: "a", id: "5-0", data: "after it" }],
+    ["presence", { channel: "a", type: "leave", client: "ada" }],
+  ]);
+  assert.equal(client.position("a"), "5-0");
+  // Reopened after an error status: from its position, still with state and presence.
+  const reopened = FakeEventSource.next();
+  a.fail();
+  const again = await reopened;
+  assert.equal(again.url.searchParams.get("lastEventId"), "5-0");
+  assert.equal(again.url.searchParams.get("state"), "1");
+  assert.equal(again.url.searchParams.get("presence"), "1");
+});

@@ -1,6 +1,7 @@
 // A stand-in for the gateway's /v1/ws endpoint that speaks the frame protocol
-// of the contract (subscribe with `after` replay, unsubscribe, publish/ack,
-// refresh, error replies, close codes), with per-channel history in memory.
+// of the contract (subscribe with `after` replay, `state` snapshots and
+// `presence` notices, unsubscribe, publish/ack, refresh, error replies, close
+// codes), with per-channel history and snapshots in memory.
 // It lets the client's own logic be tested without building the server; the
 // same client against the real gateway is tests/ws-client/client.test.mjs
 // (run by tests/it/websocket/, which starts the nodes).
@@ -31,6 +32,10 @@ export async function startGateway(options = {}) {
     forbidden: options.forbidden ?? new Set(),
     /** channel -> [{id, data, event}] */
     history: new Map(),
+    /** channel -> {id, data}: the snapshot and its position. */
+    states: new Map(),
+    /** Channels whose history is gone: a subscribe with `after` gets a reset. */
+    trimmed: new Set(),
     /** Every frame received, in order: {conn, frame}. */
     received: [],
     /** Every connection's request URL, in order. */
@@ -57,6 +62,18 @@ export async function startGateway(options = {}) {
       return ev.id;
     },
 
+    /** Stores `data` as the channel's snapshot at its latest id, as PUT /v1/state does. */
+    putState(channel, data) {
+      const log = gw.history.get(channel) ?? [];
+      gw.states.set(channel, { id: log.length ? log[log.length - 1].id : "0-0", data });
+    },
+
+    /** A join or leave of `client` to the sockets that subscribed with `presence`. */
+    presence(channel, type, client) {
+      const frame = { type: "event", channel, event: `ssegate.${type}`, data: JSON.stringify({ client, channel }) };
+      for (const [ws, subs] of gw.sockets) if (subs.get(channel)?.presence) send(ws, frame);
+    },
+
     /** Sends a raw frame to every open socket. */
     broadcast(frame) {
       for (const ws of gw.sockets.keys()) send(ws, frame);
@@ -80,7 +97,7 @@ export async function startGateway(options = {}) {
   wss.on("connection", (ws, req) => {
     const conn = gw.connections.length;
     gw.connections.push(req.url);
-    gw.sockets.set(ws, new Set());
+    gw.sockets.set(ws, new Map());
     ws.on("close", () => gw.sockets.delete(ws));
     ws.on("message", (raw, binary) => {
       if (binary) return ws.close(1003);
@@ -100,10 +117,26 @@ export async function startGateway(options = {}) {
           return reply({ type: "error", code: "forbidden", message: `channel ${f.channel} is not granted` });
         }
         const log = gw.history.get(f.channel) ?? [];
-        subs.add(f.channel);
+        subs.set(f.channel, { presence: !!f.presence });
         const latest = log.length ? log[log.length - 1].id : "0-0";
-        reply({ type: "subscribed", channel: f.channel, position: f.after ?? latest });
-        if (f.after) for (const ev of log) if (after(ev.id, f.after)) send(ws, eventFrame(f.channel, ev));
+        const snapshot = f.state ? gw.states.get(f.channel) : undefined;
+        const stateFrame = (s) => ({ type: "state", channel: f.channel, id: s.id, data: s.data });
+        let from = f.after;
+        if (f.after && gw.trimmed.has(f.channel)) {
+          // The history after `after` is gone: a reset, then the snapshot if asked for.
+          reply({ type: "subscribed", channel: f.channel, position: f.after });
+          send(ws, { type: "reset", channel: f.channel, reason: "history_trimmed", position: latest });
+          if (!snapshot) return;
+          send(ws, stateFrame(snapshot));
+          from = snapshot.id;
+        } else if (!f.after && snapshot) {
+          reply({ type: "subscribed", channel: f.channel, position: snapshot.id });
+          send(ws, stateFrame(snapshot));
+          from = snapshot.id;
+        } else {
+          reply({ type: "subscribed", channel: f.channel, position: f.after ?? latest });
+        }
+        if (from) for (const ev of log) if (after(ev.id, from)) send(ws, eventFrame(f.channel, ev));
         return;
       }
       case "unsubscribe":

@@ -274,3 +274,83 @@ test("a publish whose connection drops before the ack rejects; one made offline 
   assert.equal(gw.history.get("a").at(-1).id, id);
   assert.equal(gw.history.get("a").filter((e) => e.data === "later").length, 1);
 });
+
+test("state: the snapshot first, at its position, then only the events after it", async () => {
+  const { gw, client } = await setup();
+  gw.publish("a", "in the snapshot");
+  gw.putState("a", '{"count":1}');
+  const at = gw.states.get("a").id;
+  const seen = [];
+  client.on("state", (s) => seen.push(["state", s.data]));
+  client.on("event", (e) => seen.push(["event", e.data]));
+  const onState = [];
+  const reply = await client.subscribe("a", { state: true, onState: (s) => onState.push(s) });
+  assert.equal(reply.position, at);
+  const sent = gw.received.find(({ frame }) => frame.type === "subscribe").frame;
+  assert.equal(sent.state, true);
+  assert.equal(sent.after, undefined);
+  const later = gw.publish("a", "after it");
+  await next(client, "event", (e) => e.id === later);
+  assert.deepEqual(onState, [{ channel: "a", id: at, data: '{"count":1}' }]);
+  assert.deepEqual(seen, [
+    ["state", '{"count":1}'],
+    ["event", "after it"],
+  ]);
+  assert.equal(client.position("a"), later);
+});
+
+test("state: a reconnect asks again with after; a reset brings the snapshot and the events after it", async () => {
+  const { gw, client } = await setup();
+  gw.publish("a", "e1");
+  gw.putState("a", "s1");
+  const got = record(client);
+  const states = [];
+  const resets = [];
+  await client.subscribe("a", { state: true, onState: (s) => states.push(s.data), onReset: (r) => resets.push(r) });
+  const e2 = gw.publish("a", "e2");
+  await next(client, "event", (e) => e.id === e2);
+  // Away: the history the client needs is gone; a newer snapshot covers e3.
+  const closed = next(client, "close");
+  gw.trimmed.add("a");
+  gw.drop(1001);
+  await closed;
+  gw.publish("a", "e3");
+  gw.putState("a", "s3");
+  const e4 = gw.publish("a", "e4");
+  const resubscribe = frame(gw, (f) => f.type === "subscribe" && f.after === e2);
+  await next(client, "event", (e) => e.id === e4);
+  const { frame: sent } = await resubscribe;
+  assert.equal(sent.state, true, "the snapshot is asked for again, for a reset");
+  assert.deepEqual(resets.map((r) => r.reason), ["history_trimmed"]);
+  assert.deepEqual(states, ["s1", "s3"]);
+  // e3 is in the second snapshot: behind the reset's position, yet e4 is delivered.
+  assert.deepEqual(got("a"), ["e2", "e4"]);
+  assert.equal(client.position("a"), e4);
+});
+
+test("presence: joins and leaves go to onPresence and on('presence'), not to the events", async () => {
+  const { gw, client } = await setup();
+  const events = record(client);
+  const onPresence = [];
+  await client.subscribe("a", { presence: true, onPresence: (p) => onPresence.push(p) });
+  await client.subscribe("b");
+  const subs = gw.received.filter(({ frame }) => frame.type === "subscribe").map(({ frame }) => frame);
+  assert.deepEqual(
+    subs.map((f) => [f.channel, f.presence]),
+    [
+      ["a", true],
+      ["b", undefined],
+    ],
+  );
+  const leave = next(client, "presence", (p) => p.type === "leave");
+  gw.presence("a", "join", "ada");
+  gw.presence("a", "leave", "bob");
+  assert.deepEqual(await leave, { channel: "a", type: "leave", client: "bob" });
+  assert.deepEqual(onPresence, [
+    { channel: "a", type: "join", client: "ada" },
+    { channel: "a", type: "leave", client: "bob" },
+  ]);
+  const id = gw.publish("a", "an event");
+  await next(client, "event", (e) => e.id === id);
+  assert.deepEqual(events("a"), ["an event"]);
+});

@@ -43,7 +43,7 @@ async fn the_demo_page_shows_events_published_through_redis_and_through_http() {
     let stream = b
         .eval("demo", "document.querySelector('#stream-url').textContent")
         .await;
-    assert_eq!(stream, node.url("/v1/stream/demo"));
+    assert_eq!(stream, node.url("/v1/stream/demo?state=1&presence=1"));
 
     // Another channel, with the named event "order" shown.
     let ch = unique("page");
@@ -54,7 +54,7 @@ async fn the_demo_page_shows_events_published_through_redis_and_through_http() {
     assert_eq!(
         b.eval("demo", "document.querySelector('#stream-url').textContent")
             .await,
-        node.url(&format!("/v1/stream/{ch}"))
+        node.url(&format!("/v1/stream/{ch}?state=1&presence=1"))
     );
 
     // Durable through Redis (the Redis Function), with an event name.
@@ -149,7 +149,7 @@ async fn the_demo_page_shows_events_published_through_redis_and_through_http() {
     assert_eq!(
         b.eval("demo", "document.querySelector('#stream-url').textContent")
             .await,
-        node.url(&format!("/v1/stream?channel={a}&channel={c}"))
+        node.url(&format!("/v1/stream?channel={a}&channel={c}&presence=1"))
     );
     let on_a = post(&node.url(&format!("/v1/stream/{a}")), "on a", None).await;
     assert_eq!(
@@ -191,8 +191,9 @@ async fn the_demo_page_works_out_of_the_box_and_its_screenshot_is_docs_demo_png(
     let Some(mut b) = Browser::launch(json!({})).await else {
         return;
     };
-    // As `cargo run --release` starts it: embedded broker, demo page on.
-    let node = NodeProcess::spawn(&["--ip-rate", "0"]);
+    // As `cargo run --release` starts it: embedded broker, demo page on
+    // (with a fixed node name, which the presence panel shows).
+    let node = NodeProcess::spawn(&["--ip-rate", "0", "--node-id", "node-1"]);
     let origin = format!("http://localhost:{}", node.addr.port());
     b.open("demo", &format!("{origin}/")).await;
     b.wait("demo", OPEN).await;

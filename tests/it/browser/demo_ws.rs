@@ -182,7 +182,7 @@ async fn the_demo_page_over_websocket_publishes_with_acks_and_resumes_after_a_re
     assert_eq!(
         b.eval("demo", "document.querySelector('#stream-url').textContent")
             .await,
-        node.url(&format!("/v1/stream/{a}"))
+        node.url(&format!("/v1/stream/{a}?state=1&presence=1"))
     );
     let sse = post(&node.url(&format!("/v1/stream/{a}")), "over sse", None).await;
     assert_eq!(b.wait("demo", &shown("over sse")).await[1], json!(sse));

@@ -7,7 +7,9 @@
 //! that is not allowed reads nothing (over EventSource and over WebSocket);
 //! one page holds 20 streams over HTTP/2; the demo page's screenshot is
 //! docs/demo.png (refreshed with SSEGATE_UPDATE_SCREENSHOT=1), and its
-//! WebSocket mode publishes with acks and resumes; Chromium's WebSocket,
+//! WebSocket mode publishes with acks and resumes, and its state and
+//! presence panels show a stored snapshot first and a page on another node
+//! joining and leaving, over both transports; Chromium's WebSocket,
 //! with the client the node serves at /ssegate.js, gets every event once
 //! behind HAProxy through a node kill and a drain; and an EventSource and a
 //! WebSocket on two nodes get the same events.
@@ -20,6 +22,7 @@
 //! One browser runs at a time.
 
 mod demo;
+mod demo_state;
 mod demo_ws;
 mod failover;
 mod http2;

@@ -163,3 +163,67 @@ async fn presence_works_with_the_embedded_broker() {
     })
     .await;
 }
+
+/// Joins and leaves name the clients on a channel, as `GET /v1/presence`
+/// does: a token without the `presence` claim for the channel gets neither.
+#[tokio::test]
+async fn joins_and_leaves_need_the_presence_claim() {
+    let node = NodeProcess::spawn(&["--jwt-secret", SECRET, "--ip-rate", "0"]);
+    let channel = format!("lobby-{}", std::process::id());
+    let reader_only = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"exp": 4_000_000_000u64, "sub": "eve", "channels": ["*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    // SSE: refused before the stream opens; without ?presence=1 it opens.
+    let opened = reqwest::get(node.url(&format!("/v1/stream/{channel}?presence=1&token={reader_only}")))
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 403, "a stream with joins and leaves opened");
+    let body: serde_json::Value = opened.json().await.unwrap();
+    assert_eq!(body["error"], "forbidden", "{body}");
+    let plain = reqwest::get(node.url(&format!("/v1/stream/{channel}?token={reader_only}")))
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    drop(plain);
+    // WebSocket: the subscribe is refused, the socket stays open.
+    let mut ws =
+        crate::websocket::raw::RawWs::connect(node.addr, &format!("/v1/ws?token={reader_only}")).await;
+    let subscribe = |presence: bool, r: u32| {
+        crate::websocket::raw::text(&json!({
+            "type": "subscribe", "channel": channel, "presence": presence, "ref": r
+        }))
+    };
+    ws.send_together(&[subscribe(true, 1)]).await;
+    let refused = ws.next_json().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{refused}"
+    );
+    assert_eq!(refused["ref"], 1);
+    ws.send_together(&[subscribe(false, 2)]).await;
+    let ok = ws.next_json().await;
+    assert_eq!(
+        (ok["type"].as_str(), ok["ref"].as_u64()),
+        (Some("subscribed"), Some(2)),
+        "{ok}"
+    );
+    // With the claim, the stream opens and hears its own join.
+    let room = format!("room-{}", std::process::id());
+    let mut watcher = Sse::open(&node.url(&format!(
+        "/v1/stream/{room}?presence=1&token={}",
+        token("watcher")
+    )))
+    .await;
+    let join = watcher.next().await.unwrap();
+    assert_eq!(
+        (join.event.as_str(), join.data.as_str()),
+        (
+            "ssegate.join",
+            &*format!(r#"{{"channel":"{room}","client":"watcher"}}"#)
+        )
+    );
+}

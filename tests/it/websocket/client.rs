@@ -1,6 +1,7 @@
 //! clients/js/ssegate.js against real nodes: tests/ws-client/client.test.mjs
 //! runs the client in Node (with the `ws` package as its WebSocket) against
-//! two nodes on one Redis, and drains one of them.
+//! two nodes on one Redis, and drains one of them; it also takes a state
+//! snapshot first and hears another client's join and leave.
 
 use super::{run_script, scripts_dir};
 use crate::helpers::*;
@@ -39,7 +40,7 @@ async fn the_javascript_client_and_the_gateway_agree() {
         ],
     )
     .await;
-    assert_eq!(passed, 9);
+    assert_eq!(passed, 11);
     // Node A was drained by the script (SIGTERM) and exited by itself.
     assert!(exited(&mut a.child).await.success());
 }
