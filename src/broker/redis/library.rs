@@ -29,7 +29,11 @@ pub(super) fn load_command(library: &str) -> redis::Cmd {
 
 /// `FCALL <function> 1 <key>` (`FCALL_RO` for the read-only functions).
 pub(super) fn fcall(function: &str, key: String) -> redis::Cmd {
-    let mut cmd = redis::cmd(if function == "ssegate_publish" {
+    let writes = matches!(
+        function,
+        "ssegate_publish" | "ssegate_mercure_publish" | "ssegate_mercure_registry"
+    );
+    let mut cmd = redis::cmd(if writes {
         "FCALL"
     } else {
         "FCALL_RO"
