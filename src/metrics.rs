@@ -234,7 +234,11 @@ impl Metrics {
             None,
             "Mercure hub events, by kind (published, delivered, last_event_id_unknown, refused, ...).",
         );
-        describe(MERCURE_SUBSCRIBERS, None, "Mercure subscribers connected to this node.");
+        describe(
+            MERCURE_SUBSCRIBERS,
+            None,
+            "Mercure subscribers connected to this node.",
+        );
         let counter = |name: &'static str| r.register_counter(&Key::from_static_name(name), &META);
         let labelled = |name: &'static str, k: &'static str, v: &'static str| {
             r.register_counter(&labelled_key(name, k, v), &META)

@@ -169,10 +169,18 @@ pub trait Broker: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub enum RegistryOp {
     /// Adds `entries` (`(field, JSON)`) under `node`.
-    Add { node: String, entries: Vec<(String, Bytes)> },
-    Remove { fields: Vec<String> },
+    Add {
+        node: String,
+        entries: Vec<(String, Bytes)>,
+    },
+    Remove {
+        fields: Vec<String>,
+    },
     /// Renews `node`'s lease for `ttl`.
-    Renew { node: String, ttl: Duration },
+    Renew {
+        node: String,
+        ttl: Duration,
+    },
     /// Every live node's entries (JSON values).
     List,
 }

@@ -31,7 +31,12 @@ pub struct MercureConfig {
     pub mercure_publisher_jwt_key: Option<String>,
 
     /// Algorithm of --mercure-publisher-jwt-key.
-    #[arg(long, env = "SSEGATE_MERCURE_PUBLISHER_JWT_ALG", value_enum, default_value = "HS256")]
+    #[arg(
+        long,
+        env = "SSEGATE_MERCURE_PUBLISHER_JWT_ALG",
+        value_enum,
+        default_value = "HS256"
+    )]
     pub mercure_publisher_jwt_alg: MercureAlg,
 
     /// Key that verifies subscribers' JWTs (default: the publisher key).
@@ -72,7 +77,11 @@ impl MercureConfig {
         if !self.enabled {
             return Ok(());
         }
-        if self.mercure_publisher_jwt_key.as_deref().is_none_or(str::is_empty) {
+        if self
+            .mercure_publisher_jwt_key
+            .as_deref()
+            .is_none_or(str::is_empty)
+        {
             return Err(bad(
                 "mercure-publisher-jwt-key",
                 "is required with --mercure (publishers need a JWT)",
@@ -87,7 +96,10 @@ impl MercureConfig {
         ] {
             for o in list.iter().filter(|o| *o != "*") {
                 if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
-                    return Err(bad(flag, format!("{o:?} is not an origin like https://app.example.com")));
+                    return Err(bad(
+                        flag,
+                        format!("{o:?} is not an origin like https://app.example.com"),
+                    ));
                 }
             }
         }

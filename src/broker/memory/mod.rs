@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerError, History, HistoryFacts, IdempotencyKey, Page, Published, Retention, before, decode_on,
-    gap_after,
+    Broker, BrokerError, History, HistoryFacts, IdempotencyKey, Page, Published, Retention, before,
+    decode_on, gap_after,
 };
 use crate::hub::{Hub, Plan, SubCommand};
 use crate::metrics::Metrics;

@@ -33,11 +33,7 @@ pub(super) fn fcall(function: &str, key: String) -> redis::Cmd {
         function,
         "ssegate_publish" | "ssegate_mercure_publish" | "ssegate_mercure_registry"
     );
-    let mut cmd = redis::cmd(if writes {
-        "FCALL"
-    } else {
-        "FCALL_RO"
-    });
+    let mut cmd = redis::cmd(if writes { "FCALL" } else { "FCALL_RO" });
     cmd.arg(function).arg(1).arg(key);
     cmd
 }
