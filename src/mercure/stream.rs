@@ -57,10 +57,15 @@ struct Replay {
     fetch: Option<BoxFuture<'static, Result<History, BrokerError>>>,
 }
 
+/// What a stream holds only to undo when it ends.
+struct Held {
+    registered: Registered,
+    _attachment: Attachment,
+}
+
 pub struct MercureStream {
     sub: Arc<Subscriber>,
-    _registered: Registered,
-    _attachment: Attachment,
+    held: Box<Held>,
     opening: Option<Bytes>,
     replay: Option<Box<Replay>>,
     /// The last log position written: anything at or before it is a duplicate.
@@ -95,8 +100,10 @@ impl MercureStream {
         });
         MercureStream {
             sub,
-            _registered: registered,
-            _attachment: attachment,
+            held: Box::new(Held {
+                registered,
+                _attachment: attachment,
+            }),
             // A comment, so that the response starts at once through proxies.
             opening: Some(HEARTBEAT.clone()),
             replay,
@@ -189,7 +196,7 @@ impl MercureStream {
                 Poll::Ready(false) => {}
             }
         }
-        let metrics = &self._registered.inner.metrics;
+        let metrics = &self.held.registered.inner.metrics;
         loop {
             let mut items = std::mem::take(&mut self.spare);
             match self.sub.poll_drain(cx, &mut items) {
