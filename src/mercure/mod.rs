@@ -46,6 +46,15 @@ use selector::Selector;
 
 /// Bytes the tap may have queued before it counts as overflowed.
 const TAP_QUEUE: usize = 256 << 20;
+/// The kinds of `ssegate_mercure_events_total`.
+const KINDS: [&str; 6] = [
+    "published",
+    "delivered",
+    "replayed",
+    "unauthorized",
+    "forbidden",
+    "last_event_id_unknown",
+];
 /// Claim selectors compiled and kept for reuse, at most.
 const SELECTOR_CACHE: usize = 10_000;
 
@@ -80,6 +89,11 @@ impl Mercure {
         cancel: CancellationToken,
     ) -> Result<Mercure, KeyError> {
         let keys = auth::Keys::from_config(&cfg.mercure)?;
+        // Every series from the start, at zero.
+        for kind in KINDS {
+            metrics.mercure(kind).increment(0);
+        }
+        metrics.mercure_subscribers().set(0.0);
         let inner = Arc::new(Inner {
             cfg: cfg.mercure.clone(),
             keys,

@@ -37,6 +37,12 @@ impl Channel {
     }
 
     /// A channel name from the broker: a valid name, or the reserved one.
+    pub fn parse_internal(name: &str) -> Result<Self, ChannelError> {
+        Self::validate_internal(name.as_bytes())?;
+        Ok(Channel(Arc::from(name)))
+    }
+
+    /// Checks a name from the broker: a valid name, or the reserved one.
     pub fn validate_internal(name: &[u8]) -> Result<(), ChannelError> {
         if name == super::mercure::MERCURE_CHANNEL.as_bytes() {
             return Ok(());
