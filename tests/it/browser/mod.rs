@@ -18,6 +18,7 @@
 mod demo;
 mod failover;
 mod http2;
+mod mercure;
 mod tokens;
 
 use std::io::{BufRead, BufReader, Write};
