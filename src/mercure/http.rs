@@ -169,16 +169,16 @@ fn subscriber_claims(
     inner: &Inner,
     headers: &HeaderMap,
     query: &[(String, String)],
-) -> Result<Option<Claims>, Response> {
+) -> Result<Option<Claims>, Box<Response>> {
     match auth::authorize(
         headers,
         &all(query, "authorization"),
         &inner.keys.subscriber,
         None,
     ) {
-        Ok(None) if !inner.cfg.mercure_anonymous => Err(unauthorized(inner, None)),
+        Ok(None) if !inner.cfg.mercure_anonymous => Err(Box::new(unauthorized(inner, None))),
         Ok(c) => Ok(c),
-        Err(e) => Err(unauthorized(inner, Some(e))),
+        Err(e) => Err(Box::new(unauthorized(inner, Some(e)))),
     }
 }
 
@@ -187,7 +187,7 @@ async fn subscribe(State(m): State<Mercure>, RawQuery(raw): RawQuery, headers: H
     let query = pairs(raw.as_deref().unwrap_or("").as_bytes());
     let claims = match subscriber_claims(inner, &headers, &query) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut topics = all(&query, "topic");
     if topics.is_empty() {
