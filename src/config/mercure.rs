@@ -66,8 +66,8 @@ pub struct MercureConfig {
     #[arg(long, env = "SSEGATE_MERCURE_PUBLISH_ORIGINS", value_delimiter = ',')]
     pub mercure_publish_origins: Vec<String>,
 
-    /// Updates kept in the shared Mercure log for resume (Redis trims
-    /// approximately; the embedded broker keeps --history-size).
+    /// Updates kept in the shared Mercure log for resume; Redis trims
+    /// approximately, and the embedded broker keeps --history-size updates.
     #[arg(long, env = "SSEGATE_MERCURE_HISTORY_SIZE", default_value_t = 10_000)]
     pub mercure_history_size: usize,
 }
