@@ -36,6 +36,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::SetupError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Mercure(#[from] crate::mercure::KeyError),
     #[error(
         "invalid --max-connections (SSEGATE_MAX_CONNECTIONS): {max_connections} connections need {needed} open \
          files (Redis, refusals and files take the rest), and this process may open {file_limit}: lower it \
@@ -149,7 +151,20 @@ impl Application {
             metrics.clone(),
         );
         tokio::spawn(presence.run(tasks.clone()));
+        let mercure = match config.mercure.enabled {
+            true => Some(crate::mercure::Mercure::start(
+                &config,
+                hub.clone(),
+                broker.clone(),
+                metrics.clone(),
+                tasks.clone(),
+            )?),
+            false => None,
+        };
         let state = AppState::new(config, occupancy, auth, hub, broker, metrics, ip_rate);
+        if let Some(m) = mercure {
+            state.set_mercure(m);
+        }
         let server = Server::new(listener, tls, state.clone(), gate);
         Ok(Application { server, state, tasks })
     }

@@ -9,6 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
+mod mercure;
+pub use mercure::{MercureAlg, MercureConfig};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ssegate",
@@ -299,6 +302,9 @@ pub struct Config {
     /// Log format (the level comes from RUST_LOG, default `info`).
     #[arg(long, env = "SSEGATE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub mercure: MercureConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -437,6 +443,7 @@ impl Config {
                 "must be at least --drain-delay plus --close-spread",
             ));
         }
+        self.mercure.validate()?;
         Ok(())
     }
 

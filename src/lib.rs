@@ -47,7 +47,8 @@
 //!
 //! Around that path: [`config`], [`app`] (build and run a node), [`state`]
 //! (what handlers share), [`auth`] (who reads and publishes what),
-//! [`peer`] (client addresses behind balancers), [`limits`] (the per-IP
+//! [`peer`] (client addresses behind balancers), [`mercure`] (a Mercure
+//! hub over one shared update log, `--mercure`), [`limits`] (the per-IP
 //! rate), [`metrics`], [`telemetry`], [`tls`] and [`shutdown`]. `fuzzing`
 //! holds the fuzz targets of every parser of untrusted bytes
 //! (`docs/fuzzing.md`).
@@ -63,6 +64,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod mercure;
 pub mod metrics;
 pub mod peer;
 pub mod presence;

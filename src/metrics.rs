@@ -45,6 +45,8 @@ pub mod names {
     pub const STATES_SENT: &str = "ssegate_states_sent_total";
     pub const WEBSOCKETS_OPENED: &str = "ssegate_websockets_opened_total";
     pub const WS_ERRORS: &str = "ssegate_websocket_errors_total";
+    pub const MERCURE_EVENTS: &str = "ssegate_mercure_events_total";
+    pub const MERCURE_SUBSCRIBERS: &str = "ssegate_mercure_subscribers";
 }
 
 /// Upper bounds of the latency buckets, in microseconds.
@@ -247,6 +249,16 @@ impl Metrics {
             None,
             "Fetches of the --jwks-url key set, by result (ok, error, invalid).",
         );
+        describe(
+            MERCURE_EVENTS,
+            None,
+            "Mercure hub events, by kind (published, delivered, last_event_id_unknown, refused, ...).",
+        );
+        describe(
+            MERCURE_SUBSCRIBERS,
+            None,
+            "Mercure subscribers connected to this node.",
+        );
         let counter = |name: &'static str| r.register_counter(&Key::from_static_name(name), &META);
         let labelled = |name: &'static str, k: &'static str, v: &'static str| {
             r.register_counter(&labelled_key(name, k, v), &META)
@@ -301,6 +313,17 @@ impl Metrics {
     pub fn jwks_refreshes(&self, result: &'static str) -> Counter {
         self.registry
             .register_counter(&labelled_key(names::JWKS_REFRESHES, "result", result), &META)
+    }
+
+    /// Mercure hub events of one `kind`.
+    pub fn mercure(&self, kind: &'static str) -> Counter {
+        self.registry
+            .register_counter(&labelled_key(names::MERCURE_EVENTS, "kind", kind), &META)
+    }
+
+    pub fn mercure_subscribers(&self) -> Gauge {
+        self.registry
+            .register_gauge(&Key::from_static_name(names::MERCURE_SUBSCRIBERS), &META)
     }
 
     /// `n` events written `us` microseconds after they were published.

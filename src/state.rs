@@ -3,14 +3,15 @@
 //! the trusted proxies, and whether the node is draining. A cheap `Clone` handle; it depends on nothing of `http`
 //! or `app`, so both can depend on it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::auth::Auth;
 use crate::broker::SharedBroker;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::IpRate;
+use crate::mercure::Mercure;
 use crate::metrics::Metrics;
 use crate::peer::TrustedProxies;
 use crate::stream::ReplayBudget;
@@ -64,6 +65,7 @@ struct Inner {
     ip_rate: Arc<IpRate>,
     trusted: TrustedProxies,
     draining: AtomicBool,
+    mercure: OnceLock<Mercure>,
 }
 
 /// Shared state of a node; a cheap clone.
@@ -93,6 +95,7 @@ impl AppState {
             broker,
             metrics,
             draining: AtomicBool::new(false),
+            mercure: OnceLock::new(),
         }))
     }
 
@@ -125,6 +128,13 @@ impl AppState {
     /// `--trusted-proxies`.
     pub fn trusted_proxies(&self) -> &TrustedProxies {
         &self.0.trusted
+    }
+    /// The node's Mercure hub (`--mercure`), once set at build.
+    pub fn mercure(&self) -> Option<&Mercure> {
+        self.0.mercure.get()
+    }
+    pub fn set_mercure(&self, m: Mercure) {
+        let _ = self.0.mercure.set(m);
     }
     pub fn is_draining(&self) -> bool {
         self.0.draining.load(Ordering::Relaxed)

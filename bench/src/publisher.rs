@@ -212,13 +212,14 @@ impl Publisher {
                 Method::RedisPublish { url, key_template } => {
                     let con = redis_connect(url).await?;
                     let keys = keys(&names, key_template);
-                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, Op::Publish, max, pad))
+                    let op = Op::Publish;
+                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, names, op, max, pad))
                 }
                 Method::RedisEmit { url, key_template } => {
                     let con = redis_connect(url).await?;
                     let keys = keys(&names, key_template);
                     let op = Op::Emit(names.clone());
-                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, op, max, pad))
+                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, names, op, max, pad))
                 }
                 Method::RedisFunction {
                     url,
@@ -228,7 +229,7 @@ impl Publisher {
                     let con = redis_connect(url).await?;
                     let keys = keys(&names, key_template);
                     let op = Op::Function(function.clone());
-                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, op, max, pad))
+                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, names, op, max, pad))
                 }
                 Method::Http {
                     addr,
@@ -387,11 +388,13 @@ enum Op {
     Emit(Rc<Vec<String>>),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn redis_conn(
     st: Rc<State>,
     conn: usize,
     mut con: redis::aio::MultiplexedConnection,
     keys: Vec<String>,
+    names: Rc<Vec<String>>,
     op: Op,
     max: usize,
     pad: usize,
@@ -405,6 +408,20 @@ async fn redis_conn(
             let key = &keys[c as usize];
             match &op {
                 Op::Publish => pipe.cmd("PUBLISH").arg(key).arg(p.as_slice()),
+                // A Mercure update in the shared log: the channel name is its topic.
+                Op::Function(f) if f == "ssegate_mercure_publish" => {
+                    let topic = &names[c as usize];
+                    let data = String::from_utf8_lossy(p);
+                    let id = format!("{topic}#{data}");
+                    let update = serde_json::json!({"id": id, "topics": [topic], "data": data});
+                    pipe.cmd("FCALL")
+                        .arg(f)
+                        .arg(1)
+                        .arg(key)
+                        .arg(update.to_string())
+                        .arg(id)
+                        .arg(10_000)
+                }
                 Op::Function(f) => pipe.cmd("FCALL").arg(f).arg(1).arg(key).arg(p.as_slice()),
                 Op::Emit(rooms) => {
                     let msg = crate::emitter::encode(&rooms[c as usize], p);

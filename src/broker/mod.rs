@@ -210,6 +210,72 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker can deliver events right now.
     fn is_connected(&self) -> bool;
+
+    /// Mercure: appends an update (the stored form of
+    /// `sse::mercure::Update`) to the shared Mercure log and publishes it,
+    /// remembering its Mercure id for resumes; `max_len` bounds the log.
+    fn mercure_publish(
+        &self,
+        payload: Bytes,
+        mercure_id: &str,
+        max_len: usize,
+    ) -> BoxFuture<'_, Result<EventId, BrokerError>> {
+        let _ = (mercure_id, max_len);
+        Box::pin(async move { Ok(self.publish(&Channel::mercure(), payload, None).await?.id) })
+    }
+
+    /// Mercure: where a resume after `after` starts in the Mercure log: the
+    /// position of the update with that Mercure id, or (`None`, `earliest`)
+    /// the position just before the oldest retained update. `Ok(None)`:
+    /// the log no longer holds that id.
+    fn mercure_find(&self, after: Option<&str>) -> BoxFuture<'_, Result<Option<EventId>, BrokerError>>;
+
+    /// Mercure: the cluster's registry of active subscriptions.
+    fn mercure_registry(&self, op: RegistryOp) -> BoxFuture<'_, Result<Vec<Bytes>, BrokerError>> {
+        let _ = op;
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}
+
+/// Changes to and reads of the cluster's Mercure subscriptions (the
+/// subscriptions API): one entry per subscriber and topic selector, owned
+/// by a node; a node that stops renewing its lease loses its entries.
+#[derive(Debug, Clone)]
+pub enum RegistryOp {
+    /// Adds `entries` (`(field, JSON)`) under `node`.
+    Add {
+        node: String,
+        entries: Vec<(String, Bytes)>,
+    },
+    Remove {
+        fields: Vec<String>,
+    },
+    /// Renews `node`'s lease for `ttl`.
+    Renew {
+        node: String,
+        ttl: Duration,
+    },
+    /// Every live node's entries (JSON values).
+    List,
+}
+
+/// The position just before `id` in a log.
+pub fn before(id: EventId) -> EventId {
+    match (id.ms, id.seq) {
+        (0, 0) => EventId::ZERO,
+        (ms, 0) => EventId::new(ms - 1, u64::MAX),
+        (ms, seq) => EventId::new(ms, seq - 1),
+    }
+}
+
+/// Decodes one payload of `channel` from the broker and encodes it once:
+/// Mercure updates with their topics, anything else as `encode_incoming`.
+pub fn decode_on(channel: &str, payload: Bytes, id: Option<EventId>, metrics: &Metrics) -> Arc<Encoded> {
+    if channel == crate::sse::mercure::MERCURE_CHANNEL {
+        let published_us = id.map_or_else(now_us, |i| i.ms.saturating_mul(1000));
+        return Arc::new(crate::sse::mercure::encode_update(&payload, id, published_us));
+    }
+    encode_incoming(payload, id, metrics)
 }
 
 pub type SharedBroker = Arc<dyn Broker>;

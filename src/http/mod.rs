@@ -111,6 +111,7 @@ pub fn router(state: AppState) -> Router {
     let max_head = state.config().max_header_bytes;
     let cors = cors(state.config());
     let forwarded = axum::middleware::from_fn_with_state(state.clone(), client::forwarded_client);
+    let mercure = state.mercure().cloned().map(crate::mercure::http::routes);
     let router = Router::new()
         .route("/v1/stream", get(subscribe::many))
         .route(
@@ -136,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+        .merge(mercure.unwrap_or_default())
         .layer(axum::middleware::from_fn_with_state(max_head, limit_head))
         .layer(forwarded);
     match cors {

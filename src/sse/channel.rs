@@ -30,6 +30,26 @@ impl Channel {
         Ok(Channel(Arc::from(name)))
     }
 
+    /// The reserved channel of the Mercure hub's updates
+    /// (`sse::mercure::MERCURE_CHANNEL`), which no client can name.
+    pub fn mercure() -> Self {
+        Channel(Arc::from(super::mercure::MERCURE_CHANNEL))
+    }
+
+    /// A channel name from the broker: a valid name, or the reserved one.
+    pub fn parse_internal(name: &str) -> Result<Self, ChannelError> {
+        Self::validate_internal(name.as_bytes())?;
+        Ok(Channel(Arc::from(name)))
+    }
+
+    /// Checks a name from the broker: a valid name, or the reserved one.
+    pub fn validate_internal(name: &[u8]) -> Result<(), ChannelError> {
+        if name == super::mercure::MERCURE_CHANNEL.as_bytes() {
+            return Ok(());
+        }
+        Self::validate(name)
+    }
+
     /// Checks the naming rule without allocating.
     pub fn validate(name: &[u8]) -> Result<(), ChannelError> {
         if name.is_empty() {

@@ -23,6 +23,8 @@ pub struct Encoded {
     pub id: Option<EventId>,
     /// When the event was published (µs since the epoch), for the latency metric.
     pub published_us: u64,
+    /// A Mercure update's topics and id, for the Mercure hub's matching.
+    pub mercure: Option<Box<super::mercure::UpdateMeta>>,
 }
 
 impl Encoded {
@@ -55,6 +57,7 @@ impl Encoded {
             body_start,
             id: durable,
             published_us,
+            mercure: None,
         }
     }
 

@@ -9,6 +9,7 @@ mod envelope;
 #[cfg(test)]
 mod fuzz;
 mod id;
+pub mod mercure;
 
 pub use channel::{Channel, ChannelError, MAX_CHANNEL_LEN};
 pub use cursor::{Cursor, CursorError};

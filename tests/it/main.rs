@@ -13,6 +13,7 @@ mod durable;
 mod helpers;
 mod hostile;
 mod library;
+mod mercure;
 mod netfault;
 mod scale;
 mod state;

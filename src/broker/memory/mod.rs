@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Broker, BrokerError, History, HistoryFacts, IdempotencyKey, NodePresence, Page, PresenceReport, Present,
-    Published, Retention, Snapshot, encode_incoming, gap_after, presence_event,
+    Published, Retention, Snapshot, before, decode_on, gap_after, presence_event,
 };
 use crate::hub::{Hub, Plan, SubCommand};
 use crate::metrics::Metrics;
@@ -119,7 +119,7 @@ impl Broker for MemoryBroker {
             inner.metrics.events_in_durable.increment(1);
             inner.hub.dispatch(
                 channel.as_str(),
-                encode_incoming(payload, Some(published.id), &inner.metrics),
+                decode_on(channel.as_str(), payload, Some(published.id), &inner.metrics),
             );
         }
         drop(store);
@@ -244,5 +244,22 @@ impl Broker for MemoryBroker {
 
     fn is_connected(&self) -> bool {
         true
+    }
+
+    fn mercure_find(&self, after: Option<&str>) -> BoxFuture<'_, Result<Option<EventId>, BrokerError>> {
+        let mut store = self.0.store.lock();
+        let found = match store.live(&Channel::mercure()) {
+            None => after.is_none().then_some(EventId::ZERO),
+            Some(log) => match after {
+                None => Some(log.entries.front().map_or(log.last, |e| before(e.id))),
+                // The newest update with that id (a reused id names the last one).
+                Some(want) => log.entries.iter().rev().find_map(|e| {
+                    crate::sse::mercure::Update::from_payload(&e.payload)
+                        .filter(|u| u.id == want)
+                        .map(|_| e.id)
+                }),
+            },
+        };
+        Box::pin(std::future::ready(Ok(found)))
     }
 }

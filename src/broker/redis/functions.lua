@@ -28,6 +28,23 @@
 --   (including the clients of the dropped reports) on '<prefix>{C}'.
 -- ssegate_presence_get(1, key) -> {now_ms, field, value, ...}
 -- ssegate_tip(1, key) -> newest id ever added ('0-0' without history)
+--
+-- The Mercure hub's updates share one log, '<prefix>{$mercure}:log', and
+-- one pub/sub channel, '<prefix>{$mercure}' (every node matches topics
+-- itself):
+-- ssegate_mercure_publish(1, '<prefix>{$mercure}:log', payload, mercure_id, maxlen) -> id
+--   Appends and publishes like ssegate_publish (log capped at maxlen) and
+--   remembers mercure_id -> id in '<prefix>{$mercure}:ids' (pruned with
+--   the log, by '<prefix>{$mercure}:ids:t').
+-- ssegate_mercure_find(1, key[, mercure_id]) -> the id of that update while
+--   the log holds it (nil otherwise); without mercure_id, the position just
+--   before the oldest retained update.
+-- ssegate_mercure_registry(1, key, op, ...) -> the cluster's active Mercure
+--   subscriptions in '<prefix>{$mercure}:subs' (field -> node\njson), each
+--   node's lease in '<prefix>{$mercure}:nodes' (node -> expiry, Redis time):
+--   'add', node, field, json, ...; 'del', field, ...; 'renew', node, ttl_ms;
+--   'list' -> the JSON of entries whose node's lease is live (the others
+--   are removed).
 
 local MAXLEN = __MAXLEN__
 local TTL_MS = __TTL_MS__
@@ -228,7 +245,90 @@ local function tip(keys)
   return info(keys[1])['last-generated-id']
 end
 
+local function mercure_log(keys, fname)
+  local key = keys[1]
+  if #keys ~= 1 or string.sub(key, -5) ~= '}:log' then
+    return nil, redis.error_reply('ERR ' .. fname .. ' takes one key, <prefix>{$mercure}:log')
+  end
+  return string.sub(key, 1, -5)
+end
+
+local function mercure_publish(keys, args)
+  local channel, err = mercure_log(keys, 'ssegate_mercure_publish')
+  if not channel then return err end
+  local payload, mid, maxlen = args[1], args[2], tonumber(args[3] or '')
+  if payload == nil or mid == nil or mid == '' or maxlen == nil then
+    return redis.error_reply('ERR ssegate_mercure_publish needs payload, mercure id and maxlen')
+  end
+  local key, ids, times = keys[1], channel .. ':ids', channel .. ':ids:t'
+  local id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'p', payload)
+  redis.call(PUBLISH, channel, '\0' .. id .. '\0' .. payload)
+  redis.call('HSET', ids, mid, id)
+  redis.call('ZADD', times, split(id), mid)
+  if TTL_MS > 0 then
+    redis.call('PEXPIRE', key, TTL_MS)
+    redis.call('PEXPIRE', ids, TTL_MS)
+    redis.call('PEXPIRE', times, TTL_MS)
+  end
+  prune_keys(key, ids, times)
+  return id
+end
+
+local function mercure_find(keys, args)
+  local channel, err = mercure_log(keys, 'ssegate_mercure_find')
+  if not channel then return err end
+  local key = keys[1]
+  if args[1] == nil then
+    if redis.call('EXISTS', key) == 0 then return '0-0' end
+    local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
+    if not first then return info(key)['last-generated-id'] end
+    return prev(first[1])
+  end
+  local id = redis.call('HGET', channel .. ':ids', args[1])
+  if not id or #redis.call('XRANGE', key, id, id) == 0 then return false end
+  return id
+end
+
+local function redis_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function mercure_registry(keys, args)
+  local channel, err = mercure_log(keys, 'ssegate_mercure_registry')
+  if not channel then return err end
+  local subs, nodes, op = channel .. ':subs', channel .. ':nodes', args[1]
+  if op == 'add' then
+    for i = 3, #args, 2 do redis.call('HSET', subs, args[i], args[2] .. '\n' .. args[i + 1]) end
+    return {}
+  elseif op == 'del' then
+    for i = 2, #args do redis.call('HDEL', subs, args[i]) end
+    return {}
+  elseif op == 'renew' then
+    redis.call('ZADD', nodes, redis_ms() + tonumber(args[3]), args[2])
+    return {}
+  elseif op == 'list' then
+    local now = redis_ms()
+    redis.call('ZREMRANGEBYSCORE', nodes, '-inf', now)
+    local out, all = {}, redis.call('HGETALL', subs)
+    for i = 1, #all, 2 do
+      local v = all[i + 1]
+      local nl = string.find(v, '\n', 1, true)
+      if nl and redis.call('ZSCORE', nodes, string.sub(v, 1, nl - 1)) then
+        out[#out + 1] = string.sub(v, nl + 1)
+      else
+        redis.call('HDEL', subs, all[i])
+      end
+    end
+    return out
+  end
+  return redis.error_reply('ERR ssegate_mercure_registry: unknown operation')
+end
+
 redis.register_function('ssegate_publish', publish)
+redis.register_function('ssegate_mercure_publish', mercure_publish)
+redis.register_function('ssegate_mercure_registry', mercure_registry)
+redis.register_function{function_name = 'ssegate_mercure_find', callback = mercure_find, flags = {'no-writes'}}
 redis.register_function{function_name = 'ssegate_history', callback = history, flags = {'no-writes'}}
 redis.register_function{function_name = 'ssegate_tip', callback = tip, flags = {'no-writes'}}
 redis.register_function('ssegate_state_put', state_put)

@@ -28,7 +28,13 @@ pub(super) fn load_command(library: &str) -> redis::Cmd {
 }
 
 /// The functions that write.
-const WRITING: [&str; 3] = ["ssegate_publish", "ssegate_state_put", "ssegate_presence_put"];
+const WRITING: [&str; 5] = [
+    "ssegate_publish",
+    "ssegate_state_put",
+    "ssegate_presence_put",
+    "ssegate_mercure_publish",
+    "ssegate_mercure_registry",
+];
 
 /// `FCALL <function> 1 <key>` (`FCALL_RO` for the read-only functions).
 pub(super) fn fcall(function: &str, key: String) -> redis::Cmd {

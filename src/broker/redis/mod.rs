@@ -31,10 +31,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerError, History, IdempotencyKey, NodePresence, Page, PresenceReport, Published, Snapshot,
+    Broker, BrokerError, History, IdempotencyKey, NodePresence, Page, PresenceReport, Published, RegistryOp,
+    Snapshot,
 };
 use crate::hub::{Hub, SubCommand};
 use crate::metrics::Metrics;
+use crate::sse::mercure::MERCURE_CHANNEL;
 use crate::sse::{Channel, EventId};
 use commands::Commands;
 use library::{fcall, parse_history, parse_id, parse_presence, parse_snapshot};
@@ -303,6 +305,55 @@ impl Broker for RedisBroker {
 
     fn is_connected(&self) -> bool {
         self.0.connected.load(Ordering::Relaxed)
+    }
+
+    fn mercure_publish(
+        &self,
+        payload: Bytes,
+        mercure_id: &str,
+        max_len: usize,
+    ) -> BoxFuture<'_, Result<EventId, BrokerError>> {
+        let mut cmd = fcall("ssegate_mercure_publish", self.0.names.log(MERCURE_CHANNEL));
+        cmd.arg(&payload[..]).arg(mercure_id).arg(max_len);
+        Box::pin(async move { parse_id(&self.0.fcall(&cmd).await?) })
+    }
+
+    fn mercure_find(&self, after: Option<&str>) -> BoxFuture<'_, Result<Option<EventId>, BrokerError>> {
+        let mut cmd = fcall("ssegate_mercure_find", self.0.names.log(MERCURE_CHANNEL));
+        if let Some(id) = after {
+            cmd.arg(id);
+        }
+        Box::pin(async move {
+            match self.0.fcall::<Value>(&cmd).await? {
+                Value::Nil => Ok(None),
+                v => parse_id(&v).map(Some),
+            }
+        })
+    }
+
+    fn mercure_registry(&self, op: RegistryOp) -> BoxFuture<'_, Result<Vec<Bytes>, BrokerError>> {
+        let mut cmd = fcall("ssegate_mercure_registry", self.0.names.log(MERCURE_CHANNEL));
+        match op {
+            RegistryOp::Add { node, entries } => {
+                cmd.arg("add").arg(node);
+                for (field, json) in entries {
+                    cmd.arg(field).arg(&json[..]);
+                }
+            }
+            RegistryOp::Remove { fields } => {
+                cmd.arg("del").arg(fields);
+            }
+            RegistryOp::Renew { node, ttl } => {
+                cmd.arg("renew").arg(node).arg(ttl.as_millis() as u64);
+            }
+            RegistryOp::List => {
+                cmd.arg("list");
+            }
+        }
+        Box::pin(async move {
+            let v: Vec<Vec<u8>> = self.0.fcall(&cmd).await?;
+            Ok(v.into_iter().map(Bytes::from).collect())
+        })
     }
 }
 

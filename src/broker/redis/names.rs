@@ -31,7 +31,7 @@ impl Names {
     pub fn parse_channel<'a>(&self, redis_channel: &'a [u8]) -> Option<&'a str> {
         let rest = redis_channel.strip_prefix(self.prefix.as_bytes())?;
         let inner = rest.strip_prefix(b"{")?.strip_suffix(b"}")?;
-        Channel::validate(inner).ok()?;
+        Channel::validate_internal(inner).ok()?;
         std::str::from_utf8(inner).ok()
     }
 }

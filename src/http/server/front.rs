@@ -38,6 +38,7 @@ use super::watch;
 use super::writer::StreamWriter;
 use crate::http::ApiError;
 use crate::http::subscribe::SseHandoff;
+use crate::mercure::{MercureHandoff, MercureStream};
 use crate::metrics::Metrics;
 use crate::peer::{ClientIp, TrustedProxies};
 use crate::stream::StreamSession;
@@ -46,12 +47,14 @@ use crate::ws::{WsConn, WsHandoff};
 /// The long-lived part of a connection, once the fast path has answered.
 pub(super) enum Served {
     Stream(StreamWriter),
+    Mercure(StreamWriter<MercureStream>),
     WebSocket(WsConn<TcpStream>),
 }
 
 /// What `handle` leaves for the caller to run.
 enum Handled {
     Stream(TcpStream, StreamSession, bool),
+    Mercure(TcpStream, MercureStream, bool),
     WebSocket(WsConn<TcpStream>),
 }
 
@@ -83,6 +86,9 @@ impl Front {
         Some(match self.handle(sock, read, client, drain).await? {
             Handled::Stream(sock, session, chunked) => {
                 Served::Stream(StreamWriter::new(sock, session, chunked))
+            }
+            Handled::Mercure(sock, stream, chunked) => {
+                Served::Mercure(StreamWriter::new(sock, stream, chunked))
             }
             Handled::WebSocket(conn) => Served::WebSocket(conn),
         })
@@ -145,8 +151,7 @@ impl Front {
                     .oneshot(*req)
                     .await
                     .unwrap_or_else(|e| match e {});
-                let (sock, session) = respond(sock, resp, chunked).await?;
-                Some(Handled::Stream(sock, session, chunked))
+                respond(sock, resp, chunked).await
             }
             Head::Upgrade(mut req) => {
                 drop(buf);
@@ -185,18 +190,22 @@ async fn upgrade(
 
 /// Sends the router's answer: the head of an event stream (returning the
 /// stream to write), or a whole answer that closes the connection.
-async fn respond(
-    mut sock: TcpStream,
-    mut resp: Response<Body>,
-    chunked: bool,
-) -> Option<(TcpStream, StreamSession)> {
-    let session = resp
+async fn respond(mut sock: TcpStream, mut resp: Response<Body>, chunked: bool) -> Option<Handled> {
+    let ok = resp.status() == StatusCode::OK;
+    let native = resp
         .extensions_mut()
         .remove::<SseHandoff>()
         .and_then(|h| h.take());
-    let Some(session) = session.filter(|_| resp.status() == StatusCode::OK) else {
-        write_and_close(&mut sock, resp).await;
-        return None;
+    let mercure = resp
+        .extensions_mut()
+        .remove::<MercureHandoff>()
+        .and_then(|h| h.take());
+    let (native, mercure) = match (native, mercure) {
+        (n, m) if ok && (n.is_some() || m.is_some()) => (n, m),
+        _ => {
+            write_and_close(&mut sock, resp).await;
+            return None;
+        }
     };
     let framing = if chunked {
         Framing::Chunked
@@ -206,5 +215,9 @@ async fn respond(
     let head = head_bytes(resp.status(), resp.headers(), framing);
     drop(resp);
     sock.write_all(&head).await.ok()?;
-    Some((sock, session))
+    match (native, mercure) {
+        (Some(session), _) => Some(Handled::Stream(sock, session, chunked)),
+        (None, Some(stream)) => Some(Handled::Mercure(sock, stream, chunked)),
+        (None, None) => None,
+    }
 }

@@ -69,8 +69,11 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         return Err(HeadError::Malformed("incomplete request line".into()));
     };
     check_framing(req.headers)?;
-    let stream_path =
-        path == "/v1/stream" || path.starts_with("/v1/stream/") || path.starts_with("/v1/stream?");
+    let stream_path = path == "/v1/stream"
+        || path.starts_with("/v1/stream/")
+        || path.starts_with("/v1/stream?")
+        || path == "/.well-known/mercure"
+        || path.starts_with("/.well-known/mercure?");
     let ws_path = path == "/v1/ws" || path.starts_with("/v1/ws?");
     let upgrade = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
     let bodiless = req.headers.iter().all(|h| {
@@ -173,6 +176,10 @@ mod tests {
         assert!(stream(b"GET /v1/stream/a HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert!(stream(b"GET /v1/stream?channel=a HTTP/1.0\r\n\r\n"));
         assert!(!stream(b"GET /v1/streams HTTP/1.1\r\n\r\n"));
+        assert!(stream(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\n\r\n"));
+        assert!(!stream(
+            b"GET /.well-known/mercure/subscriptions HTTP/1.1\r\n\r\n"
+        ));
         assert!(!stream(
             b"POST /v1/stream/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"
         ));

@@ -199,6 +199,12 @@ impl Server {
                         drop(admitted);
                     });
                 }
+                Some(Served::Mercure(writer)) => {
+                    tracker.spawn(async move {
+                        writer.await;
+                        drop(admitted);
+                    });
+                }
                 Some(Served::WebSocket(conn)) => {
                     tracker.spawn(async move {
                         conn.await;

@@ -18,7 +18,32 @@ use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
+use crate::mercure::MercureStream;
 use crate::stream::StreamSession;
+
+/// What a fast-path writer writes: a native stream or a Mercure one.
+pub(crate) trait Chunks {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>>;
+    fn poll_closed(&self, cx: &mut Context<'_>) -> bool;
+}
+
+impl Chunks for StreamSession {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>> {
+        StreamSession::poll_chunk(self, cx, out)
+    }
+    fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        StreamSession::poll_closed(self, cx)
+    }
+}
+
+impl Chunks for MercureStream {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>> {
+        MercureStream::poll_chunk(self, cx, out)
+    }
+    fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        MercureStream::poll_closed(self, cx)
+    }
+}
 
 /// Frames per vectored write.
 const IOV: usize = 64;
@@ -26,17 +51,17 @@ const IOV: usize = 64;
 /// Writes an event stream's chunks until it ends, the client leaves, or a
 /// write fails. Holds no buffer: each chunk is the session's shared frames,
 /// written with one vectored write per wake-up where the socket allows.
-pub(crate) struct StreamWriter {
+pub(crate) struct StreamWriter<S = StreamSession> {
     sock: TcpStream,
-    session: StreamSession,
+    session: S,
     frames: Vec<Bytes>,
     /// Bytes of the current chunk already written, while writing one.
     offset: Option<usize>,
     chunked: bool,
 }
 
-impl StreamWriter {
-    pub(super) fn new(sock: TcpStream, session: StreamSession, chunked: bool) -> StreamWriter {
+impl<S: Chunks> StreamWriter<S> {
+    pub(super) fn new(sock: TcpStream, session: S, chunked: bool) -> StreamWriter<S> {
         StreamWriter {
             sock,
             session,
@@ -56,7 +81,7 @@ impl StreamWriter {
     }
 }
 
-impl Future for StreamWriter {
+impl<S: Chunks + Unpin> Future for StreamWriter<S> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -195,5 +220,7 @@ mod tests {
     fn a_stream_writer_stays_small() {
         let size = std::mem::size_of::<StreamWriter>();
         assert!(size <= 256, "the stream writer is {size} bytes");
+        let size = std::mem::size_of::<StreamWriter<MercureStream>>();
+        assert!(size <= 256, "the Mercure stream writer is {size} bytes");
     }
 }

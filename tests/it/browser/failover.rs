@@ -9,17 +9,17 @@ use serde_json::json;
 use super::{Browser, OPEN, fcall_publish, js, root};
 use crate::helpers::*;
 
-struct Balancer {
+pub(super) struct Balancer {
     child: Child,
     log: tempfile::NamedTempFile,
-    port: u16,
+    pub(super) port: u16,
     stats: u16,
 }
 
 impl Balancer {
     /// deploy/haproxy.cfg in front of the given node addresses (three slots;
     /// a slot nobody listens on stays DOWN).
-    fn spawn(haproxy: &Path, nodes: [String; 3]) -> Balancer {
+    pub(super) fn spawn(haproxy: &Path, nodes: [String; 3]) -> Balancer {
         let (port, stats) = (free_port(), free_port());
         let log = tempfile::NamedTempFile::new().unwrap();
         let out = log.reopen().unwrap();
@@ -46,7 +46,7 @@ impl Balancer {
     }
 
     /// Each server's status on the stats page (`UP`, `DOWN`, ..).
-    async fn status(&self) -> Vec<(String, String)> {
+    pub(super) async fn status(&self) -> Vec<(String, String)> {
         crate::deploy::haproxy_status(self.stats)
             .await
             .into_iter()

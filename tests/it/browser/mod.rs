@@ -26,6 +26,7 @@ mod demo_state;
 mod demo_ws;
 mod failover;
 mod http2;
+mod mercure;
 mod mixed;
 mod tokens;
 mod websocket;

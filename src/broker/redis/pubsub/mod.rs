@@ -27,7 +27,7 @@ use super::Inner;
 use super::backoff::Backoff;
 use super::names::split_durable;
 use super::resp::Frame;
-use crate::broker::encode_incoming;
+use crate::broker::decode_on;
 use crate::hub::{Hub, SubCommand};
 use crate::sse::Channel;
 use conn::{Conn, addr_of};
@@ -382,7 +382,7 @@ impl PubSub {
             Some(_) => m.events_in_durable.increment(1),
             None => m.events_in_ephemeral.increment(1),
         }
-        self.hub.dispatch(name, encode_incoming(payload, id, m));
+        self.hub.dispatch(name, decode_on(name, payload, id, m));
     }
 
     /// A durable id far ahead of Redis's clock: published by hand, not by

@@ -220,7 +220,7 @@ impl Registry {
         if !ours {
             if op == Op::Unsub
                 && let Some(st) = self.chans.remove(name)
-                && let (Some(instance), Ok(ch)) = (st.want, Channel::parse(name))
+                && let (Some(instance), Ok(ch)) = (st.want, Channel::parse_internal(name))
             {
                 self.moved.push((ch.clone(), instance));
                 return Some(ch);
@@ -234,7 +234,7 @@ impl Registry {
         }
         match op {
             Op::Sub if st.want.is_some() => {
-                if let Ok(ch) = Channel::parse(name) {
+                if let Ok(ch) = Channel::parse_internal(name) {
                     self.settle.push(ch);
                 }
             }

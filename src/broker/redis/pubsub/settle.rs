@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use crate::broker::redis::Inner;
 use crate::broker::redis::backoff::Backoff;
-use crate::broker::{Page, encode_incoming};
+use crate::broker::{Page, decode_on};
 use crate::hub::{Hub, Plan, RepairStep, Ticket};
 use crate::sse::{Channel, EventId};
 
@@ -85,7 +85,7 @@ async fn repair(inner: &Inner, hub: &Hub, channel: &Channel, t: Ticket, mut from
         let events: Vec<_> = page
             .entries
             .into_iter()
-            .map(|e| encode_incoming(e.payload, Some(e.id), &inner.metrics))
+            .map(|e| decode_on(channel.as_str(), e.payload, Some(e.id), &inner.metrics))
             .collect();
         delivered += hub.deliver_history(channel.as_str(), t, &events);
         if full {
