@@ -36,6 +36,10 @@ pub enum StartError {
     Auth(#[from] crate::auth::SetupError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Source(#[from] crate::sources::SpecError),
+    #[error("cannot start {0}")]
+    SourceStart(crate::sources::SourceError),
     #[error(
         "invalid --max-connections (SSEGATE_MAX_CONNECTIONS): {max_connections} connections need {needed} open \
          files (Redis, refusals and files take the rest), and this process may open {file_limit}: lower it \
@@ -58,6 +62,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
         config.validate()?;
+        let sources = crate::sources::parse_all(&config.sources)?;
         crate::tls::install_crypto_provider();
         let metrics = Metrics::new();
         let auth = Auth::from_config(&config, &metrics).await?;
@@ -141,6 +146,9 @@ impl Application {
             }
         }
         let state = AppState::new(config, occupancy, auth, hub, broker, metrics, ip_rate);
+        crate::sources::start(&state, sources, tasks.clone())
+            .await
+            .map_err(StartError::SourceStart)?;
         let server = Server::new(listener, tls, state.clone(), gate);
         Ok(Application { server, state, tasks })
     }
