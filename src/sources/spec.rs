@@ -166,8 +166,7 @@ pub fn parse(url: &str, index: usize) -> Result<SourceSpec, SpecError> {
     let q = Query::parse(query, &allowed).map_err(&fail)?;
     let template = Template::parse(q.get("channel").unwrap_or("{key}"), offers).map_err(&fail)?;
     let backbone = backbone(scheme, authority, path, url, &q).map_err(&fail)?;
-    let kind = scheme.trim_start_matches("sse+").trim_end_matches('s');
-    let kind = if scheme.starts_with("sse") { "sse" } else { kind };
+    let kind = if scheme.starts_with("sse+") { "sse" } else { scheme };
     let name = match q.get("name") {
         Some(n) if !n.is_empty() => sanitise(n),
         Some(_) => return Err(fail("`name=` is empty".into())),
@@ -288,6 +287,7 @@ mod tests {
             matches!(s.backbone, Backbone::Amqp { ref uri, ref bind, .. } if uri == "amqp://u:secret@h:5672/%2F" && bind.as_ref().unwrap().1 == "a.#")
         );
         let s = parse("nats://h:4222/orders.>?stream=S&durable=D&ack_wait=2s", 2).unwrap();
+        assert_eq!(s.name, "nats-2");
         assert!(
             matches!(s.backbone, Backbone::Nats { ref subject, ack_wait, .. } if subject == "orders.>" && ack_wait == Duration::from_secs(2))
         );

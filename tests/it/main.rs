@@ -15,5 +15,6 @@ mod hostile;
 mod library;
 mod netfault;
 mod scale;
+mod sources;
 mod tools;
 mod ws;
