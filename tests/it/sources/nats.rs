@@ -62,7 +62,7 @@ async fn a_message_without_a_channel_is_skipped_and_counted_and_readyz_names_a_l
     publish_all(
         &js,
         vec![
-            ("odd.has space".into(), "no channel".into()),
+            ("odd.bad!name".into(), "no channel".into()),
             (format!("odd.{ch}"), "{\"event\":\"ssegate.x\",\"data\":\"reserved\"}".into()),
             (format!("odd.{ch}"), "kept".into()),
         ],

@@ -18,6 +18,7 @@ async fn one_node_follows_an_upstream_and_another_takes_over_without_duplicates(
     );
     let args = node_args(&redis, &source);
     let mut nodes = vec![spawn_node(&args), spawn_node(&args)];
+    following(&upstream).await;
     let copy = "copy.tick".to_owned();
     let copied = || async { history(&redis, &copy).await };
     for n in 0..EVENTS / 2 {
@@ -50,6 +51,15 @@ async fn one_node_follows_an_upstream_and_another_takes_over_without_duplicates(
     assert!(got == want, "{:?}", super::first_difference(&got, &want));
 }
 
+/// A source with no stored position starts live: wait until the holder's
+/// stream is open on the upstream before publishing.
+async fn following(upstream: &Node) {
+    eventually("a node follows the upstream", || async {
+        upstream.metric("ssegate_streams_open").await == 1.0
+    })
+    .await;
+}
+
 /// The holder stores its position with a lease renewal (every third of
 /// the lease): wait for one, so that a successor resumes from it.
 async fn wait_for_stored_position(redis: &RedisServer) {
@@ -67,6 +77,7 @@ async fn a_killed_holder_is_replaced_and_the_replay_is_skipped() {
     let source = format!("sse+http://{}/v1/stream/{up_ch}?lease=1s&name=feed", upstream.addr);
     let args = node_args(&redis, &source);
     let mut first = spawn_node(&args);
+    following(&upstream).await;
     // `first` is alone: it takes the lease and copies 50 events.
     for n in 0..50 {
         upstream.publish(&up_ch, n.to_string()).await;
