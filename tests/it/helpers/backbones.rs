@@ -164,7 +164,10 @@ impl RabbitServer {
             .env("RABBITMQ_LOGS", "-")
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
             .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
-            .env("RABBITMQ_PID_FILE", d.join("pid"));
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            // The script then execs the Erlang VM instead of running it
+            // in the background: the child is the node, and a kill stops it.
+            .env("RUNNING_UNDER_SYSTEMD", "true");
         self.child = Some(start_until(cmd, "Server startup complete", "rabbitmq-server"));
     }
 
