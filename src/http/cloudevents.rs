@@ -88,12 +88,16 @@ pub async fn post(State(app): State<AppState>, req: Request) -> Result<Response,
         }
         STRUCTURED => {
             let body = read_body_within(&app, body, max.saturating_mul(2)).await?;
-            let v: Value = serde_json::from_slice(&body).map_err(|e| bad("the event", format!("not JSON: {e}")))?;
+            let v: Value =
+                serde_json::from_slice(&body).map_err(|e| bad("the event", format!("not JSON: {e}")))?;
             (vec![structured(v, max).map_err(|e| bad("the event", e))?], false)
         }
         _ => {
             let body = read_body_within(&app, body, max).await?;
-            (vec![binary(&parts.headers, body, max).map_err(|e| bad("the event", e))?], false)
+            (
+                vec![binary(&parts.headers, body, max).map_err(|e| bad("the event", e))?],
+                false,
+            )
         }
     };
     for e in &events {
@@ -152,7 +156,9 @@ fn prepare(a: Attributes, data: String, max: usize) -> Result<Prepared, String> 
     };
     let version = required(a.specversion, "specversion")?;
     if version != "1.0" {
-        return Err(format!("`specversion` is {version:?}; this endpoint takes CloudEvents 1.0"));
+        return Err(format!(
+            "`specversion` is {version:?}; this endpoint takes CloudEvents 1.0"
+        ));
     }
     let id = required(a.id, "id")?;
     let source = required(a.source, "source")?;
@@ -192,7 +198,10 @@ fn structured(v: Value, max: usize) -> Result<Prepared, String> {
         kind: text(&mut o, "type")?,
         subject: text(&mut o, "subject")?,
     };
-    let data = match (o.remove("data").filter(|v| !v.is_null()), text(&mut o, "data_base64")?) {
+    let data = match (
+        o.remove("data").filter(|v| !v.is_null()),
+        text(&mut o, "data_base64")?,
+    ) {
         (Some(_), Some(_)) => return Err("both `data` and `data_base64` are given".into()),
         (None, None) => String::new(),
         (Some(Value::String(s)), None) => s,
@@ -201,7 +210,8 @@ fn structured(v: Value, max: usize) -> Result<Prepared, String> {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
                 .map_err(|e| format!("`data_base64` is not base64: {e}"))?;
-            String::from_utf8(bytes).map_err(|_| "`data_base64` is not UTF-8 text (SSE carries text)".to_owned())?
+            String::from_utf8(bytes)
+                .map_err(|_| "`data_base64` is not UTF-8 text (SSE carries text)".to_owned())?
         }
     };
     prepare(a, data, max)
@@ -246,7 +256,8 @@ fn binary(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Prepared, Stri
         kind: ce("type")?,
         subject: ce("subject")?,
     };
-    let data = String::from_utf8(body.to_vec()).map_err(|_| "the body (data) is not UTF-8 text (SSE carries text)")?;
+    let data = String::from_utf8(body.to_vec())
+        .map_err(|_| "the body (data) is not UTF-8 text (SSE carries text)")?;
     prepare(a, data, max)
 }
 

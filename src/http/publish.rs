@@ -83,12 +83,18 @@ async fn read_body(app: &AppState, body: axum::body::Body) -> Result<Bytes, ApiE
 }
 
 /// The whole body, within `max` bytes and `--body-timeout`.
-pub(super) async fn read_body_within(app: &AppState, body: axum::body::Body, max: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body_within(
+    app: &AppState,
+    body: axum::body::Body,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     let limited = Limited::new(body, max);
     match tokio::time::timeout(app.config().body_timeout, limited.collect()).await {
         Err(_) => Err(ApiError::BodyTimeout),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge { max }),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge { max })
+        }
         Ok(Err(_)) => Err(ApiError::BadBody),
     }
 }

@@ -98,7 +98,9 @@ impl NatsServer {
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let c = async_nats::connect(self.url()).await.expect("connect to nats-server");
+        let c = async_nats::connect(self.url())
+            .await
+            .expect("connect to nats-server");
         async_nats::jetstream::new(c)
     }
 }

@@ -81,27 +81,38 @@ async fn publish(ch: &lapin::Channel, exchange: &str, msgs: &[(String, String)])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_messages_land_once_in_queue_order_across_node_kills_and_a_broker_restart() {
-    let Some(mut rabbit) = RabbitServer::spawn() else { return };
+    let Some(mut rabbit) = RabbitServer::spawn() else {
+        return;
+    };
     let prefix = unique("mq");
     let ch = rabbit.channel().await;
     exchange(&ch, "events").await;
     queue(&ch, "gw", "events", None).await;
     publish(&ch, "events", &messages(&prefix)).await;
-    let source = format!("{}?queue=gw&exchange=events&binding=%23&prefetch=50", rabbit.url());
+    let source = format!(
+        "{}?queue=gw&exchange=events&binding=%23&prefetch=50",
+        rabbit.url()
+    );
     let run = Run::start(RedisServer::spawn(), &prefix, &source).await;
     run.kill_restart_and_check(|| rabbit.restart()).await;
 }
 
 #[tokio::test]
 async fn a_message_without_a_channel_is_dead_lettered_and_the_source_goes_on() {
-    let Some(rabbit) = RabbitServer::spawn() else { return };
+    let Some(rabbit) = RabbitServer::spawn() else {
+        return;
+    };
     let redis = RedisServer::spawn();
     let ch = rabbit.channel().await;
     exchange(&ch, "in").await;
     exchange(&ch, "dead").await;
-    ch.queue_declare("dead-letters".into(), QueueDeclareOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
+    ch.queue_declare(
+        "dead-letters".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     ch.queue_bind(
         "dead-letters".into(),
         "dead".into(),
@@ -128,9 +139,15 @@ async fn a_message_without_a_channel_is_dead_lettered_and_the_source_goes_on() {
         (with_room("bad room"), "bad channel"),
         (with_room(&good), "second"),
     ] {
-        ch.basic_publish("in".into(), "k".into(), BasicPublishOptions::default(), body.as_bytes(), props)
-            .await
-            .unwrap();
+        ch.basic_publish(
+            "in".into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            props,
+        )
+        .await
+        .unwrap();
     }
     eventually("both good messages are in history", || async {
         history(&redis, &good).await == ["first", "second"]
@@ -150,7 +167,11 @@ async fn a_message_without_a_channel_is_dead_lettered_and_the_source_goes_on() {
         .unwrap();
     let mut got = Vec::new();
     for _ in 0..2 {
-        let d = tokio::time::timeout(WAIT, dead.next()).await.unwrap().unwrap().unwrap();
+        let d = tokio::time::timeout(WAIT, dead.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         got.push(String::from_utf8(d.data).unwrap());
     }
     assert_eq!(got, ["no room header", "bad channel"]);

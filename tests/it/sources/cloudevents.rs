@@ -31,10 +31,18 @@ async fn structured_binary_and_batch_events_reach_subscribers_with_their_type_as
     let ch = unique("ce");
     let mut sse = Sse::open(&node.url(&format!("/v1/stream/{ch}"))).await;
 
-    let (status, body, _) = post(&node, "application/cloudevents+json", event(&ch, "s1").to_string()).await;
+    let (status, body, _) = post(
+        &node,
+        "application/cloudevents+json",
+        event(&ch, "s1").to_string(),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     let ev = sse.next().await.unwrap();
-    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("order.created", "{\"n\":\"s1\"}"));
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("order.created", "{\"n\":\"s1\"}")
+    );
     assert!(body["id"].as_str().unwrap().contains('-'), "{body}");
 
     let resp = reqwest::Client::new()
@@ -51,7 +59,10 @@ async fn structured_binary_and_batch_events_reach_subscribers_with_their_type_as
         .unwrap();
     assert_eq!(resp.status(), 201);
     let ev = sse.next().await.unwrap();
-    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("invoice.paid", "paid in full"));
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("invoice.paid", "paid in full")
+    );
 
     let mut b64 = event(&ch, "s3");
     b64.as_object_mut().unwrap().remove("data");
@@ -127,7 +138,10 @@ async fn a_bad_event_is_refused_naming_it_and_a_batch_with_one_publishes_nothing
     let (status, body, _) = post(&node, "application/cloudevents-batch+json", batch).await;
     assert_eq!(status, 400, "{body}");
     let msg = body["message"].as_str().unwrap();
-    assert!(msg.contains("event 2 of the batch") && msg.contains("subject"), "{msg}");
+    assert!(
+        msg.contains("event 2 of the batch") && msg.contains("subject"),
+        "{msg}"
+    );
     // Binary mode without ce-source, and without any ce- header.
     let resp = reqwest::Client::new()
         .post(node.url("/v1/events"))
@@ -143,8 +157,14 @@ async fn a_bad_event_is_refused_naming_it_and_a_batch_with_one_publishes_nothing
     assert!(resp.text().await.unwrap().contains("`source` is missing"));
     let (status, body, _) = post(&node, "application/json", "{}".into()).await;
     assert_eq!(status, 400);
-    assert!(body["message"].as_str().unwrap().contains("ce-specversion"), "{body}");
-    assert!(history(&redis, &ch).await.is_empty(), "a refused request published");
+    assert!(
+        body["message"].as_str().unwrap().contains("ce-specversion"),
+        "{body}"
+    );
+    assert!(
+        history(&redis, &ch).await.is_empty(),
+        "a refused request published"
+    );
 }
 
 #[tokio::test]
@@ -157,7 +177,10 @@ async fn the_webhook_validation_handshake_is_answered() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["webhook-allowed-origin"], "eventemitter.example.com");
+    assert_eq!(
+        resp.headers()["webhook-allowed-origin"],
+        "eventemitter.example.com"
+    );
     assert!(resp.headers()["allow"].to_str().unwrap().contains("POST"));
 }
 

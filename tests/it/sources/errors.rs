@@ -26,9 +26,18 @@ fn bad_source_urls_stop_the_node_with_a_message_naming_them() {
     for (url, why) in [
         ("kafka:/nohost", "not a URL"),
         ("redis://127.0.0.1:6379/x", "unknown scheme"),
-        ("kafka://127.0.0.1:9092/t?group=g&bogus=1", "unknown query key `bogus`"),
-        ("amqp://u:hunter2@127.0.0.1:5672/%2f?exchange=x", "`queue=` is required"),
-        ("nats://127.0.0.1:4222/a.b?stream=S&durable=D&channel={nope}", "unknown placeholder"),
+        (
+            "kafka://127.0.0.1:9092/t?group=g&bogus=1",
+            "unknown query key `bogus`",
+        ),
+        (
+            "amqp://u:hunter2@127.0.0.1:5672/%2f?exchange=x",
+            "`queue=` is required",
+        ),
+        (
+            "nats://127.0.0.1:4222/a.b?stream=S&durable=D&channel={nope}",
+            "unknown placeholder",
+        ),
     ] {
         let text = start_fails(url, None);
         assert!(text.contains("--source") && text.contains(why), "{url}: {text}");
@@ -40,13 +49,25 @@ fn bad_source_urls_stop_the_node_with_a_message_naming_them() {
 fn an_unreachable_backbone_at_start_stops_the_node_naming_the_source() {
     let port = free_port();
     for (url, name) in [
-        (format!("nats://127.0.0.1:{port}/a.>?stream=S&durable=D"), "nats-0"),
-        (format!("amqp://guest:hunter2@127.0.0.1:{port}/%2f?queue=q"), "amqp-0"),
+        (
+            format!("nats://127.0.0.1:{port}/a.>?stream=S&durable=D"),
+            "nats-0",
+        ),
+        (
+            format!("amqp://guest:hunter2@127.0.0.1:{port}/%2f?queue=q"),
+            "amqp-0",
+        ),
         (format!("sse+http://127.0.0.1:{port}/v1/stream/a"), "sse-0"),
-        (format!("kafka://127.0.0.1:{port}/t?group=g&name=orders"), "orders"),
+        (
+            format!("kafka://127.0.0.1:{port}/t?group=g&name=orders"),
+            "orders",
+        ),
     ] {
         let text = start_fails(&url, None);
-        assert!(text.contains(&format!("cannot start source {name} (")), "{url}: {text}");
+        assert!(
+            text.contains(&format!("cannot start source {name} (")),
+            "{url}: {text}"
+        );
         assert!(text.contains(&port.to_string()), "{url}: {text}");
         assert!(!text.contains("hunter2"), "the password is shown: {text}");
     }

@@ -43,7 +43,12 @@ pub async fn produce(p: &FutureProducer, topic: &str, msgs: &[(String, String)])
     for chunk in msgs.chunks(1000) {
         let sends: Vec<_> = chunk
             .iter()
-            .map(|(key, body)| p.send(FutureRecord::to(topic).key(key).payload(body), Duration::from_secs(30)))
+            .map(|(key, body)| {
+                p.send(
+                    FutureRecord::to(topic).key(key).payload(body),
+                    Duration::from_secs(30),
+                )
+            })
             .collect();
         for s in sends {
             s.await.expect("delivered to Kafka");
@@ -53,7 +58,9 @@ pub async fn produce(p: &FutureProducer, topic: &str, msgs: &[(String, String)])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_records_land_once_in_partition_order_across_node_kills_and_a_broker_restart() {
-    let Some(mut kafka) = KafkaServer::spawn() else { return };
+    let Some(mut kafka) = KafkaServer::spawn() else {
+        return;
+    };
     let prefix = unique("kf");
     let topic = format!("{prefix}-events");
     create_topic(&kafka, &topic, 6).await;

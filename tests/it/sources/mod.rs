@@ -150,12 +150,18 @@ impl Run {
     /// backbone (`restart`) at 6,000, then checks everything.
     pub async fn kill_restart_and_check(mut self, mut restart: impl FnMut()) {
         let at = self.wait_for(3_000).await;
-        assert!(at < MESSAGES, "the run was over before the node kill ({at} events)");
+        assert!(
+            at < MESSAGES,
+            "the run was over before the node kill ({at} events)"
+        );
         self.nodes[1].signal("-KILL");
         let _ = self.nodes[1].child.wait();
         self.nodes[1] = spawn_node(&self.args);
         let at = self.wait_for(6_000).await;
-        assert!(at < MESSAGES, "the run was over before the backbone restart ({at} events)");
+        assert!(
+            at < MESSAGES,
+            "the run was over before the backbone restart ({at} events)"
+        );
         restart();
         self.wait_for(MESSAGES).await;
         self.check().await;
@@ -166,12 +172,20 @@ impl Run {
             let want: Vec<String> = (0..PER_CHANNEL).map(|n| body(ch, n)).collect();
             let got = history(&self.redis, ch).await;
             assert_eq!(got.len(), PER_CHANNEL, "{ch}: {} events in history", got.len());
-            assert!(got == want, "{ch}: history out of order or wrong: {:?}", first_difference(&got, &want));
+            assert!(
+                got == want,
+                "{ch}: history out of order or wrong: {:?}",
+                first_difference(&got, &want)
+            );
         }
         for (ch, reader) in self.chans.iter().zip(self.readers) {
             let got = reader.await.unwrap();
             let want: Vec<String> = (0..PER_CHANNEL).map(|n| body(ch, n)).collect();
-            assert!(got == want, "{ch}: the SSE client got {:?}", first_difference(&got, &want));
+            assert!(
+                got == want,
+                "{ch}: the SSE client got {:?}",
+                first_difference(&got, &want)
+            );
         }
         // Nothing more arrived meanwhile (a late redelivery appended twice).
         assert_eq!(in_history(&self.redis, &self.chans).await, MESSAGES);
@@ -205,7 +219,10 @@ pub async fn readyz_is(url: &str, status: u16) -> serde_json::Value {
         {
             return resp.json().await.unwrap_or_default();
         }
-        assert!(tokio::time::Instant::now() < deadline, "/readyz did not answer {status}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz did not answer {status}"
+        );
         // Polled: readiness offers no notification.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

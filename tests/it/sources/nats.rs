@@ -35,7 +35,9 @@ async fn publish_all(js: &async_nats::jetstream::Context, msgs: Vec<(String, Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_messages_land_once_in_order_across_node_kills_and_a_server_restart() {
-    let Some(mut nats) = NatsServer::spawn() else { return };
+    let Some(mut nats) = NatsServer::spawn() else {
+        return;
+    };
     let prefix = unique("js");
     let subject_root = prefix.replace('-', "_");
     let js = make_stream(&nats, "EVENTS", &format!("{subject_root}.>")).await;
@@ -55,7 +57,9 @@ async fn jetstream_messages_land_once_in_order_across_node_kills_and_a_server_re
 
 #[tokio::test]
 async fn a_message_without_a_channel_is_skipped_and_counted_and_readyz_names_a_lost_server() {
-    let Some(mut nats) = NatsServer::spawn() else { return };
+    let Some(mut nats) = NatsServer::spawn() else {
+        return;
+    };
     let js = make_stream(&nats, "ODD", "odd.>").await;
     let redis = RedisServer::spawn();
     let ch = unique("odd");
@@ -63,19 +67,35 @@ async fn a_message_without_a_channel_is_skipped_and_counted_and_readyz_names_a_l
         &js,
         vec![
             ("odd.bad!name".into(), "no channel".into()),
-            (format!("odd.{ch}"), "{\"event\":\"ssegate.x\",\"data\":\"reserved\"}".into()),
+            (
+                format!("odd.{ch}"),
+                "{\"event\":\"ssegate.x\",\"data\":\"reserved\"}".into(),
+            ),
             (format!("odd.{ch}"), "kept".into()),
         ],
     )
     .await;
-    let source = format!("{}/odd.>?stream=ODD&durable=d&channel={{token:2}}&name=Odd", nats.url());
+    let source = format!(
+        "{}/odd.>?stream=ODD&durable=d&channel={{token:2}}&name=Odd",
+        nats.url()
+    );
     let node = spawn_node(&node_args(&redis, &source));
-    eventually("the good message is in history", || async { history(&redis, &ch).await == ["kept"] }).await;
+    eventually("the good message is in history", || async {
+        history(&redis, &ch).await == ["kept"]
+    })
+    .await;
     let m = |r: &str| format!("ssegate_source_rejected_total{{source=\"odd\",reason=\"{r}\"}}");
     assert_eq!(node.metric(&m("channel")).await, 1.0);
     assert_eq!(node.metric(&m("envelope")).await, 1.0);
-    assert_eq!(node.metric("ssegate_source_published_total{source=\"odd\"}").await, 1.0);
-    assert_eq!(node.metric("ssegate_source_messages_total{source=\"odd\"}").await, 3.0);
+    assert_eq!(
+        node.metric("ssegate_source_published_total{source=\"odd\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        node.metric("ssegate_source_messages_total{source=\"odd\"}").await,
+        3.0
+    );
     readyz_is(&node.url("/readyz"), 200).await;
     nats.kill();
     let body = readyz_is(&node.url("/readyz"), 503).await;
@@ -84,7 +104,11 @@ async fn a_message_without_a_channel_is_skipped_and_counted_and_readyz_names_a_l
     nats.restart();
     readyz_is(&node.url("/readyz"), 200).await;
     // The source goes on after the outage.
-    publish_all(&js_after_restart(&nats).await, vec![(format!("odd.{ch}"), "after".into())]).await;
+    publish_all(
+        &js_after_restart(&nats).await,
+        vec![(format!("odd.{ch}"), "after".into())],
+    )
+    .await;
     eventually("the message after the outage is in history", || async {
         history(&redis, &ch).await == ["kept", "after"]
     })

@@ -22,9 +22,14 @@ async fn one_node_follows_an_upstream_and_another_takes_over_without_duplicates(
     let copy = "copy.tick".to_owned();
     let copied = || async { history(&redis, &copy).await };
     for n in 0..EVENTS / 2 {
-        upstream.publish(&up_ch, format!("{{\"event\":\"tick\",\"data\":\"{n}\"}}")).await;
+        upstream
+            .publish(&up_ch, format!("{{\"event\":\"tick\",\"data\":\"{n}\"}}"))
+            .await;
     }
-    eventually("the first half is copied", || async { copied().await.len() == EVENTS / 2 }).await;
+    eventually("the first half is copied", || async {
+        copied().await.len() == EVENTS / 2
+    })
+    .await;
     // The holder is the node that published; the other stood by.
     let mut published = Vec::new();
     for n in &nodes {
@@ -37,7 +42,9 @@ async fn one_node_follows_an_upstream_and_another_takes_over_without_duplicates(
     dead.signal("-KILL");
     let _ = dead.child.wait();
     for n in EVENTS / 2..EVENTS {
-        upstream.publish(&up_ch, format!("{{\"event\":\"tick\",\"data\":\"{n}\"}}")).await;
+        upstream
+            .publish(&up_ch, format!("{{\"event\":\"tick\",\"data\":\"{n}\"}}"))
+            .await;
     }
     eventually_within("everything is copied", INGEST_WAIT, || async {
         copied().await.len() >= EVENTS
@@ -74,7 +81,10 @@ async fn a_killed_holder_is_replaced_and_the_replay_is_skipped() {
     let upstream = Node::spawn(config(None)).await;
     let redis = RedisServer::spawn();
     let up_ch = unique("up2");
-    let source = format!("sse+http://{}/v1/stream/{up_ch}?lease=1s&name=feed", upstream.addr);
+    let source = format!(
+        "sse+http://{}/v1/stream/{up_ch}?lease=1s&name=feed",
+        upstream.addr
+    );
     let args = node_args(&redis, &source);
     let mut first = spawn_node(&args);
     following(&upstream).await;
@@ -83,7 +93,10 @@ async fn a_killed_holder_is_replaced_and_the_replay_is_skipped() {
         upstream.publish(&up_ch, n.to_string()).await;
     }
     let copied = || async { history(&redis, "message").await };
-    eventually("copied by the first node", || async { copied().await.len() == 50 }).await;
+    eventually("copied by the first node", || async {
+        copied().await.len() == 50
+    })
+    .await;
     wait_for_stored_position(&redis).await;
     let second = spawn_node(&args);
     first.signal("-KILL");
@@ -99,7 +112,11 @@ async fn a_killed_holder_is_replaced_and_the_replay_is_skipped() {
     assert_eq!(got.len(), 100);
     // The position stored with the lease may lag: what the second node
     // read again was skipped, not published twice.
-    let skipped = second.metric("ssegate_source_duplicates_total{source=\"feed\"}").await;
-    let published = second.metric("ssegate_source_published_total{source=\"feed\"}").await;
+    let skipped = second
+        .metric("ssegate_source_duplicates_total{source=\"feed\"}")
+        .await;
+    let published = second
+        .metric("ssegate_source_published_total{source=\"feed\"}")
+        .await;
     assert_eq!(published, 50.0, "skipped {skipped}");
 }
