@@ -12,6 +12,7 @@
 #
 #   scripts/bench-sources.sh                  # 5,000/s for 10 s, 20,000 burst
 #   scripts/bench-sources.sh --quick          # 500/s for 2 s, 2,000 burst
+#   scripts/bench-sources.sh --quick --debug  # the harness check CI runs
 #   scripts/bench-sources.sh --backbones "nats amqp" --no-build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ DURATION=10s
 MESSAGES=20000
 BACKBONES="kafka nats amqp"
 BUILD=1
+PROFILE=release
 OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,14 +33,18 @@ while [ $# -gt 0 ]; do
     --backbones) BACKBONES=$2; shift 2 ;;
     --quick) RATE=500; DURATION=2s; MESSAGES=2000; shift ;;
     --no-build) BUILD=0; shift ;;
+    --debug) PROFILE=debug; shift ;;  # the test build: proves the harness, figures meaningless
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 
-[ "$BUILD" = 1 ] && cargo build --release -q -p ssegate -p ssegate-bench
-BIN=$ROOT/target/release
+if [ "$BUILD" = 1 ]; then
+  if [ "$PROFILE" = release ]; then cargo build --release -q -p ssegate -p ssegate-bench
+  else cargo build -q -p ssegate -p ssegate-bench; fi
+fi
+BIN=$ROOT/target/$PROFILE
 WORK=$(mktemp -d)
 OUT=${OUT:-$WORK/results.jsonl}
 : > "$OUT"
