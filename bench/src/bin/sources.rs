@@ -48,7 +48,10 @@ enum Mode {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "ssegate-sources-bench", about = "Event sources end to end, and the cost of idempotence.")]
+#[command(
+    name = "ssegate-sources-bench",
+    about = "Event sources end to end, and the cost of idempotence."
+)]
 struct Args {
     #[arg(long, value_enum)]
     backbone: Backbone,
@@ -104,9 +107,10 @@ impl Producer {
                 a.target.clone(),
             ),
             Backbone::Amqp => {
-                let conn = lapin::Connection::connect(&a.backbone_url, lapin::ConnectionProperties::default())
-                    .await
-                    .expect("RabbitMQ");
+                let conn =
+                    lapin::Connection::connect(&a.backbone_url, lapin::ConnectionProperties::default())
+                        .await
+                        .expect("RabbitMQ");
                 let ch = conn.create_channel().await.unwrap();
                 std::mem::forget(conn);
                 Producer::Amqp(ch, a.target.clone())
@@ -119,7 +123,9 @@ impl Producer {
     async fn send(&self, channel: &str, body: String) {
         match self {
             Producer::Kafka(p, topic) => {
-                let rec = rdkafka::producer::FutureRecord::to(topic).key(channel).payload(&body);
+                let rec = rdkafka::producer::FutureRecord::to(topic)
+                    .key(channel)
+                    .payload(&body);
                 let delivery = p.send_result(rec).map_err(|(e, _)| e).expect("queued");
                 tokio::spawn(async move {
                     let _ = delivery.await;
@@ -131,8 +137,10 @@ impl Producer {
                 .expect("published"),
             Producer::Amqp(ch, exchange) => {
                 let props = lapin::BasicProperties::default().with_delivery_mode(2);
-                let _ = ch
-                    .basic_publish(
+                // Without publisher confirms the returned confirmation is
+                // already settled: nothing to wait for.
+                drop(
+                    ch.basic_publish(
                         exchange.as_str().into(),
                         channel.into(),
                         lapin::options::BasicPublishOptions::default(),
@@ -140,7 +148,8 @@ impl Producer {
                         props,
                     )
                     .await
-                    .expect("published");
+                    .expect("published"),
+                );
             }
         }
     }
@@ -294,9 +303,14 @@ async fn setup(a: &Args) {
                 ..Default::default()
             };
             let x = a.target.as_str();
-            ch.exchange_declare(x.into(), lapin::ExchangeKind::Topic, durable, FieldTable::default())
-                .await
-                .unwrap();
+            ch.exchange_declare(
+                x.into(),
+                lapin::ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
             let mut args = FieldTable::default();
             args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
             let q = lapin::options::QueueDeclareOptions {
@@ -304,9 +318,15 @@ async fn setup(a: &Args) {
                 ..Default::default()
             };
             ch.queue_declare(x.into(), q, args).await.unwrap();
-            ch.queue_bind(x.into(), x.into(), "#".into(), Default::default(), FieldTable::default())
-                .await
-                .unwrap();
+            ch.queue_bind(
+                x.into(),
+                x.into(),
+                "#".into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
         }
         Backbone::None => {}
     }

@@ -346,5 +346,8 @@ fn the_sources_compose_file_wires_a_source_every_node_accepts() {
     }
     assert_eq!(gateways, 2, "two nodes share the source");
     let setup = services["nats-setup"]["command"].as_str().unwrap();
-    assert!(setup.contains("stream add ORDERS") && setup.contains("orders.>"), "{setup}");
+    assert!(
+        setup.contains("stream add ORDERS") && setup.contains("orders.>"),
+        "{setup}"
+    );
 }
