@@ -71,8 +71,8 @@ start_backbone() { # name -> sets URL, SOURCE
   local port; port=$(free_port)
   case "$1" in
     kafka)
-      tansu broker --storage-engine "sqlite://$WORK/tansu.db" \
-        --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" > "$WORK/tansu.log" 2>&1 &
+      (cd "$WORK" && exec tansu broker --storage-engine "sqlite://tansu.db" \
+        --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" > "$WORK/tansu.log" 2>&1) &
       PIDS+=($!); wait_port "$port"
       URL=127.0.0.1:$port
       SOURCE="kafka://$URL/bench?group=gw" ;;

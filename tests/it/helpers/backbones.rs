@@ -228,29 +228,15 @@ impl KafkaServer {
     }
 
     fn start(&mut self) {
-        let db = self.dir.path().join("tansu.db");
         let mut cmd = Command::new(&self.program);
+        // The SQLite path is relative to the working directory.
         cmd.current_dir(self.dir.path())
-            .env("RUST_LOG", "info")
-            .args(["broker", "--storage-engine"])
-            .arg(format!("sqlite://{}", db.display()))
+            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
             .arg("--listener-url")
             .arg(format!("tcp://127.0.0.1:{}", self.port))
             .arg("--advertised-listener-url")
             .arg(format!("tcp://127.0.0.1:{}", self.port));
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts");
-        self.child = Some(child);
-        // tansu logs nothing at its default level once it listens: poll.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "tansu did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child = Some(start_until(cmd, "ready in", "tansu"));
     }
 
     pub fn brokers(&self) -> String {
