@@ -66,6 +66,9 @@ pub async fn start(brokers: String, topic: String, group: String, ingest: Ingest
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1500")
+        // A fetch waits at most this long for new records: the bound on the
+        // latency a quiet partition adds (Kafka's default is 500 ms).
+        .set("fetch.wait.max.ms", "20")
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "5000")
         .create_with_context(Ctx {
