@@ -110,7 +110,7 @@ bench() { "$BIN/ssegate-sources-bench" "$@" | tee -a "$OUT"; }
 for b in $BACKBONES; do
   echo "== $b" >&2
   start_backbone "$b"
-  bench --backbone "$b" --mode setup --backbone-url "$URL" > /dev/null
+  "$BIN/ssegate-sources-bench" --backbone "$b" --mode setup --backbone-url "$URL" > /dev/null
   node "$SOURCE"
   bench --backbone "$b" --mode steady --node "$NODE" --backbone-url "$URL" --rate "$RATE" --duration "$DURATION"
   kill "$NODE_PID"; wait "$NODE_PID" 2>/dev/null || true
