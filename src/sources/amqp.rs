@@ -10,18 +10,21 @@
 //! throughput). A queue declared elsewhere without single active consumer
 //! is shared round-robin by the nodes, and its order is then not kept.
 //!
-//! Deliveries are published in order, one in flight, and acknowledged once
-//! in the broker. The idempotency key is the message's `message_id`
+//! Deliveries are published with one publish in flight per channel (the
+//! ordering key: a channel's events keep the queue's order; different
+//! channels, whose histories are apart, are published concurrently) and
+//! acknowledged, in queue order, once in the broker. The idempotency key is the message's `message_id`
 //! property (`amqp:<queue>/<message_id>`), or, without one, a hash of its
 //! exchange, routing key, properties and body: two identical messages
 //! without a message id within the history window count as one. A message
 //! that cannot become an event is rejected without requeue (to the queue's
 //! dead-letter exchange, if it has one).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueBindOptions,
@@ -187,25 +190,81 @@ async fn consume(q: &Queue, channel: &Channel, ingest: &Ingest) -> Result<(), St
             _ = ingest.cancel.cancelled() => return Ok(()),
             n = consumer.next() => n,
         };
-        let delivery = match next {
-            None => return Err("the consumer was cancelled".into()),
-            Some(Err(e)) => return Err(e.to_string()),
-            Some(Ok(d)) => d,
-        };
-        let key = dedupe_key(&q.queue, &delivery);
-        let position = format!("{}/{}", q.queue, key.as_str());
-        let fields = fields(&delivery);
-        let payload = Bytes::copy_from_slice(&delivery.data);
-        let Ok(outcome) = ingest.ingest(&fields, payload, Some(key), &position).await else {
-            // Unacknowledged: RabbitMQ requeues it when the connection closes.
+        // The deliveries already here, up to the prefetch: published
+        // together, in queue order within each channel.
+        let mut batch = vec![delivered(next)?];
+        while batch.len() < usize::from(q.prefetch) {
+            match consumer.next().now_or_never() {
+                Some(next) => batch.push(delivered(next)?),
+                None => break,
+            }
+        }
+        let Some(outcomes) = publish_batch(&q.queue, &batch, ingest).await else {
+            // Unacknowledged: RabbitMQ requeues them when the connection closes.
             return Ok(());
         };
-        let done = match outcome {
-            Outcome::Rejected(_) => delivery.reject(BasicRejectOptions { requeue: false }).await,
-            _ => delivery.ack(BasicAckOptions::default()).await,
-        };
-        done.map_err(|e| format!("acknowledging {position}: {e}"))?;
+        for (delivery, (outcome, position)) in batch.iter().zip(outcomes) {
+            let done = match outcome {
+                Outcome::Rejected(_) => delivery.reject(BasicRejectOptions { requeue: false }).await,
+                _ => delivery.ack(BasicAckOptions::default()).await,
+            };
+            done.map_err(|e| format!("acknowledging {position}: {e}"))?;
+        }
     }
+}
+
+fn delivered(next: Option<lapin::Result<Delivery>>) -> Result<Delivery, String> {
+    match next {
+        None => Err("the consumer was cancelled".into()),
+        Some(Err(e)) => Err(e.to_string()),
+        Some(Ok(d)) => Ok(d),
+    }
+}
+
+/// Publishes a batch of deliveries with one publish in flight per channel
+/// (the channel is the ordering key: each channel's events keep the
+/// queue's order, and different channels, whose histories are apart, go
+/// concurrently). `None` when the node stopped first.
+async fn publish_batch(queue: &str, batch: &[Delivery], ingest: &Ingest) -> Option<Vec<(Outcome, String)>> {
+    let mut chains: HashMap<Option<crate::sse::Channel>, Vec<usize>> = HashMap::new();
+    let prepared: Vec<(Fields, IdempotencyKey, String)> = batch
+        .iter()
+        .map(|d| {
+            let key = dedupe_key(queue, d);
+            let position = format!("{queue}/{}", key.as_str());
+            (fields(d), key, position)
+        })
+        .collect();
+    for (i, (f, _, _)) in prepared.iter().enumerate() {
+        chains.entry(ingest.template.render(f)).or_default().push(i);
+    }
+    let runs = chains.into_values().map(|chain| {
+        let prepared = &prepared;
+        async move {
+            let mut done = Vec::with_capacity(chain.len());
+            for i in chain {
+                let (fields, key, position) = &prepared[i];
+                let payload = Bytes::copy_from_slice(&batch[i].data);
+                let outcome = ingest
+                    .ingest(fields, payload, Some(key.clone()), position)
+                    .await
+                    .ok()?;
+                done.push((i, outcome));
+            }
+            Some(done)
+        }
+    });
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+    for chain in futures_util::future::join_all(runs).await {
+        for (i, o) in chain? {
+            outcomes[i] = Some(o);
+        }
+    }
+    outcomes
+        .into_iter()
+        .zip(prepared)
+        .map(|(o, (_, _, position))| o.map(|o| (o, position)))
+        .collect()
 }
 
 fn text(v: &AMQPValue) -> Option<String> {

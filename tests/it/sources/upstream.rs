@@ -131,10 +131,22 @@ async fn the_lease_is_taken_once_renewed_by_its_holder_and_handed_over_with_its_
     };
     assert_eq!(lease("a", "10000", "").trim(), "1", "a takes the free lease");
     assert_eq!(lease("b", "10000", "").trim(), "0", "b cannot while a holds it");
-    assert_eq!(lease("a", "10000", "id-7").trim(), "1\nid-7", "a renews and stores its position");
-    assert_eq!(lease("b", "10000", "id-9").trim(), "0\nid-7", "b stores nothing while it does not hold it");
+    assert_eq!(
+        lease("a", "10000", "id-7").trim(),
+        "1\nid-7",
+        "a renews and stores its position"
+    );
+    assert_eq!(
+        lease("b", "10000", "id-9").trim(),
+        "0\nid-7",
+        "b stores nothing while it does not hold it"
+    );
     assert_eq!(lease("a", "0", "").trim(), "0\nid-7", "a lets go");
-    assert_eq!(lease("b", "10000", "").trim(), "1\nid-7", "b takes it over with a's position");
+    assert_eq!(
+        lease("b", "10000", "").trim(),
+        "1\nid-7",
+        "b takes it over with a's position"
+    );
     let ttl: i64 = redis.cli(&["PTTL", "l{x}"]).trim().parse().unwrap();
     assert!((1..=10_000).contains(&ttl), "the lease expires: {ttl}");
 }
