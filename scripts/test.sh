@@ -35,6 +35,18 @@ need_pkg kill procps                       # tests/it/netfault.rs: a client that
 # fuse-overlayfs) are not needed.
 need_pkg podman podman
 need_pkg runc runc
+# tests/it/sources/: the event backbones, started per test on free ports.
+need_pkg nats-server nats-server           # NATS with JetStream
+need_pkg rabbitmq-server rabbitmq-server   # RabbitMQ (its own node name, ports and data per test)
+need_pkg make make                         # rdkafka builds librdkafka from its bundled sources
+need_pkg cc gcc
+need_pkg g++ g++
+# Kafka: Debian has no broker; tansu (crates.io, Apache-2.0) speaks the
+# Kafka protocol, with its SQLite storage so that a restart keeps the log.
+if ! type -P tansu >/dev/null; then
+  echo "== installing tansu (cargo install)"
+  cargo install --locked tansu --features libsql
+fi
 echo "== npm ci (tests/browser: playwright-core only, no browser download)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund --prefer-offline)
 echo "== npm ci (clients/js: ws for the client's tests)"
@@ -60,5 +72,6 @@ command -v cargo-afl >/dev/null 2>&1 || cargo install --locked cargo-afl
 ./scripts/fuzz.sh 20s
 echo "== benchmark harness, tiny scale (proves it works; figures are meaningless here)"
 ./scripts/bench.sh --quick --debug --systems ssegate --source-addrs 2 > /dev/null
+./scripts/bench-sources.sh --quick --debug > /dev/null
 echo "== ssegate-bench's WebSocket modes against the Socket.IO and ws peers (debug build, from bench.sh)"
 ./bench/peers/test.sh

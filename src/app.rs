@@ -38,6 +38,10 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Mercure(#[from] crate::mercure::KeyError),
+    #[error(transparent)]
+    Source(#[from] crate::sources::SpecError),
+    #[error("cannot start {0}")]
+    SourceStart(crate::sources::SourceError),
     #[error(
         "invalid --max-connections (SSEGATE_MAX_CONNECTIONS): {max_connections} connections need {needed} open \
          files (Redis, refusals and files take the rest), and this process may open {file_limit}: lower it \
@@ -60,6 +64,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
         config.validate()?;
+        let sources = crate::sources::parse_all(&config.sources)?;
         crate::tls::install_crypto_provider();
         let metrics = Metrics::new();
         let auth = Auth::from_config(&config, &metrics).await?;
@@ -165,6 +170,9 @@ impl Application {
         if let Some(m) = mercure {
             state.set_mercure(m);
         }
+        crate::sources::start(&state, sources, tasks.clone())
+            .await
+            .map_err(StartError::SourceStart)?;
         let server = Server::new(listener, tls, state.clone(), gate);
         Ok(Application { server, state, tasks })
     }

@@ -299,6 +299,12 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_DEMO", value_enum, default_value = "auto")]
     pub demo: Demo,
 
+    /// Event source to consume, repeatable: `kafka://`, `amqp://`, `nats://`,
+    /// `sse+http://` or `sse+https://` URLs (see the README); each message
+    /// becomes one durable event. SSEGATE_SOURCES separates URLs with spaces.
+    #[arg(long = "source", env = "SSEGATE_SOURCES", value_delimiter = ' ')]
+    pub sources: Vec<String>,
+
     /// Log format (the level comes from RUST_LOG, default `info`).
     #[arg(long, env = "SSEGATE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -45,6 +45,11 @@
 //!    its channels, so that a reconnect to any node resumes exactly where it
 //!    stopped.
 //!
+//! Event backbones feed the same path: [`sources`] consumes Kafka, RabbitMQ,
+//! NATS JetStream or an upstream SSE endpoint and publishes each message
+//! durably, once, with its position as the idempotency key; `POST
+//! /v1/events` takes CloudEvents ([`http`]).
+//!
 //! Around that path: [`config`], [`app`] (build and run a node), [`state`]
 //! (what handlers share), [`auth`] (who reads and publishes what),
 //! [`peer`] (client addresses behind balancers), [`mercure`] (a Mercure
@@ -69,6 +74,7 @@ pub mod metrics;
 pub mod peer;
 pub mod presence;
 pub mod shutdown;
+pub mod sources;
 pub mod sse;
 pub mod state;
 pub mod stream;

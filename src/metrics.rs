@@ -47,6 +47,13 @@ pub mod names {
     pub const WS_ERRORS: &str = "ssegate_websocket_errors_total";
     pub const MERCURE_EVENTS: &str = "ssegate_mercure_events_total";
     pub const MERCURE_SUBSCRIBERS: &str = "ssegate_mercure_subscribers";
+    pub const SOURCE_MESSAGES: &str = "ssegate_source_messages_total";
+    pub const SOURCE_PUBLISHED: &str = "ssegate_source_published_total";
+    pub const SOURCE_DUPLICATES: &str = "ssegate_source_duplicates_total";
+    pub const SOURCE_REJECTED: &str = "ssegate_source_rejected_total";
+    pub const SOURCE_LAG: &str = "ssegate_source_lag";
+    pub const SOURCE_UP: &str = "ssegate_source_up";
+    pub const SOURCE_RECONNECTS: &str = "ssegate_source_reconnects_total";
 }
 
 /// Upper bounds of the latency buckets, in microseconds.
@@ -259,6 +266,7 @@ impl Metrics {
             None,
             "Mercure subscribers connected to this node.",
         );
+        describe_sources(&r);
         let counter = |name: &'static str| r.register_counter(&Key::from_static_name(name), &META);
         let labelled = |name: &'static str, k: &'static str, v: &'static str| {
             r.register_counter(&labelled_key(name, k, v), &META)
@@ -326,6 +334,24 @@ impl Metrics {
             .register_gauge(&Key::from_static_name(names::MERCURE_SUBSCRIBERS), &META)
     }
 
+    /// A counter of one event source (`source` is its configured name, a
+    /// bounded label), with an optional `reason`.
+    pub fn source_counter(&self, name: &'static str, source: &str, reason: Option<&'static str>) -> Counter {
+        let mut labels = vec![Label::new("source", source.to_owned())];
+        if let Some(r) = reason {
+            labels.push(Label::from_static_parts("reason", r));
+        }
+        self.registry
+            .register_counter(&Key::from_parts(name, labels), &META)
+    }
+
+    /// A gauge of one event source.
+    pub fn source_gauge(&self, name: &'static str, source: &str) -> Gauge {
+        let labels = vec![Label::new("source", source.to_owned())];
+        self.registry
+            .register_gauge(&Key::from_parts(name, labels), &META)
+    }
+
     /// `n` events written `us` microseconds after they were published.
     pub fn record_latency_us(&self, us: u64, n: u64) {
         self.latency.record_us(us, n);
@@ -335,6 +361,43 @@ impl Metrics {
         let mut out = self.handle.render();
         self.latency.render(&mut out);
         out
+    }
+}
+
+fn describe_sources(r: &metrics_exporter_prometheus::PrometheusRecorder) {
+    use names::*;
+    for (name, help) in [
+        (
+            SOURCE_MESSAGES,
+            "Messages received from an event source (--source), by source.",
+        ),
+        (
+            SOURCE_PUBLISHED,
+            "Source messages published as new durable events, by source.",
+        ),
+        (
+            SOURCE_DUPLICATES,
+            "Source messages already in history (a redelivery), skipped, by source.",
+        ),
+        (
+            SOURCE_REJECTED,
+            "Source messages skipped as unpublishable, by source and reason (channel, envelope, too_large).",
+        ),
+        (
+            SOURCE_LAG,
+            "Messages the source holds for this node's consumer and not yet read, by source.",
+        ),
+        (
+            SOURCE_UP,
+            "1 while the source's backbone is connected (or this node is standing by), by source.",
+        ),
+        (
+            SOURCE_RECONNECTS,
+            "Reconnections to a source's backbone, by source.",
+        ),
+    ] {
+        r.describe_counter(name.into(), None, help.into());
+        r.describe_gauge(name.into(), None, help.into());
     }
 }
 

@@ -66,6 +66,10 @@ struct Inner {
     trusted: TrustedProxies,
     draining: AtomicBool,
     mercure: OnceLock<Mercure>,
+    /// Event sources that cannot reach their backbone, with the reason
+    /// (`/readyz` answers 503 while any is listed). A short critical
+    /// section, never held across an await.
+    sources_down: parking_lot::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// Shared state of a node; a cheap clone.
@@ -96,6 +100,7 @@ impl AppState {
             metrics,
             draining: AtomicBool::new(false),
             mercure: OnceLock::new(),
+            sources_down: Default::default(),
         }))
     }
 
@@ -138,6 +143,19 @@ impl AppState {
     }
     pub fn is_draining(&self) -> bool {
         self.0.draining.load(Ordering::Relaxed)
+    }
+    /// Marks the event source `name` as unable to reach its backbone.
+    pub fn source_down(&self, name: &str, reason: String) {
+        self.0.sources_down.lock().insert(name.to_owned(), reason);
+    }
+    /// The event source `name` reaches its backbone again.
+    pub fn source_up(&self, name: &str) {
+        self.0.sources_down.lock().remove(name);
+    }
+    /// The first source that cannot reach its backbone, and why.
+    pub fn source_problem(&self) -> Option<(String, String)> {
+        let down = self.0.sources_down.lock();
+        down.iter().next().map(|(n, r)| (n.clone(), r.clone()))
     }
     /// From now on `/readyz` answers 503 and new streams are refused.
     pub fn start_draining(&self) {

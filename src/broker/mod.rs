@@ -172,6 +172,15 @@ pub struct PresenceReport {
     pub left: Vec<String>,
 }
 
+/// The answer of `Broker::lease`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The caller holds the lease now.
+    pub held: bool,
+    /// The position last stored under the lease (`None`: none yet).
+    pub position: Option<String>,
+}
+
 pub trait Broker: Send + Sync + 'static {
     /// `"memory"` or `"redis"`.
     fn name(&self) -> &'static str;
@@ -234,6 +243,24 @@ pub trait Broker: Send + Sync + 'static {
     fn mercure_registry(&self, op: RegistryOp) -> BoxFuture<'_, Result<Vec<Bytes>, BrokerError>> {
         let _ = op;
         Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Takes the lease `name` for `holder` if it is free, or renews it if
+    /// `holder` has it, for `ttl` (zero releases it); while held, stores
+    /// `position` (when given) for whoever holds it next. One node at a
+    /// time follows a source that cannot be shared (an upstream SSE
+    /// endpoint). The embedded broker serves one node: always held.
+    fn lease(
+        &self,
+        _name: &str,
+        _holder: &str,
+        _ttl: Duration,
+        _position: Option<&str>,
+    ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
+        Box::pin(std::future::ready(Ok(Lease {
+            held: true,
+            position: None,
+        })))
     }
 }
 

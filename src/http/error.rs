@@ -69,6 +69,10 @@ pub enum ApiError {
     RateLimited { retry_after: u64 },
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// A CloudEvent that cannot be published (`POST /v1/events`): the text
+    /// names the event and the attribute.
+    #[error("invalid CloudEvent: {0}")]
+    InvalidCloudEvent(String),
 }
 
 impl ApiError {
@@ -101,6 +105,7 @@ impl ApiError {
             RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             TooManyConnections => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            InvalidCloudEvent(_) => (StatusCode::BAD_REQUEST, "invalid_cloudevent"),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `/healthz` (the process is up), `/readyz` (broker connected and not
-//! draining) and `/metrics` (Prometheus text).
+//! `/healthz` (the process is up), `/readyz` (broker connected, every event
+//! source connected, and not draining) and `/metrics` (Prometheus text).
 
 use axum::Json;
 use axum::extract::State;
@@ -22,6 +22,17 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     } else {
         None
     };
+    if reason.is_none()
+        && let Some((source, why)) = app.source_problem()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "not_ready", "reason": "source_disconnected", "source": source, "detail": why,
+            })),
+        )
+            .into_response();
+    }
     match reason {
         None => Json(serde_json::json!({ "status": "ready", "broker": app.broker().name() })).into_response(),
         Some(r) => (

@@ -5,6 +5,7 @@
 //! (`client`).
 
 mod client;
+mod cloudevents;
 mod error;
 mod health;
 mod history;
@@ -119,6 +120,12 @@ pub fn router(state: AppState) -> Router {
             get(subscribe::one)
                 .post(publish::publish)
                 .layer(DefaultBodyLimit::max(max_payload)),
+        )
+        .route(
+            "/v1/events",
+            axum::routing::post(cloudevents::post)
+                .options(cloudevents::options)
+                .layer(DefaultBodyLimit::max(cloudevents::max_body(max_payload))),
         )
         .route("/v1/ws", axum::routing::any(ws::upgrade))
         .route("/v1/history/{channel}", get(history::history))

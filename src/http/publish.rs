@@ -79,13 +79,21 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Ap
 
 /// The whole body, within `--max-payload` bytes and `--body-timeout`.
 pub(super) async fn read_body(app: &AppState, body: axum::body::Body) -> Result<Bytes, ApiError> {
-    let cfg = app.config();
-    let limited = Limited::new(body, cfg.max_payload);
-    match tokio::time::timeout(cfg.body_timeout, limited.collect()).await {
+    read_body_within(app, body, app.config().max_payload).await
+}
+
+/// The whole body, within `max` bytes and `--body-timeout`.
+pub(super) async fn read_body_within(
+    app: &AppState,
+    body: axum::body::Body,
+    max: usize,
+) -> Result<Bytes, ApiError> {
+    let limited = Limited::new(body, max);
+    match tokio::time::timeout(app.config().body_timeout, limited.collect()).await {
         Err(_) => Err(ApiError::BodyTimeout),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge { max: cfg.max_payload })
+            Err(ApiError::PayloadTooLarge { max })
         }
         Ok(Err(_)) => Err(ApiError::BadBody),
     }

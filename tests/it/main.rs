@@ -16,6 +16,7 @@ mod library;
 mod mercure;
 mod netfault;
 mod scale;
+mod sources;
 mod state;
 mod tools;
 mod websocket;

@@ -45,6 +45,10 @@
 --   'add', node, field, json, ...; 'del', field, ...; 'renew', node, ttl_ms;
 --   'list' -> the JSON of entries whose node's lease is live (the others
 --   are removed).
+-- ssegate_lease(2, lease_key, pos_key, holder, ttl_ms, position) -> {held, position}
+--   SET lease_key holder NX PX ttl_ms, or renews it when holder has it
+--   (ttl_ms 0 releases it); while held, a non-empty position is stored in
+--   pos_key. Answers whether holder holds it and the stored position.
 
 local MAXLEN = __MAXLEN__
 local TTL_MS = __TTL_MS__
@@ -329,6 +333,24 @@ redis.register_function('ssegate_publish', publish)
 redis.register_function('ssegate_mercure_publish', mercure_publish)
 redis.register_function('ssegate_mercure_registry', mercure_registry)
 redis.register_function{function_name = 'ssegate_mercure_find', callback = mercure_find, flags = {'no-writes'}}
+local function lease(keys, args)
+  local lkey, pkey, holder, ttl, pos = keys[1], keys[2], args[1], tonumber(args[2]), args[3] or ''
+  local mine = redis.call('GET', lkey) == holder
+  if ttl == 0 then
+    if mine then redis.call('DEL', lkey) end
+    return {0, redis.call('GET', pkey) or ''}
+  end
+  local held = mine
+  if mine then
+    redis.call('PEXPIRE', lkey, ttl)
+  else
+    held = redis.call('SET', lkey, holder, 'NX', 'PX', ttl) ~= false
+  end
+  if held and pos ~= '' then redis.call('SET', pkey, pos) end
+  return {held and 1 or 0, redis.call('GET', pkey) or ''}
+end
+
+redis.register_function('ssegate_lease', lease)
 redis.register_function{function_name = 'ssegate_history', callback = history, flags = {'no-writes'}}
 redis.register_function{function_name = 'ssegate_tip', callback = tip, flags = {'no-writes'}}
 redis.register_function('ssegate_state_put', state_put)

@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerError, History, IdempotencyKey, NodePresence, Page, PresenceReport, Published, RegistryOp,
-    Snapshot,
+    Broker, BrokerError, History, IdempotencyKey, Lease, NodePresence, Page, PresenceReport, Published,
+    RegistryOp, Snapshot,
 };
 use crate::hub::{Hub, SubCommand};
 use crate::metrics::Metrics;
@@ -354,6 +354,43 @@ impl Broker for RedisBroker {
             let v: Vec<Vec<u8>> = self.0.fcall(&cmd).await?;
             Ok(v.into_iter().map(Bytes::from).collect())
         })
+    }
+
+    fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+        position: Option<&str>,
+    ) -> BoxFuture<'_, Result<Lease, BrokerError>> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("ssegate_lease")
+            .arg(2)
+            .arg(self.0.names.source(name, "lease"))
+            .arg(self.0.names.source(name, "pos"))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .arg(position.unwrap_or(""));
+        Box::pin(async move {
+            let v: Value = self.0.fcall(&cmd).await?;
+            parse_lease(&v)
+        })
+    }
+}
+
+/// `[held, position]`, the position `""` when none was stored.
+fn parse_lease(v: &Value) -> Result<Lease, BrokerError> {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match v {
+        Value::Array(parts) if parts.len() == 2 => Ok(Lease {
+            held: matches!(parts[0], Value::Int(1)),
+            position: text(&parts[1]).filter(|p| !p.is_empty()),
+        }),
+        other => Err(BrokerError::Protocol(format!("ssegate_lease: {other:?}"))),
     }
 }
 

@@ -27,6 +27,11 @@ impl Names {
         format!("{}{{{c}}}:log", self.prefix)
     }
 
+    /// A key of event source `source` (`lease`, `pos`), in one slot.
+    pub fn source(&self, source: &str, what: &str) -> String {
+        format!("{}{{source:{source}}}:{what}", self.prefix)
+    }
+
     /// The channel name inside a Redis pub/sub channel name, if it is ours.
     pub fn parse_channel<'a>(&self, redis_channel: &'a [u8]) -> Option<&'a str> {
         let rest = redis_channel.strip_prefix(self.prefix.as_bytes())?;

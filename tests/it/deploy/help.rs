@@ -128,6 +128,14 @@ const OTHER_PROGRAMS_FLAGS: &[(&str, &str)] = &[
     ("build", "docker compose up"),
     ("from-literal", "kubectl create secret"),
     ("from-file", "kubectl create secret"),
+    ("server", "nats (deploy/sources)"),
+    ("subjects", "nats stream add"),
+    ("storage", "nats stream add"),
+    ("retention", "nats stream add"),
+    ("discard", "nats stream add"),
+    ("max-age", "nats stream add"),
+    ("replicas", "nats stream add"),
+    ("defaults", "nats stream add"),
 ];
 
 /// `SSEGATE_*` names and `--flag`s written anywhere in `text`, comments

@@ -322,3 +322,32 @@ fn the_kubernetes_grace_period_covers_the_prestop_sleep_and_the_drain() {
         "terminationGracePeriodSeconds {termination:?} <= {needed:?}"
     );
 }
+
+#[test]
+fn the_sources_compose_file_wires_a_source_every_node_accepts() {
+    let compose = yaml("deploy/sources/docker-compose.nats.yml");
+    let services = compose["services"].as_mapping().unwrap();
+    let mut gateways = 0;
+    for (name, svc) in services {
+        let Some(sources) = svc["environment"]["SSEGATE_SOURCES"].as_str() else {
+            continue;
+        };
+        gateways += 1;
+        let urls: Vec<String> = sources.split(' ').map(str::to_owned).collect();
+        let specs = ssegate::sources::parse_all(&urls).unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        for s in specs {
+            let ssegate::sources::Backbone::Nats { server, stream, .. } = s.backbone else {
+                panic!("{name:?}: a NATS source");
+            };
+            assert_eq!(server, "nats://nats:4222");
+            assert_eq!(stream, "ORDERS");
+            assert!(services.contains_key("nats"));
+        }
+    }
+    assert_eq!(gateways, 2, "two nodes share the source");
+    let setup = services["nats-setup"]["command"].as_str().unwrap();
+    assert!(
+        setup.contains("stream add ORDERS") && setup.contains("orders.>"),
+        "{setup}"
+    );
+}

@@ -3,6 +3,7 @@
 //! that parses streams with the `eventsource-stream` crate, and the rule for
 //! the programs tests need.
 
+mod backbones;
 mod metrics;
 mod node;
 mod redis_cluster;
@@ -15,6 +16,7 @@ use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use backbones::*;
 pub use metrics::*;
 pub use node::*;
 pub use redis_cluster::*;

@@ -65,8 +65,13 @@ impl Sse {
     /// Like `next`, with a read error (the connection cut without the end
     /// of the body, as when a node is killed) returned as `Err`.
     pub async fn next_or_cut(&mut self) -> Result<Option<Event>, String> {
+        self.next_within(WAIT).await
+    }
+
+    /// Like `next_or_cut`, waiting up to `limit` for each event.
+    pub async fn next_within(&mut self, limit: std::time::Duration) -> Result<Option<Event>, String> {
         loop {
-            let Some(ev) = tokio::time::timeout(WAIT, self.events.next())
+            let Some(ev) = tokio::time::timeout(limit, self.events.next())
                 .await
                 .expect("an event or the end within the wait")
             else {
