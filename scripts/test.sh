@@ -73,5 +73,6 @@ command -v cargo-afl >/dev/null 2>&1 || cargo install --locked cargo-afl
 echo "== benchmark harness, tiny scale (proves it works; figures are meaningless here)"
 ./scripts/bench.sh --quick --debug --systems ssegate --source-addrs 2 > /dev/null
 ./scripts/bench-sources.sh --quick --debug > /dev/null
+./scripts/bench-state.sh --quick --debug > /dev/null
 echo "== ssegate-bench's WebSocket modes against the Socket.IO and ws peers (debug build, from bench.sh)"
 ./bench/peers/test.sh

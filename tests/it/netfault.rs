@@ -311,46 +311,21 @@ async fn a_client_that_stops_acknowledging_is_closed_after_the_write_timeout() {
 }
 
 /// Publishes 60 KiB events until the node has closed a slow client, at
-/// most `limit` of them, while a task reads the control stream; returns how
-/// many were published and the control stream.
-async fn publish_until_a_slow_client_is_closed(s: Setup, limit: usize) -> (Setup, usize) {
-    let Setup {
-        node,
-        channel,
-        mut control,
-        curl,
-    } = s;
-    // The control stream is read all along: it must not be slow itself.
-    let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
-    let reader = tokio::spawn(async move {
-        let mut got = 0;
-        while let Some(want) = count_rx.recv().await {
-            while got < want {
-                let ev = control.next().await.expect("the control stream stays open");
-                assert_eq!(ev.data.len(), 60 * 1024);
-                got += 1;
-            }
-        }
-        control
-    });
+/// most `limit` of them, reading each from the control stream before the
+/// next is published (the control stream must never be the slow one, even
+/// on a loaded machine); returns how many were published.
+async fn publish_until_a_slow_client_is_closed(mut s: Setup, limit: usize) -> (Setup, usize) {
     let payload = "x".repeat(60 * 1024);
     let mut published = 0;
     while published < limit {
-        publish(&node, &channel, payload.clone()).await;
+        publish(&s.node, &s.channel, payload.clone()).await;
         published += 1;
-        if published % 8 == 0 && node.metric("ssegate_slow_client_disconnects_total").await >= 1.0 {
+        let ev = s.control.next().await.expect("the control stream stays open");
+        assert_eq!(ev.data.len(), 60 * 1024);
+        if published % 8 == 0 && s.node.metric("ssegate_slow_client_disconnects_total").await >= 1.0 {
             break;
         }
     }
-    count_tx.send(published).unwrap();
-    drop(count_tx);
-    let control = reader.await.unwrap();
-    let s = Setup {
-        node,
-        channel,
-        control,
-        curl,
-    };
     (s, published)
 }
 

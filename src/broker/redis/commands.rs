@@ -1,7 +1,11 @@
 //! Command connections (durable publish, history, tips, function loading),
 //! a fixed few per node whatever the number of clients:
 //!
-//! - standalone: a deadpool of multiplexed connections;
+//! - standalone: `--redis-pool-size` multiplexed connections, used in
+//!   turn. Each carries any number of commands at once (the redis crate
+//!   pipelines them), so none is checked out per command: a checking pool
+//!   (deadpool-redis sends `UNWATCH` and `PING` as it hands a connection
+//!   out) added a round trip and two Redis commands to every publish;
 //! - Sentinel: one multiplexed connection to the current master, dropped
 //!   and resolved again through the Sentinels after an I/O or `READONLY`
 //!   error (a failover);
@@ -10,7 +14,9 @@
 
 use std::time::Duration;
 
-use deadpool_redis::{Pool, Runtime};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
@@ -21,18 +27,89 @@ use super::Topology;
 use crate::broker::BrokerError;
 
 pub(crate) enum Commands {
-    Pool(Pool),
+    Standalone(Box<Standalone>),
     Sentinel(Box<SentinelCommands>),
     Cluster(ClusterConnection),
 }
 
+/// A multiplexed connection made on first use and made again after it
+/// failed; callers that find none wait for one connect.
+#[derive(Default)]
+struct Slot {
+    conn: parking_lot::Mutex<Option<MultiplexedConnection>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    async fn get<F, Fut>(&self, connect: F) -> RedisResult<MultiplexedConnection>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = RedisResult<MultiplexedConnection>>,
+    {
+        if let Some(c) = self.conn.lock().clone() {
+            return Ok(c);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.conn.lock().clone() {
+            return Ok(c);
+        }
+        let c = connect().await?;
+        *self.conn.lock() = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `cmd` on the slot's connection; a connection that failed as
+    /// `drop_on` says is dropped, and the next command connects again.
+    async fn query<T, F, Fut>(
+        &self,
+        connect: F,
+        cmd: &Cmd,
+        drop_on: fn(&RedisError) -> bool,
+    ) -> Result<T, BrokerError>
+    where
+        T: FromRedisValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = RedisResult<MultiplexedConnection>>,
+    {
+        let mut c = self.get(connect).await.map_err(unavailable)?;
+        cmd.query_async(&mut c).await.map_err(|e| {
+            if drop_on(&e) {
+                self.conn.lock().take();
+            }
+            classify(e)
+        })
+    }
+}
+
+pub(crate) struct Standalone {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+}
+
+impl Standalone {
+    fn slot(&self) -> &Slot {
+        &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()]
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
+        let connect = || {
+            self.client
+                .get_multiplexed_async_connection_with_config(&self.config)
+        };
+        self.slot().query(connect, cmd, broken).await
+    }
+}
+
 pub(crate) struct SentinelCommands {
     client: tokio::sync::Mutex<SentinelClient>,
-    conn: parking_lot::Mutex<Option<MultiplexedConnection>>,
+    slot: Slot,
     config: AsyncConnectionConfig,
 }
 
-/// A reply that says the connection no longer reaches a usable master.
+/// A reply that says the connection no longer reaches a usable master
+/// (behind Sentinels a master that stops answering may have been replaced).
 fn stale(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
@@ -41,17 +118,24 @@ fn stale(e: &RedisError) -> bool {
         || e.code() == Some("READONLY")
 }
 
+/// A connection to a single server that is broken. A timeout is not: the
+/// command may still be carried out (a paused server), and closing the
+/// connection would make Redis discard it; later commands wait on the same
+/// connection.
+fn broken(e: &RedisError) -> bool {
+    !e.is_timeout() && stale(e)
+}
+
 impl SentinelCommands {
-    async fn conn(&self) -> RedisResult<MultiplexedConnection> {
-        if let Some(c) = self.conn.lock().clone() {
-            return Ok(c);
-        }
+    async fn connect(&self) -> RedisResult<MultiplexedConnection> {
         let client = self.client.lock().await.async_get_client().await?;
-        let c = client
+        client
             .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        *self.conn.lock() = Some(c.clone());
-        Ok(c)
+            .await
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
+        self.slot.query(|| self.connect(), cmd, stale).await
     }
 
     /// The current master's address, asked of the Sentinels.
@@ -101,17 +185,14 @@ impl Commands {
             .set_response_timeout(Some(timeout));
         match topology {
             Topology::Standalone(url) => {
-                let manager = deadpool_redis::Manager::new_with_config(url.as_str(), config)
-                    .map_err(|e| BrokerError::Config(e.to_string()))?;
-                let pool = Pool::builder(manager)
-                    .max_size(pool_size)
-                    .runtime(Runtime::Tokio1)
-                    .wait_timeout(Some(timeout))
-                    .create_timeout(Some(timeout))
-                    .recycle_timeout(Some(timeout))
-                    .build()
-                    .map_err(unavailable)?;
-                Ok(Commands::Pool(pool))
+                let client =
+                    redis::Client::open(url.as_str()).map_err(|e| BrokerError::Config(e.to_string()))?;
+                Ok(Commands::Standalone(Box::new(Standalone {
+                    client,
+                    config,
+                    slots: (0..pool_size.max(1)).map(|_| Slot::default()).collect(),
+                    next: AtomicUsize::new(0),
+                })))
             }
             Topology::Sentinel {
                 sentinels,
@@ -129,7 +210,7 @@ impl Commands {
                 .map_err(|e| BrokerError::Config(e.to_string()))?;
                 Ok(Commands::Sentinel(Box::new(SentinelCommands {
                     client: tokio::sync::Mutex::new(client),
-                    conn: parking_lot::Mutex::new(None),
+                    slot: Slot::default(),
                     config,
                 })))
             }
@@ -147,40 +228,16 @@ impl Commands {
 
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
         match self {
-            Commands::Pool(pool) => {
-                let mut c = pool.get().await.map_err(unavailable)?;
-                cmd.query_async(&mut c).await.map_err(classify)
-            }
-            Commands::Sentinel(s) => {
-                let mut c = s.conn().await.map_err(unavailable)?;
-                match cmd.query_async(&mut c).await {
-                    Ok(v) => Ok(v),
-                    Err(e) => {
-                        if stale(&e) {
-                            s.conn.lock().take();
-                        }
-                        Err(classify(e))
-                    }
-                }
-            }
+            Commands::Standalone(s) => s.query(cmd).await,
+            Commands::Sentinel(s) => s.query(cmd).await,
             Commands::Cluster(c) => cmd.query_async(&mut c.clone()).await.map_err(classify),
         }
     }
 
-    /// Several commands: pipelined on one pooled connection, concurrently
-    /// on the multiplexed (Sentinel, Cluster) connections.
+    /// Several commands at once (each multiplexed connection pipelines
+    /// them).
     pub(crate) async fn query_many<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>, BrokerError> {
-        match self {
-            Commands::Pool(pool) => {
-                let mut c = pool.get().await.map_err(unavailable)?;
-                let mut pipe = redis::pipe();
-                for cmd in cmds {
-                    pipe.add_command(cmd);
-                }
-                pipe.query_async(&mut c).await.map_err(classify)
-            }
-            _ => futures_util::future::try_join_all(cmds.iter().map(|c| self.query(c))).await,
-        }
+        futures_util::future::try_join_all(cmds.iter().map(|c| self.query(c))).await
     }
 
     /// Runs `cmd` on every master (function loading).
