@@ -431,6 +431,20 @@ def websocket_section(runs):
     return out
 
 
+KEPT = "<!-- Kept when bench.sh regenerates this file: the sections below come from other runs and scripts. -->"
+
+
+def kept_tail(path):
+    """The part of an existing report from the KEPT marker on ('' without one)."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        return ""
+    at = old.find(KEPT)
+    return old[at:] if at >= 0 else ""
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results")
@@ -451,9 +465,12 @@ def main():
         text = "# Benchmarks\n"
     if ws_runs:
         text += "\n" + "\n".join(websocket_section(ws_runs))
+    tail = kept_tail(a.out)
     with open(a.out, "w") as f:
         f.write(text)
         f.write("\n")
+        if tail:
+            f.write("\n" + tail)
 
 
 if __name__ == "__main__":
