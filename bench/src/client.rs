@@ -119,7 +119,10 @@ impl Shared {
     }
 
     fn request(&self, channel: usize) -> Vec<u8> {
-        let path = self.path_template.replace("%c", &self.channel_names[channel]);
+        let path = self
+            .path_template
+            .replace("%c", &self.channel_names[channel])
+            .replace("%m", &(channel % 100).to_string());
         let mut req = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
             self.host

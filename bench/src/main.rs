@@ -122,7 +122,8 @@ struct RunArgs {
     /// The server's address (`http://127.0.0.1:8080` or `127.0.0.1:8080`).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Subscribe path; `%c` is the channel. Default: ssegate `/v1/stream/%c`,
+    /// Subscribe path; `%c` is the channel, `%m` its number modulo 100 (for
+    /// 100 distinct Mercure template selectors). Default: ssegate `/v1/stream/%c`,
     /// nchan, rawfan and ws `/sub/%c`, ssegate-ws `/v1/ws?channel=%c`,
     /// socketio `/socket.io/?EIO=4&transport=websocket&channel=%c`.
     #[arg(long)]
