@@ -19,7 +19,7 @@ import os
 SYSTEMS = ["ssegate", "nchan", "rawfan"]
 SYSTEM_NAMES = {"ssegate": "ssegate", "nchan": "Nchan", "rawfan": "rawfan (limit)"}
 COLORS = {"ssegate": "#2b6cb0", "nchan": "#dd6b20", "rawfan": "#718096"}
-SCENARIOS = ["idle", "sessions", "sessions-durable", "broadcast-20", "broadcast-100", "storm"]
+SCENARIOS = ["idle", "sessions", "sessions-2k", "sessions-durable", "sessions-durable-post", "broadcast-20", "broadcast-100", "storm"]
 PEERS = ["nchan", "rawfan"]
 
 
@@ -362,7 +362,7 @@ def svg(runs, meta):
             out.append((label, {s: (fn(runs[(s, sc)]) if (s, sc) in runs else None) for s in systems}))
         return out
 
-    delivery = ["sessions", "sessions-durable", "broadcast-20", "broadcast-100", "storm"]
+    delivery = ["sessions", "sessions-2k", "sessions-durable", "sessions-durable-post", "broadcast-20", "broadcast-100", "storm"]
     panels = [
         ("Memory per idle stream, KiB (lower is better)", groups(["idle"], lambda r: get(r, "server", "mem_per_stream_kib")), False, " KiB"),
         ("Delivered events per second (higher is better)", groups(delivery, lambda r: r.get("delivered_per_sec"), offered=True), False, "/s"),

@@ -14,7 +14,11 @@
 #   idle            N streams over N/10 channels, nothing published: memory per stream
 #   sessions        N/10 channels x 10 streams, N*2/3 publishes/s (10,000/s at 15,000) via PUBLISH
 #                   (Nchan: HTTP POST, its only way)
+#   sessions-2k     the same layout at a fifth of the rate (2,000/s at 15,000), where
+#                   the server's own latency shows rather than the load generator's
 #   sessions-durable  the same through ssegate's Redis Function (ssegate only)
+#   sessions-durable-post  the same through ssegate's POST /v1/stream/<c> on 32 kept-alive
+#                   connections (HTTP/1.1 answers in order: one publish at a time each) (ssegate only)
 #   broadcast-20    1 channel x N streams, 20 publishes/s
 #   broadcast-100   1 channel x N streams, 100 publishes/s
 #   storm           sessions layout; all N streams connect at once while publishing:
@@ -33,7 +37,7 @@ ROOT=$PWD
 STREAMS=""
 QUICK=0
 SYSTEMS="ssegate nchan rawfan"
-SCENARIOS="idle sessions sessions-durable broadcast-20 broadcast-100 storm"
+SCENARIOS="idle sessions sessions-2k sessions-durable sessions-durable-post broadcast-20 broadcast-100 storm"
 DURATION=""
 OUT=""
 RESULTS=""
@@ -302,7 +306,9 @@ scenario_args() {
   case "$1" in
     idle) echo "--scenario idle --settle $IDLE_SETTLE" ;;
     sessions) echo "--scenario sessions --rate $SESSION_RATE --settle $SETTLE" ;;
+    sessions-2k) echo "--scenario sessions --rate $(( SESSION_RATE / 5 > 0 ? SESSION_RATE / 5 : 1 )) --settle $SETTLE" ;;
     sessions-durable) [ "$2" = ssegate ] && echo "--scenario sessions --rate $SESSION_RATE --publish fcall --settle $SETTLE" ;;
+    sessions-durable-post) [ "$2" = ssegate ] && echo "--scenario sessions --rate $SESSION_RATE --publish http --publish-conns 32 --settle $SETTLE" ;;
     broadcast-20) echo "--scenario broadcast --rate 20 --settle $SETTLE" ;;
     broadcast-100) echo "--scenario broadcast --rate 100 --settle $SETTLE" ;;
     storm) echo "--scenario storm --rate $SESSION_RATE --receive-timeout $RECEIVE_TIMEOUT --settle $SETTLE" ;;
