@@ -132,18 +132,37 @@ impl Run {
     }
 
     /// Polls the histories (Redis offers no notification of a length).
-    async fn wait_for(&self, at_least: usize) -> usize {
+    async fn wait_for(&mut self, at_least: usize) -> usize {
         let deadline = tokio::time::Instant::now() + INGEST_WAIT;
         loop {
             let seen = in_history(&self.redis, &self.chans).await;
             if seen >= at_least {
                 return seen;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{seen} events in history after {INGEST_WAIT:?}, want {at_least}"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                self.show_source_logs();
+                panic!("{seen} events in history after {INGEST_WAIT:?}, want {at_least}");
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the source nodes logged of their sources (what a stalled run
+    /// needs to be understood), on stderr.
+    fn show_source_logs(&mut self) {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let lines: Vec<String> = n
+                .logs()
+                .into_iter()
+                .filter(|l| l.contains("source") || l.contains("WARN"))
+                .collect();
+            eprintln!(
+                "--- source node {i}: {} source log lines, the last 60:",
+                lines.len()
+            );
+            for l in lines.iter().rev().take(60).rev() {
+                eprintln!("{l}");
+            }
         }
     }
 
