@@ -8,10 +8,16 @@
 //! committed yet) is skipped by the broker. Offsets are stored only once
 //! the event is in the broker (`enable.auto.offset.store=false`) and
 //! committed every second and on revocation.
+//!
+//! A consumer whose assigned partitions have records waiting but that hands
+//! none over for `STALL` re-joins its group (unsubscribe, subscribe): after
+//! a broker restart a client can keep an assignment the restarted group
+//! coordinator no longer knows, and fetch nothing until it re-joins.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::ClientContext;
@@ -56,6 +62,10 @@ impl ConsumerContext for Ctx {
 
 type Kafka = StreamConsumer<Ctx>;
 
+/// How long records may wait with none handed over before the consumer
+/// re-joins its group.
+const STALL: Duration = Duration::from_secs(30);
+
 pub async fn start(brokers: String, topic: String, group: String, ingest: Ingest) -> Result<(), String> {
     let consumer: Kafka = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -94,13 +104,19 @@ pub async fn start(brokers: String, topic: String, group: String, ingest: Ingest
         .map_err(|e| format!("cannot subscribe to `{topic}`: {e}"))?;
     tracing::info!(source = %ingest.name, %topic, %group, partitions, "kafka consumer joining its group");
     ingest.up();
-    tokio::spawn(watch_lag(consumer.clone(), topic, ingest.clone()));
-    tokio::spawn(run(consumer, ingest));
+    let handled = Arc::new(AtomicU64::new(0));
+    tokio::spawn(watch_lag(
+        consumer.clone(),
+        topic,
+        ingest.clone(),
+        handled.clone(),
+    ));
+    tokio::spawn(run(consumer, ingest, handled));
     Ok(())
 }
 
 /// Reads records and hands each to its partition's worker.
-async fn run(consumer: Arc<Kafka>, ingest: Ingest) {
+async fn run(consumer: Arc<Kafka>, ingest: Ingest, handled: Arc<AtomicU64>) {
     let mut workers: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
     loop {
         let msg = tokio::select! {
@@ -115,6 +131,7 @@ async fn run(consumer: Arc<Kafka>, ingest: Ingest) {
             }
         };
         ingest.up();
+        handled.fetch_add(1, Ordering::Relaxed);
         let slot = (msg.topic().to_owned(), msg.partition());
         let tx = workers.entry(slot).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(1024);
@@ -169,8 +186,10 @@ async fn partition_worker(consumer: Arc<Kafka>, ingest: Ingest, mut rx: mpsc::Re
 }
 
 /// Every 5 s: the records of the assigned partitions not read yet (high
-/// watermark minus position), and whether Kafka answers.
-async fn watch_lag(consumer: Arc<Kafka>, topic: String, ingest: Ingest) {
+/// watermark minus position), and whether Kafka answers; a consumer with
+/// records waiting that handed none over for `STALL` re-joins its group.
+async fn watch_lag(consumer: Arc<Kafka>, topic: String, ingest: Ingest, handled: Arc<AtomicU64>) {
+    let mut progress = (handled.load(Ordering::Relaxed), Instant::now());
     loop {
         tokio::select! {
             _ = ingest.cancel.cancelled() => return,
@@ -190,13 +209,36 @@ async fn watch_lag(consumer: Arc<Kafka>, topic: String, ingest: Ingest) {
             Ok(lag)
         })
         .await;
-        match lag {
+        let lag = match lag {
             Ok(Ok(lag)) => {
                 ingest.lag.set(lag as f64);
                 ingest.up();
+                lag
             }
-            Ok(Err(e)) => ingest.down(format!("Kafka does not answer: {e}")),
+            Ok(Err(e)) => {
+                ingest.down(format!("Kafka does not answer: {e}"));
+                continue;
+            }
             Err(_) => return,
+        };
+        let now = handled.load(Ordering::Relaxed);
+        if now != progress.0 || lag == 0 {
+            progress = (now, Instant::now());
+        } else if progress.1.elapsed() >= STALL {
+            tracing::warn!(source = %ingest.name, lag, stalled = ?STALL,
+                "kafka records are waiting but none arrived: re-joining the consumer group");
+            ingest.reconnects.increment(1);
+            let c = consumer.clone();
+            let t = topic.clone();
+            let rejoined = tokio::task::spawn_blocking(move || {
+                c.unsubscribe();
+                c.subscribe(&[&t])
+            })
+            .await;
+            if let Ok(Err(e)) = rejoined {
+                tracing::warn!(source = %ingest.name, error = %e, "kafka re-subscribe");
+            }
+            progress = (now, Instant::now());
         }
     }
 }
