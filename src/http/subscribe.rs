@@ -2,25 +2,18 @@
 //! validate, open a `StreamSession`, and serve it as a `text/event-stream`
 //! body of pre-encoded frames.
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
-use http_body::Frame;
-use parking_lot::Mutex;
 
 use super::error::ApiError;
 use crate::peer::ClientIp;
 use crate::sse::Channel;
 use crate::state::AppState;
-use crate::stream::{OpenParams, StreamSession, coalesce};
+use crate::stream::{Handoff, HandoffBody, OpenParams, StreamSession};
 
 /// What a subscribe request asks for, parsed from its path and query.
 pub(super) struct SubscribeQuery {
@@ -140,8 +133,8 @@ async fn serve(
     if let Some(at) = access.expires_at() {
         session.expire_at(at);
     }
-    let handoff = SseHandoff(Arc::new(Mutex::new(Some(session))));
-    let body = SseBody::Waiting(handoff.clone());
+    let handoff = SseHandoff::new(session);
+    let body = HandoffBody::Waiting(handoff.clone());
     let mut resp = Response::new(Body::new(body));
     let h = resp.headers_mut();
     h.insert(
@@ -155,52 +148,6 @@ async fn serve(
     Ok(resp)
 }
 
-/// The open stream behind a `text/event-stream` response, for the HTTP/1
-/// front (`h1`), which takes it and writes the stream to the socket itself.
-/// Under hyper (HTTP/2, TLS, or a second request on a kept-alive
-/// connection) the response body takes it instead, on its first poll.
-#[derive(Clone)]
-pub struct SseHandoff(Arc<Mutex<Option<StreamSession>>>);
-
-impl SseHandoff {
-    pub fn take(&self) -> Option<StreamSession> {
-        self.0.lock().take()
-    }
-}
-
-/// The response body under hyper: the session's chunks, coalesced into
-/// one per wake-up.
-enum SseBody {
-    Waiting(SseHandoff),
-    Running(StreamSession, Vec<Bytes>),
-    Done,
-}
-
-impl http_body::Body for SseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        if let SseBody::Waiting(h) = this {
-            *this = match h.take() {
-                Some(session) => SseBody::Running(session, Vec::new()),
-                None => SseBody::Done,
-            };
-        }
-        let SseBody::Running(session, chunks) = this else {
-            return Poll::Ready(None);
-        };
-        match session.poll_chunk(cx, chunks) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                *this = SseBody::Done;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(())) => Poll::Ready(Some(Ok(Frame::data(coalesce(chunks))))),
-        }
-    }
-}
+/// The open stream behind a native `text/event-stream` response
+/// (`stream::Handoff`).
+pub type SseHandoff = Handoff<StreamSession>;

@@ -19,10 +19,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use super::auth::{self, AuthError, Claims};
 use super::index::Filter;
 use super::registry::{self, CONTEXT, PREFIX};
-use super::stream::{Body as StreamBody, MercureHandoff, MercureStream, Registered};
+use super::stream::{MercureHandoff, MercureStream, Registered};
 use super::{Inner, Mercure};
 use crate::hub::Subscriber;
 use crate::sse::mercure::Update;
+use crate::stream::HandoffBody;
 
 pub const PATH: &str = "/.well-known/mercure";
 
@@ -258,7 +259,7 @@ async fn subscribe(State(m): State<Mercure>, RawQuery(raw): RawQuery, headers: H
         expires,
     );
     let handoff = MercureHandoff::new(stream);
-    let mut resp = Response::new(Body::new(StreamBody::Waiting(handoff.clone())));
+    let mut resp = Response::new(Body::new(HandoffBody::Waiting(handoff.clone())));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

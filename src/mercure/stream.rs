@@ -6,7 +6,6 @@
 //! they were encoded once for the node.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
@@ -15,8 +14,6 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http_body::Frame;
-use parking_lot::Mutex;
 
 use super::Inner;
 use super::index::Filter;
@@ -24,6 +21,7 @@ use crate::broker::{BrokerError, History, Page, now_us};
 use crate::hub::{Attachment, Close, Item, Subscriber};
 use crate::sse::mercure::Update;
 use crate::sse::{Channel, EventId, encode_comment};
+use crate::stream::{Chunks, Handoff};
 
 static HEARTBEAT: LazyLock<Bytes> = LazyLock::new(|| encode_comment(""));
 
@@ -249,53 +247,15 @@ impl MercureStream {
     }
 }
 
-/// The open stream behind a Mercure `text/event-stream` response: the
-/// server's fast path takes it and writes it itself; under hyper the
-/// response body takes it on its first poll.
-#[derive(Clone)]
-pub struct MercureHandoff(Arc<Mutex<Option<MercureStream>>>);
+/// The open stream behind a Mercure `text/event-stream` response
+/// (`stream::Handoff`).
+pub type MercureHandoff = Handoff<MercureStream>;
 
-impl MercureHandoff {
-    pub(super) fn new(s: MercureStream) -> MercureHandoff {
-        MercureHandoff(Arc::new(Mutex::new(Some(s))))
+impl Chunks for MercureStream {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>> {
+        MercureStream::poll_chunk(self, cx, out)
     }
-
-    pub fn take(&self) -> Option<MercureStream> {
-        self.0.lock().take()
-    }
-}
-
-pub(super) enum Body {
-    Waiting(MercureHandoff),
-    Running(MercureStream, Vec<Bytes>),
-    Done,
-}
-
-impl http_body::Body for Body {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        if let Body::Waiting(h) = this {
-            *this = match h.take() {
-                Some(s) => Body::Running(s, Vec::new()),
-                None => Body::Done,
-            };
-        }
-        let Body::Running(s, chunks) = this else {
-            return Poll::Ready(None);
-        };
-        match s.poll_chunk(cx, chunks) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                *this = Body::Done;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(())) => Poll::Ready(Some(Ok(Frame::data(crate::stream::coalesce(chunks))))),
-        }
+    fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        MercureStream::poll_closed(self, cx)
     }
 }

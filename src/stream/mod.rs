@@ -10,8 +10,10 @@
 //! that position. Events in the queue at or before the client's position
 //! are dropped, so a client ahead of this node gets no duplicate either.
 
+mod handoff;
 mod replay;
 
+pub use handoff::{Chunks, Handoff, HandoffBody};
 pub use replay::{Fetch, ReplayBudget};
 
 use std::collections::VecDeque;
@@ -406,5 +408,14 @@ pub fn coalesce(chunks: &mut Vec<Bytes>) -> Bytes {
             }
             buf.freeze()
         }
+    }
+}
+
+impl Chunks for StreamSession {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>> {
+        StreamSession::poll_chunk(self, cx, out)
+    }
+    fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        StreamSession::poll_closed(self, cx)
     }
 }

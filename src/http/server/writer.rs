@@ -18,32 +18,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use crate::mercure::MercureStream;
-use crate::stream::StreamSession;
-
-/// What a fast-path writer writes: a native stream or a Mercure one.
-pub(crate) trait Chunks {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>>;
-    fn poll_closed(&self, cx: &mut Context<'_>) -> bool;
-}
-
-impl Chunks for StreamSession {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>> {
-        StreamSession::poll_chunk(self, cx, out)
-    }
-    fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
-        StreamSession::poll_closed(self, cx)
-    }
-}
-
-impl Chunks for MercureStream {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>> {
-        MercureStream::poll_chunk(self, cx, out)
-    }
-    fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
-        MercureStream::poll_closed(self, cx)
-    }
-}
+use crate::stream::{Chunks, StreamSession};
 
 /// Frames per vectored write.
 const IOV: usize = 64;
@@ -220,7 +195,7 @@ mod tests {
     fn a_stream_writer_stays_small() {
         let size = std::mem::size_of::<StreamWriter>();
         assert!(size <= 256, "the stream writer is {size} bytes");
-        let size = std::mem::size_of::<StreamWriter<MercureStream>>();
+        let size = std::mem::size_of::<StreamWriter<crate::mercure::MercureStream>>();
         assert!(size <= 256, "the Mercure stream writer is {size} bytes");
     }
 }
