@@ -26,8 +26,8 @@ use crate::track::{Sink, Tracker, parse_payload, with_sink};
 
 /// What every stream of a worker shares (single-threaded: plain cells).
 pub struct Shared {
-    pub server: SocketAddr,
-    pub host: String,
+    /// (address, Host header); stream i (global) uses the (i mod N)-th.
+    pub servers: Vec<(SocketAddr, String)>,
     pub path_template: String,
     pub channel_names: Vec<String>,
     pub headers: Vec<String>,
@@ -87,8 +87,7 @@ pub struct Counters {
 impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        server: SocketAddr,
-        host: String,
+        servers: Vec<(SocketAddr, String)>,
         path_template: String,
         channel_names: Vec<String>,
         headers: Vec<String>,
@@ -98,8 +97,7 @@ impl Shared {
         slots: usize,
     ) -> Shared {
         Shared {
-            server,
-            host,
+            servers,
             path_template,
             channel_names,
             headers,
@@ -118,14 +116,18 @@ impl Shared {
         }
     }
 
-    fn request(&self, channel: usize) -> Vec<u8> {
+    /// The server of stream `global`: (address, Host header).
+    pub fn server(&self, global: usize) -> &(SocketAddr, String) {
+        &self.servers[global % self.servers.len()]
+    }
+
+    fn request(&self, channel: usize, host: &str) -> Vec<u8> {
         let path = self
             .path_template
             .replace("%c", &self.channel_names[channel])
             .replace("%m", &(channel % 100).to_string());
         let mut req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
-            self.host
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
         );
         for h in &self.headers {
             req.push_str(h);
@@ -173,7 +175,7 @@ pub async fn run_stream(
         Some(g) => g.acquire().await.ok(),
         None => None,
     };
-    let opened = tokio::time::timeout(sh.connect_timeout, open(&sh, source, channel)).await;
+    let opened = tokio::time::timeout(sh.connect_timeout, open(&sh, global, source, channel)).await;
     drop(permit);
     let (stream, chunked, rest) = match opened {
         Ok(Ok(o)) => o,
@@ -230,10 +232,16 @@ pub fn io_reason(what: &str, e: &io::Error) -> String {
 
 /// Connects, sends the request and reads the head. Returns the stream,
 /// whether the body is chunked, and the body bytes read with the head.
-async fn open(sh: &Shared, source: IpAddr, channel: usize) -> Result<(TcpStream, bool, Vec<u8>), String> {
-    let mut stream = connect_from(sh.server, source).await?;
+async fn open(
+    sh: &Shared,
+    global: usize,
+    source: IpAddr,
+    channel: usize,
+) -> Result<(TcpStream, bool, Vec<u8>), String> {
+    let (server, host) = sh.server(global);
+    let mut stream = connect_from(*server, source).await?;
     stream
-        .write_all(&sh.request(channel))
+        .write_all(&sh.request(channel, host))
         .await
         .map_err(|e| io_reason("write", &e))?;
     let mut head: Vec<u8> = Vec::new();

@@ -120,8 +120,10 @@ struct RunArgs {
     #[arg(long, value_enum)]
     transport: Option<Transport>,
     /// The server's address (`http://127.0.0.1:8080` or `127.0.0.1:8080`).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// Several, comma-separated, spread the streams: stream i connects to
+    /// the (i mod N)-th (one server process holds at most about 20,000).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    url: Vec<String>,
     /// Subscribe path; `%c` is the channel, `%m` its number modulo 100 (for
     /// 100 distinct Mercure template selectors). Default: ssegate `/v1/stream/%c`,
     /// nchan, rawfan and ws `/sub/%c`, ssegate-ws `/v1/ws?channel=%c`,
@@ -314,8 +316,10 @@ struct Plan {
     target: Target,
     protocol: Protocol,
     scenario: Scenario,
-    server: SocketAddr,
+    /// Host header of the first server (the HTTP publisher's default).
     host: String,
+    /// Every server the streams are spread over.
+    servers: Vec<(SocketAddr, String)>,
     sub_path: String,
     publish: Option<Method>,
     redis_url: String,
@@ -340,6 +344,18 @@ struct Plan {
     procs: ServerProcs,
     json: Option<PathBuf>,
     quiet: bool,
+}
+
+/// The kernel's slab memory, KiB (0 where /proc/meminfo cannot be read).
+fn slab_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Slab:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// `http://host:port/...` or `host:port` → (address, Host header).
@@ -376,7 +392,8 @@ fn parse_sources(s: &str) -> Result<Vec<IpAddr>, String> {
 
 impl Plan {
     fn from_args(a: RunArgs) -> Result<Plan, String> {
-        let (server, host) = parse_url(&a.url)?;
+        let servers = a.url.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
+        let host = servers.first().map(|s| s.1.clone()).ok_or("--url: no server given")?;
         let target = a.target.with_transport(a.transport)?;
         let sub_path = a.sub_path.clone().unwrap_or_else(|| target.sub_path().to_owned());
         let tenth = (a.streams / 10).max(1);
@@ -440,7 +457,7 @@ impl Plan {
                             ));
                         }
                     };
-                    let (addr, host) = parse_url(a.pub_url.as_deref().unwrap_or(&a.url))?;
+                    let (addr, host) = parse_url(a.pub_url.as_deref().unwrap_or(&a.url[0]))?;
                     Some(Method::Http {
                         addr,
                         host,
@@ -485,8 +502,8 @@ impl Plan {
             target,
             protocol: target.protocol(),
             scenario: a.scenario,
-            server,
             host,
+            servers,
             sub_path,
             publish,
             redis_url: a.redis_url.clone(),
@@ -753,6 +770,16 @@ struct ServerOut {
     cpu_window_s: f64,
     /// cpu_window_s as a share of one core.
     cpu_window_pct: f64,
+    /// cpu_window_s / measured deliveries, ns: the server's cost of one
+    /// delivered event (all its processes, every thread).
+    cpu_ns_per_delivery: Option<f64>,
+    /// The machine's kernel slab memory (`Slab:` in /proc/meminfo) before
+    /// the first connect and once every stream is open and settled.
+    slab_before_kib: u64,
+    slab_open_kib: u64,
+    /// Slab growth / streams opened: the kernel's memory per stream, both
+    /// ends of its TCP connection when the generator runs on this machine.
+    kernel_per_stream_kib: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -843,8 +870,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         let mut p = WorkerProc::spawn()?;
         let cfg = WorkerConfig {
             worker: w,
-            server: plan.server,
-            host: plan.host.clone(),
+            servers: plan.servers.clone(),
             path_template: plan.sub_path.clone(),
             channel_names: plan.channel_names.clone(),
             headers: plan.headers.clone(),
@@ -886,6 +912,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
 
     // Connect.
     let server_before = plan.procs.sample();
+    let slab_before_kib = slab_kib();
     let t0 = Instant::now();
     workers
         .send_all(&Command::Connect {
@@ -962,6 +989,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
     tokio::time::sleep(plan.settle).await;
     workers.check()?;
     let server_open = plan.procs.sample();
+    let slab_open_kib = slab_kib();
     let redis_open = redis_sample(&mut redis).await;
     let opened = workers.progress().opened;
 
@@ -1099,6 +1127,11 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         } else {
             0.0
         },
+        cpu_ns_per_delivery: (!plan.procs.is_empty() && t.delivered > 0)
+            .then(|| cpu_window * 1e9 / t.delivered as f64),
+        slab_before_kib,
+        slab_open_kib,
+        kernel_per_stream_kib: per_stream(slab_open_kib, slab_before_kib),
     };
     let redis_out = match (&redis_start, &redis_open, &redis_end) {
         (Some(a), Some(b), Some(c)) => Some(RedisOut {
@@ -1302,8 +1335,23 @@ fn table(o: &Output) -> String {
         row(
             "server cpu",
             format!(
-                "connect {:.2}s, settle {:.2}s, window {:.2}s ({:.0}% of a core)",
-                s.cpu_connect_s, s.cpu_settle_s, s.cpu_window_s, s.cpu_window_pct
+                "connect {:.2}s, settle {:.2}s, window {:.2}s ({:.0}% of a core){}",
+                s.cpu_connect_s,
+                s.cpu_settle_s,
+                s.cpu_window_s,
+                s.cpu_window_pct,
+                s.cpu_ns_per_delivery
+                    .map(|ns| format!(", {ns:.0} ns per delivered event"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    if let Some(k) = s.kernel_per_stream_kib {
+        row(
+            "kernel memory",
+            format!(
+                "{k:.2} KiB/stream (slab {} -> {} KiB; both ends of each connection)",
+                s.slab_before_kib, s.slab_open_kib
             ),
         );
     }

@@ -22,8 +22,8 @@ use crate::ws::run_ws_stream;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerConfig {
     pub worker: usize,
-    pub server: SocketAddr,
-    pub host: String,
+    /// Stream i (global) connects to servers[i mod N]: (address, Host).
+    pub servers: Vec<(SocketAddr, String)>,
     pub path_template: String,
     pub channel_names: Vec<String>,
     pub headers: Vec<String>,
@@ -148,8 +148,7 @@ async fn run() -> Result<(), String> {
         other => return Err(format!("expected start, got {other:?}")),
     };
     let sh = Rc::new(Shared::new(
-        cfg.server,
-        cfg.host.clone(),
+        cfg.servers.clone(),
         cfg.path_template.clone(),
         cfg.channel_names.clone(),
         cfg.headers.clone(),

@@ -112,7 +112,7 @@ pub async fn run_ws_stream(
         Some(g) => g.acquire().await.ok(),
         None => None,
     };
-    let opened = tokio::time::timeout(sh.connect_timeout, open(&sh, source, channel, proto)).await;
+    let opened = tokio::time::timeout(sh.connect_timeout, open(&sh, global, source, channel, proto)).await;
     drop(permit);
     let mut ws = match opened {
         Ok(Ok(ws)) => ws,
@@ -157,11 +157,12 @@ pub async fn run_ws_stream(
 }
 
 /// Connects, upgrades and, for Socket.IO, connects the namespace.
-async fn open(sh: &Shared, source: IpAddr, channel: usize, proto: Protocol) -> Result<Ws, String> {
-    let stream = connect_from(sh.server, source).await?;
+async fn open(sh: &Shared, global: usize, source: IpAddr, channel: usize, proto: Protocol) -> Result<Ws, String> {
+    let (server, host) = sh.server(global);
+    let stream = connect_from(*server, source).await?;
     let _ = stream.set_nodelay(true);
     let path = sh.path_template.replace("%c", &sh.channel_names[channel]);
-    let mut req = format!("ws://{}{path}", sh.host)
+    let mut req = format!("ws://{host}{path}")
         .into_client_request()
         .map_err(|e| format!("bad request: {e}"))?;
     let headers = req.headers_mut();
