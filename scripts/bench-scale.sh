@@ -6,7 +6,9 @@
 # from --source-addrs loopback addresses, one channel, a broadcast every
 # 1/--rate seconds reaching every stream. Each run prints ssegate-bench's
 # table (deliveries, lost, latency, node memory per stream, kernel memory
-# per stream, CPU) and appends its JSON line to --out.
+# per stream, CPU) and appends its JSON line to --out; with --runs N the
+# systems take turns N times and a table of medians ends the output
+# (bench/scale_summary.py).
 #
 # The run happens in a network namespace of its own (unshare; as root or
 # with unprivileged user namespaces): the host's connection tracking, when
@@ -32,6 +34,7 @@ BUILD=1
 PROFILE=release
 OUT=""
 NETNS=1
+RUNS=1
 ARGS=("$@")
 PEERS=${PEERS:-$ROOT/../shared/peers}
 while [ $# -gt 0 ]; do
@@ -43,12 +46,13 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift 2 ;;
     --source-addrs) SOURCE_ADDRS=$2; shift 2 ;;
     --settle) SETTLE=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
     --quick) STREAMS=3000; NODES=3; RATE=2; DURATION=3s; SOURCE_ADDRS=4; SETTLE=1s; shift ;;
     --no-build) BUILD=0; shift ;;
     --debug) PROFILE=debug; shift ;;  # the test build: proves the harness, figures meaningless
     --out) OUT=$2; shift 2 ;;
     --no-netns) NETNS=0; shift ;;
-    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -113,20 +117,24 @@ stop_nodes() {
 }
 
 FAILED=0
-for sys in $SYSTEMS; do
-  redis-cli -p "$REDIS_PORT" FLUSHALL > /dev/null
-  echo "== $sys: $STREAMS streams on $NODES nodes, a broadcast every $(python3 -c "print(round(1/$RATE, 3))") s for $DURATION" >&2
-  start_nodes "$sys"
-  if ! "$BIN/ssegate-bench" --target "$sys" --url "$URLS" --server-pid "$NODE_PIDS" \
-      --redis-url "$REDIS" --scenario broadcast --rate "$RATE" --streams "$STREAMS" \
-      --name "scale-$STREAMS" --source-addrs "$SOURCE_ADDRS" --settle "$SETTLE" \
-      --duration "$DURATION" --warmup 0s --drain 10s --connect-timeout 120s \
-      --json "$WORK/$sys.json"; then
-    echo "bench-scale.sh: $sys failed; node logs in $WORK" >&2
-    FAILED=$((FAILED + 1))
-  fi
-  [ -f "$WORK/$sys.json" ] && { tr -d '\n' < "$WORK/$sys.json"; echo; } >> "$OUT"
-  stop_nodes
+for run in $(seq 1 "$RUNS"); do
+  for sys in $SYSTEMS; do
+    redis-cli -p "$REDIS_PORT" FLUSHALL > /dev/null
+    echo "== $sys (run $run of $RUNS): $STREAMS streams on $NODES nodes, a broadcast every $(python3 -c "print(round(1/$RATE, 3))") s for $DURATION" >&2
+    start_nodes "$sys"
+    rm -f "$WORK/$sys.json"
+    if ! "$BIN/ssegate-bench" --target "$sys" --url "$URLS" --server-pid "$NODE_PIDS" \
+        --redis-url "$REDIS" --scenario broadcast --rate "$RATE" --streams "$STREAMS" \
+        --name "scale-$STREAMS" --source-addrs "$SOURCE_ADDRS" --settle "$SETTLE" \
+        --duration "$DURATION" --warmup 0s --drain 10s --connect-timeout 120s \
+        --json "$WORK/$sys.json"; then
+      echo "bench-scale.sh: $sys failed; node logs in $WORK" >&2
+      FAILED=$((FAILED + 1))
+    fi
+    [ -f "$WORK/$sys.json" ] && { tr -d '\n' < "$WORK/$sys.json"; echo; } >> "$OUT"
+    stop_nodes
+  done
 done
+python3 "$ROOT/bench/scale_summary.py" "$OUT"
 echo "results: $OUT" >&2
 exit "$FAILED"

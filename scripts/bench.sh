@@ -62,6 +62,8 @@ usage: scripts/bench.sh [options]
   --scenarios "A B"   among: $SCENARIOS
   --duration D        measured publishing window (default 20s; 1s with --quick)
   --source-addrs N    client source addresses 127.0.0.1..127.0.0.N (default 8)
+  --idle-settle D     how long the idle scenario holds its streams before reading
+                      memory; its CPU is taken over this time (default 15s)
   --results DIR       where the JSON results go (default: target/bench-results/<date>)
   --out FILE          the report (default docs/benchmarks.md; with --quick: in the results dir)
   --no-build          use the binaries already built
@@ -71,7 +73,9 @@ usage: scripts/bench.sh [options]
   --websocket-only    only that comparison
   --ws-systems "A B"  among: $WS_SYSTEMS (default: all four)
 environment: PEERS (default ../shared/peers), SSEGATE_ARGS (extra ssegate flags,
-default: none, the server's defaults), CARGO_TARGET_DIR
+default: none, the server's defaults), NCHAN_PING (Nchan's
+nchan_eventsource_ping_interval in seconds, default: none, Nchan's default of no
+pings; 15 matches ssegate's heartbeat), CARGO_TARGET_DIR
 EOF
 }
 
@@ -83,6 +87,7 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --source-addrs) SOURCE_ADDRS=$2; shift 2 ;;
+    --idle-settle) IDLE_SETTLE_ARG=$2; shift 2 ;;
     --results) RESULTS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
@@ -104,6 +109,7 @@ else
   DURATION=${DURATION:-20s}
   WARMUP=3s; DRAIN=5s; SETTLE=5s; IDLE_SETTLE=15s; RECEIVE_TIMEOUT=60s
 fi
+IDLE_SETTLE=${IDLE_SETTLE_ARG:-$IDLE_SETTLE}
 SESSION_RATE=$(( STREAMS * 2 / 3 ))
 [ "$SESSION_RATE" -ge 1 ] || SESSION_RATE=1
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -272,6 +278,9 @@ start_server() {
           -e "s|listen 127.0.0.1:[0-9]*;|listen 127.0.0.1:$port;|" \
           -e "s|/tmp/nchan-peer/|$dir/|g" \
           "$PEERS/nchan.conf" >"$dir/nginx.conf"
+      if [ -n "${NCHAN_PING:-}" ]; then
+        sed -i "s|nchan_subscriber eventsource;|nchan_subscriber eventsource; nchan_eventsource_ping_interval $NCHAN_PING;|" "$dir/nginx.conf"
+      fi
       nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >>"$log" 2>&1 &
       SERVER_PID=$!
       SERVER_ARGS=(--target nchan --server-pid "$SERVER_PID" --server-children)

@@ -126,9 +126,7 @@ impl Shared {
             .path_template
             .replace("%c", &self.channel_names[channel])
             .replace("%m", &(channel % 100).to_string());
-        let mut req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
-        );
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n");
         for h in &self.headers {
             req.push_str(h);
             req.push_str("\r\n");

@@ -392,8 +392,15 @@ fn parse_sources(s: &str) -> Result<Vec<IpAddr>, String> {
 
 impl Plan {
     fn from_args(a: RunArgs) -> Result<Plan, String> {
-        let servers = a.url.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
-        let host = servers.first().map(|s| s.1.clone()).ok_or("--url: no server given")?;
+        let servers = a
+            .url
+            .iter()
+            .map(|u| parse_url(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let host = servers
+            .first()
+            .map(|s| s.1.clone())
+            .ok_or("--url: no server given")?;
         let target = a.target.with_transport(a.transport)?;
         let sub_path = a.sub_path.clone().unwrap_or_else(|| target.sub_path().to_owned());
         let tenth = (a.streams / 10).max(1);

@@ -157,7 +157,13 @@ pub async fn run_ws_stream(
 }
 
 /// Connects, upgrades and, for Socket.IO, connects the namespace.
-async fn open(sh: &Shared, global: usize, source: IpAddr, channel: usize, proto: Protocol) -> Result<Ws, String> {
+async fn open(
+    sh: &Shared,
+    global: usize,
+    source: IpAddr,
+    channel: usize,
+    proto: Protocol,
+) -> Result<Ws, String> {
     let (server, host) = sh.server(global);
     let stream = connect_from(*server, source).await?;
     let _ = stream.set_nodelay(true);

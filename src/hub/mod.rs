@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use registration::{Attachment, Registration, Subscription};
-pub use subscriber::{Close, Item, Subscriber};
+pub use subscriber::{Close, Item, Subscriber, is_lone_heartbeat, recycle};
 
 use channel::{ChannelState, Mode};
 

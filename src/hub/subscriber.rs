@@ -58,6 +58,25 @@ pub(super) fn tick_coarse_clock() {
     COARSE_SECS.fetch_max(secs, Ordering::Relaxed);
 }
 
+/// Readies a drained queue's buffer for the next drain: kept (no
+/// allocation per event on a busy stream), trimmed after a burst, and
+/// released when all it carried was a heartbeat: the stream is idle, and
+/// an idle stream should hold no queue buffer. `lone_heartbeat` is what
+/// the drain found (see `is_lone_heartbeat`).
+pub fn recycle(items: &mut VecDeque<Item>, lone_heartbeat: bool) {
+    debug_assert!(items.is_empty());
+    if lone_heartbeat {
+        *items = VecDeque::new();
+    } else if items.capacity() > 1024 {
+        items.shrink_to(64);
+    }
+}
+
+/// Whether a drained queue holds one heartbeat and nothing else.
+pub fn is_lone_heartbeat(items: &VecDeque<Item>) -> bool {
+    items.len() == 1 && matches!(items.front(), Some(Item::Heartbeat))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
     /// The node is shutting down; the client reconnects elsewhere.
@@ -359,6 +378,33 @@ mod tests {
             ..Default::default()
         };
         Arc::new(Encoded::new(&e, None, 0))
+    }
+
+    #[test]
+    fn an_idle_stream_keeps_no_queue_buffer() {
+        // Live from the start (a fixed set of channels waits for them).
+        let sub = Subscriber::new_dynamic(1000);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut spare = VecDeque::new();
+        // A busy stream keeps its buffer between drains...
+        let _ = sub.push(Item::Event(ev(10), 0));
+        assert_eq!(sub.poll_drain(&mut cx, &mut spare), Poll::Ready(Ok(())));
+        let lone = is_lone_heartbeat(&spare);
+        spare.clear();
+        recycle(&mut spare, lone);
+        assert!(!lone && spare.capacity() > 0);
+        // ...and lets it go once all a drain brings is a heartbeat: after
+        // two, neither the queue nor the spare holds one.
+        for _ in 0..2 {
+            sub.heartbeat();
+            assert_eq!(sub.poll_drain(&mut cx, &mut spare), Poll::Ready(Ok(())));
+            let lone = is_lone_heartbeat(&spare);
+            spare.clear();
+            recycle(&mut spare, lone);
+            assert!(lone);
+        }
+        assert_eq!(spare.capacity(), 0);
+        assert_eq!(sub.state.lock().queue.capacity(), 0);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use super::Inner;
 use super::index::Filter;
 use crate::broker::{BrokerError, History, Page, now_us};
-use crate::hub::{Attachment, Close, Item, Subscriber};
+use crate::hub::{Attachment, Close, Item, Subscriber, is_lone_heartbeat, recycle};
 use crate::sse::mercure::Update;
 use crate::sse::{Channel, EventId, encode_comment};
 use crate::stream::{Chunks, Handoff};
@@ -207,6 +207,7 @@ impl MercureStream {
                 Poll::Ready(Ok(())) => {}
             }
             let (mut events, mut oldest_us) = (0u64, u64::MAX);
+            let idle = is_lone_heartbeat(&items);
             for item in items.drain(..) {
                 match item {
                     Item::Event(ev, _) => {
@@ -224,9 +225,7 @@ impl MercureStream {
                     Item::Reset(..) | Item::Ready(..) => {}
                 }
             }
-            if items.capacity() > 1024 {
-                items.shrink_to(64);
-            }
+            recycle(&mut items, idle);
             self.spare = items;
             if events > 0 {
                 metrics.events_out.increment(events);

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::{BrokerError, Page, SharedBroker, encode_incoming, now_us};
-use crate::hub::{Close, Hub, Item, Registration, Subscriber};
+use crate::hub::{Close, Hub, Item, Registration, Subscriber, is_lone_heartbeat, recycle};
 use crate::metrics::Metrics;
 use crate::sse::{
     Channel, Cursor, Encoded, EventId, encode_comment, encode_control, encode_control_text, encode_retry_hint,
@@ -311,7 +311,13 @@ impl StreamSession {
     /// the stream is closed (shutdown, slow client, failed resume).
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>> {
         if !self.opening.is_empty() {
-            out.append(&mut self.opening);
+            // Handed over whole: the stream keeps no buffer for its opening.
+            if out.is_empty() {
+                std::mem::swap(out, &mut self.opening);
+            } else {
+                out.append(&mut self.opening);
+            }
+            self.opening = Vec::new();
             return Poll::Ready(Some(()));
         }
         if let Some(expiry) = &mut self.expiry
@@ -353,6 +359,7 @@ impl StreamSession {
             }
             let mut events = 0u64;
             let mut oldest_us = u64::MAX;
+            let idle = is_lone_heartbeat(&items);
             for item in items.drain(..) {
                 match item {
                     Item::Event(ev, ch) => {
@@ -370,9 +377,7 @@ impl StreamSession {
                     Item::Ready(..) => {}
                 }
             }
-            if items.capacity() > 1024 {
-                items.shrink_to(64);
-            }
+            recycle(&mut items, idle);
             self.spare = items;
             if events > 0 {
                 self.metrics.events_out.increment(events);

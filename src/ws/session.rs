@@ -24,7 +24,7 @@ use super::frame;
 use super::protocol::{self, Refusal};
 use super::replay::{Resume, Step};
 use crate::auth::Access;
-use crate::hub::{Attachment, Close, Item, Subscriber, Subscription};
+use crate::hub::{Attachment, Close, Item, Subscriber, Subscription, is_lone_heartbeat, recycle};
 use crate::sse::{Channel, EventId};
 use crate::state::AppState;
 
@@ -475,6 +475,7 @@ impl Session {
             Poll::Ready(Err(Close::Expired)) => return Poll::Ready(Err((4401, "token expired"))),
             Poll::Ready(Ok(())) => {}
         }
+        let idle = is_lone_heartbeat(&items);
         while let Some(item) = items.pop_front() {
             self.deliver(item, out)?;
             if self.resume.is_some() {
@@ -486,6 +487,9 @@ impl Session {
         if self.stash.is_empty() {
             // Everything queued before the last unsubscribe has been taken.
             self.retired.clear();
+        }
+        if items.is_empty() {
+            recycle(&mut items, idle);
         }
         self.spare = items;
         Poll::Ready(Ok(()))

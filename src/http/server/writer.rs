@@ -23,6 +23,10 @@ use crate::stream::{Chunks, StreamSession};
 /// Frames per vectored write.
 const IOV: usize = 64;
 
+/// A frame buffer this small is released while the stream waits (4 is
+/// the smallest capacity a Vec of frames allocates).
+const SMALL_FRAMES: usize = 4;
+
 /// Writes an event stream's chunks until it ends, the client leaves, or a
 /// write fails. Holds no buffer: each chunk is the session's shared frames,
 /// written with one vectored write per wake-up where the socket allows.
@@ -66,11 +70,21 @@ impl<S: Chunks + Unpin> Future for StreamWriter<S> {
                 if client_gone(&this.sock, cx) {
                     return Poll::Ready(());
                 }
-                match ready!(this.session.poll_chunk(cx, &mut this.frames)) {
-                    Some(()) => this.offset = Some(0),
-                    None => {
+                match this.session.poll_chunk(cx, &mut this.frames) {
+                    Poll::Ready(Some(())) => this.offset = Some(0),
+                    Poll::Ready(None) => {
                         this.finish();
                         return Poll::Ready(());
+                    }
+                    Poll::Pending => {
+                        // Waiting for events: a stream that carries one
+                        // frame at a time (most of them, idle ones always)
+                        // holds no frame buffer meanwhile; a busy stream
+                        // keeps its larger one.
+                        if this.frames.capacity() <= SMALL_FRAMES {
+                            this.frames = Vec::new();
+                        }
+                        return Poll::Pending;
                     }
                 }
                 continue;
