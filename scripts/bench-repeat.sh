@@ -22,7 +22,11 @@ python3 - "$RUNS" "$SYSTEMS" "$SCENARIOS" "${DIRS[@]}" <<'PY'
 import json, os, statistics, sys
 runs, systems, scenarios, dirs = int(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split(), sys.argv[4:]
 figures = [("delivered/s", lambda d: d.get("delivered_per_sec")), ("p50 ms", lambda d: d.get("latency_ms", {}).get("p50")),
-           ("p99 ms", lambda d: d.get("latency_ms", {}).get("p99")), ("lost", lambda d: d.get("events", {}).get("lost"))]
+           ("p90 ms", lambda d: d.get("latency_ms", {}).get("p90")),
+           ("p99 ms", lambda d: d.get("latency_ms", {}).get("p99")), ("lost", lambda d: d.get("events", {}).get("lost")),
+           ("memory KiB/stream", lambda d: d.get("server", {}).get("mem_per_stream_kib")),
+           ("server CPU s (idle: settle; else window)", lambda d: d.get("server", {}).get("cpu_settle_s" if d.get("scenario") == "idle" else "cpu_window_s")),
+           ("server CPU ns per delivered event", lambda d: d.get("server", {}).get("cpu_ns_per_delivery"))]
 print(f"Medians of {runs} runs (`scripts/bench-repeat.sh {runs} \"{' '.join(systems)}\" \"{' '.join(scenarios)}\"`):\n")
 for sc in scenarios:
     print(f"| {sc} | " + " | ".join(systems) + " | " + " | ".join(f"ssegate ÷ {s}" for s in systems if s != "ssegate") + " | per-run p99 (ms) |")

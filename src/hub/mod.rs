@@ -37,7 +37,11 @@ use crate::metrics::Metrics;
 use crate::sse::{Channel, Encoded, EventId};
 
 const CHANNEL_SHARDS: usize = 64;
-const STREAM_SHARDS: usize = 16;
+/// Open streams are kept in this many shards. Heartbeats visit one shard
+/// per `--heartbeat` / STREAM_SHARDS (59 ms at 15 s), so that a node's
+/// heartbeat writes come a few dozen at a time rather than in bursts that
+/// hold up the events queued behind them.
+const STREAM_SHARDS: usize = 256;
 
 /// Requests from the hub to the broker's subscription manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
