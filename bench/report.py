@@ -106,6 +106,7 @@ DELIVERY = [
     ("latency p99.9 (ms)", lambda r: get(r, "latency_ms", "p999"), "lower", None),
     ("latency max (ms)", lambda r: get(r, "latency_ms", "max"), "lower", None),
     ("server CPU (% of a core, window + drain)", lambda r: get(r, "server", "cpu_window_pct"), "lower", 0),
+    ("server CPU per delivered event (ns)", lambda r: get(r, "server", "cpu_ns_per_delivery"), "lower", 0),
     ("server peak RSS (MiB)", lambda r: (get(r, "server", "rss_peak_kib") or 0) / 1024, "lower", 1),
     ("publishes/s achieved", lambda r: get(r, "publisher", "achieved_rate"), "higher", None),
     ("publisher fell behind", lambda r: get(r, "publisher", "fell_behind"), None, None),
@@ -116,6 +117,7 @@ METRICS = {
         ("memory per stream (KiB, RSS delta)", lambda r: get(r, "server", "rss_per_stream_kib"), "lower", 2),
         ("server RSS with all streams open (MiB)", lambda r: (get(r, "server", "rss_open_kib") or 0) / 1024, "lower", 1),
         ("server CPU while idle (s)", lambda r: get(r, "server", "cpu_settle_s"), "lower", 2),
+        ("kernel memory per stream (KiB, slab delta, both ends)", lambda r: get(r, "server", "kernel_per_stream_kib"), None, 2),
         ("Redis connections", lambda r: get(r, "redis", "clients_open"), None, None),
     ],
     "storm": COMMON + [

@@ -59,7 +59,7 @@ usage: scripts/bench.sh [options]
   --quick             tiny, short run that only proves the harness works;
                       skips Nchan when nginx is missing instead of installing it
   --systems "A B"     among: ssegate nchan rawfan (default: all three)
-  --scenarios "A B"   among: $SCENARIOS
+  --scenarios "A B"   among: $SCENARIOS; and post-<rate> (e.g. post-5k: HTTP publishes at that rate)
   --duration D        measured publishing window (default 20s; 1s with --quick)
   --source-addrs N    client source addresses 127.0.0.1..127.0.0.N (default 8)
   --idle-settle D     how long the idle scenario holds its streams before reading
@@ -320,6 +320,13 @@ scenario_args() {
     sessions-durable-post) [ "$2" = ssegate ] && echo "--scenario sessions --rate $SESSION_RATE --publish http --publish-conns 32 --settle $SETTLE" ;;
     broadcast-20) echo "--scenario broadcast --rate 20 --settle $SETTLE" ;;
     broadcast-100) echo "--scenario broadcast --rate 100 --settle $SETTLE" ;;
+    # post-<rate>, e.g. post-5k: sessions with every publish an HTTP POST at
+    # that rate (durable for ssegate; Nchan's own publish), for the rate one
+    # node sustains with a low tail.
+    post-*)
+      local r=${1#post-}; r=${r/k/000}
+      [[ "$r" =~ ^[0-9]+$ ]] || { echo "bench.sh: bad rate in $1 (post-5000, post-5k)" >&2; return 1; }
+      case "$2" in ssegate|nchan) echo "--scenario sessions --rate $r --publish http --publish-conns 32 --settle $SETTLE" ;; esac ;;
     storm) echo "--scenario storm --rate $SESSION_RATE --receive-timeout $RECEIVE_TIMEOUT --settle $SETTLE" ;;
     *) echo "bench.sh: unknown scenario $1" >&2; return 1 ;;
   esac
