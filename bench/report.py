@@ -13,6 +13,7 @@ their own.
 import argparse
 import glob
 import json
+import statistics
 import math
 import os
 
@@ -34,6 +35,37 @@ def load(results):
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
+    return runs, meta
+
+
+def median_of(values):
+    """One result from several runs of the same system and scenario: the
+    median of every number, the first run's value for anything else."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    if all(isinstance(v, dict) for v in values):
+        keys = list(dict.fromkeys(k for v in values for k in v))
+        return {k: median_of([v.get(k) for v in values]) for k in keys}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return statistics.median(values)
+    if all(isinstance(v, bool) for v in values):
+        return sum(values) * 2 > len(values)
+    return values[0]
+
+
+def load_all(dirs):
+    """Results of one or more runs (directories); several are merged into
+    medians, and meta gets the number of runs and the first run's date."""
+    loaded = [load(d) for d in dirs]
+    keys = list(dict.fromkeys(k for runs, _ in loaded for k in runs))
+    runs = {k: median_of([r.get(k) for r, _ in loaded]) for k in keys}
+    meta = dict(loaded[-1][1]) if loaded else {}
+    if len(loaded) > 1:
+        meta["runs"] = len(loaded)
+        first = loaded[0][1].get("date")
+        if first and meta.get("date") and first != meta["date"]:
+            meta["date"] = f"{first} to {meta['date']}"
     return runs, meta
 
 
@@ -165,7 +197,11 @@ def markdown(runs, meta, svg_name):
         w("> **Harness check at a tiny scale (`--quick`)**: these figures only show that the")
         w("> harness works; they say nothing about performance.")
         w("")
-    w("ssegate side by side with its peers, in one run, on one machine and one Redis:")
+    if meta.get("runs"):
+        w(f"ssegate side by side with its peers, in {meta['runs']} paired runs on one machine")
+        w("and one Redis; every figure below is the median of the runs:")
+    else:
+        w("ssegate side by side with its peers, in one run, on one machine and one Redis:")
     w("[Nchan](https://nchan.io) (nginx module, 2 workers, Redis-backed) and rawfan, a")
     w("feature-less fan-out server (raw sockets, one PSUBSCRIBE, pre-encoded frames) that")
     w("stands for the physical limit of this machine. The load generator (`bench/`,")
@@ -449,14 +485,17 @@ def kept_tail(path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results")
+    ap.add_argument("results", nargs="+", help="results directories; several give medians")
     ap.add_argument("--out", default="docs/benchmarks.md")
     ap.add_argument("--svg", default=None)
+    ap.add_argument("--command", default=None, help="the command shown under Reproduce")
     a = ap.parse_args()
-    runs, meta = load(a.results)
-    ws_runs, _ = load(os.path.join(a.results, "websocket"))
+    runs, meta = load_all(a.results)
+    if a.command:
+        meta["command"] = a.command
+    ws_runs, _ = load_all([os.path.join(d, "websocket") for d in a.results])
     if not runs and not ws_runs:
-        raise SystemExit(f"report.py: no results in {a.results}")
+        raise SystemExit(f"report.py: no results in {' '.join(a.results)}")
     text = ""
     if runs:
         svg_path = a.svg or os.path.splitext(a.out)[0] + ".svg"

@@ -5,6 +5,9 @@
 # differences between systems.
 #
 #   scripts/bench-repeat.sh 5 "ssegate rawfan" "sessions broadcast-20"
+#
+# REPORT=docs/benchmarks.md also writes bench.sh's report from the medians
+# of the runs (bench/report.py with every run's results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
@@ -50,3 +53,8 @@ for sc in scenarios:
         print(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ratios) + f" | {per_run} |")
     print()
 PY
+if [ -n "${REPORT:-}" ]; then
+  python3 bench/report.py "${DIRS[@]}" --out "$REPORT" --svg "${REPORT%.md}.svg" \
+    --command "REPORT=$REPORT scripts/bench-repeat.sh $RUNS \"$SYSTEMS\" \"$SCENARIOS\" $*"
+  echo "report: $REPORT" >&2
+fi

@@ -80,5 +80,6 @@ echo "== benchmark harness, tiny scale (proves it works; figures are meaningless
 ./scripts/bench-sources.sh --quick --debug > /dev/null
 ./scripts/bench-state.sh --quick --debug > /dev/null
 ./scripts/bench-mercure.sh --quick --debug > /dev/null
+./scripts/bench-scale.sh --quick --debug > /dev/null
 echo "== ssegate-bench's WebSocket modes against the Socket.IO and ws peers (debug build, from bench.sh)"
 ./bench/peers/test.sh
