@@ -511,8 +511,7 @@ mod tests {
 
     fn shared() -> Shared {
         Shared::new(
-            "127.0.0.1:1".parse().unwrap(),
-            "x".into(),
+            vec![("127.0.0.1:1".parse().unwrap(), "x".into())],
             "/sub/%c".into(),
             vec!["c0".into()],
             vec![],

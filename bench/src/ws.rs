@@ -380,8 +380,7 @@ mod tests {
             rx.recv().unwrap()
         });
         let sh = Rc::new(Shared::new(
-            addr,
-            addr.to_string(),
+            vec![(addr, addr.to_string())],
             "/v1/ws?channel=%c".into(),
             vec!["c0".into()],
             vec![],
