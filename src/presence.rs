@@ -9,7 +9,8 @@
 //! goodbye drops out of the counts when its reports expire, and the next
 //! report of another node on that channel announces its clients' leaves.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -24,6 +25,8 @@ use crate::sse::Channel;
 const FLUSH: Duration = Duration::from_millis(250);
 /// Reports written at the same time.
 const CONCURRENCY: usize = 16;
+/// Channels whose reports are built and written together.
+const BATCH: usize = 256;
 
 /// This node's name in presence: `--node-id`, else the host name and a
 /// random suffix (several nodes may share a host).
@@ -40,7 +43,16 @@ pub fn node_id(configured: Option<&str>) -> String {
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
-type View = BTreeMap<String, Present>;
+/// A channel's clients on this node as last reported: (client, its
+/// connections, since ms), sorted by client. Kept as one boxed slice that
+/// shares the subscribers' names, since a node keeps one per channel with
+/// local subscribers (a per-channel map cost over a kilobyte each).
+type View = Box<[(Arc<str>, u64, u64)]>;
+
+/// Whether `view` lists `client`.
+fn lists(view: &[(Arc<str>, u64, u64)], client: &str) -> bool {
+    view.binary_search_by(|(c, _, _)| (**c).cmp(client)).is_ok()
+}
 
 pub struct Presence {
     hub: Hub,
@@ -65,48 +77,51 @@ impl Presence {
     }
 
     fn local_view(&self, channel: &Channel) -> View {
-        self.hub
-            .local_presence(channel.as_str())
-            .into_iter()
-            .map(|(client, connections, since_ms)| {
-                let client = client.to_string();
-                let present = Present {
-                    client: client.clone(),
-                    connections,
-                    since_ms,
-                };
-                (client, present)
-            })
-            .collect()
+        self.hub.local_presence(channel.as_str()).into_boxed_slice()
     }
 
     /// Reports `channels`: those that changed, or all on a refresh.
     async fn report(&mut self, channels: Vec<Channel>, refresh: bool) {
+        // A batch at a time: a refresh of many channels holds the reports
+        // of one batch in memory, not of all of them.
+        for batch in channels.chunks(BATCH) {
+            self.report_batch(batch, refresh).await;
+        }
+    }
+
+    async fn report_batch(&mut self, channels: &[Channel], refresh: bool) {
         let mut reports = Vec::new();
-        for channel in channels {
+        for channel in channels.iter().cloned() {
             let now = self.local_view(&channel);
             let before = self.reported.get(&channel);
-            let empty = View::new();
-            let before_view = before.unwrap_or(&empty);
-            if !refresh && before_view == &now {
+            let before_view: &[(Arc<str>, u64, u64)] = before.map_or(&[], |v| v);
+            if !refresh && before_view == &*now {
                 continue;
             }
             if before.is_none() && now.is_empty() {
                 continue;
             }
             let joined = now
-                .keys()
-                .filter(|c| !before_view.contains_key(*c))
-                .cloned()
+                .iter()
+                .filter(|(c, _, _)| !lists(before_view, c))
+                .map(|(c, _, _)| c.to_string())
                 .collect();
             let left = before_view
-                .keys()
-                .filter(|c| !now.contains_key(*c))
-                .cloned()
+                .iter()
+                .filter(|(c, _, _)| !lists(&now, c))
+                .map(|(c, _, _)| c.to_string())
+                .collect();
+            let clients = now
+                .iter()
+                .map(|(client, connections, since_ms)| Present {
+                    client: client.to_string(),
+                    connections: *connections,
+                    since_ms: *since_ms,
+                })
                 .collect();
             let report = PresenceReport {
                 node: self.node.clone(),
-                clients: now.values().cloned().collect(),
+                clients,
                 ttl: self.ttl,
                 joined,
                 left,
@@ -166,7 +181,7 @@ impl Presence {
             let left = self
                 .reported
                 .remove(&channel)
-                .map(|v| v.into_keys().collect())
+                .map(|v| v.iter().map(|(c, _, _)| c.to_string()).collect())
                 .unwrap_or_default();
             let report = PresenceReport {
                 node: self.node.clone(),

@@ -169,16 +169,23 @@ impl Hub {
     /// Who is on `channel` on this node: each client with its number of
     /// streams and sockets and when its first one connected (ms).
     pub fn local_presence(&self, channel: &str) -> Vec<(Arc<str>, u64, u64)> {
-        let mut clients: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
+        let mut out: Vec<(Arc<str>, u64, u64)> = Vec::new();
         if let Some(state) = self.shard(channel).lock().get(channel) {
+            out.reserve_exact(state.subs.len());
             for (_, s) in state.subs.iter() {
-                let e = clients.entry(Arc::from(s.sub.client())).or_insert((0, u64::MAX));
-                e.0 += 1;
-                e.1 = e.1.min(s.sub.since_ms());
+                out.push((s.sub.client_name(), 1, s.sub.since_ms()));
             }
         }
-        let mut out: Vec<_> = clients.into_iter().map(|(c, (n, since))| (c, n, since)).collect();
-        out.sort();
+        // One entry per client: its streams counted, its earliest start.
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|later, first| {
+            let same = later.0 == first.0;
+            if same {
+                first.1 += later.1;
+                first.2 = first.2.min(later.2);
+            }
+            same
+        });
         out
     }
 

@@ -87,6 +87,10 @@ pub enum Close {
     Expired,
 }
 
+/// The presence name of a client without a token.
+const ANONYMOUS: &str = "anonymous";
+static ANONYMOUS_NAME: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(ANONYMOUS));
+
 pub struct Subscriber {
     state: Mutex<State>,
     /// Who the client is, for presence (the token's `sub`); anonymous
@@ -176,7 +180,15 @@ impl Subscriber {
     }
 
     pub fn client(&self) -> &str {
-        self.client.get().map_or("anonymous", |c| c)
+        self.client.get().map_or(ANONYMOUS, |c| c)
+    }
+
+    /// The client's name as a shared string (no copy for named clients).
+    pub fn client_name(&self) -> Arc<str> {
+        self.client
+            .get()
+            .cloned()
+            .unwrap_or_else(|| ANONYMOUS_NAME.clone())
     }
 
     pub fn since_ms(&self) -> u64 {

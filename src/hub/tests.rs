@@ -170,3 +170,44 @@ async fn heartbeats_reach_every_idle_stream_once_per_interval() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+#[test]
+fn local_presence_counts_each_clients_streams_once() {
+    let (hub, _rx) = Hub::new(Metrics::new());
+    let named = |client: &str| {
+        let sub = Subscriber::new(1, 1 << 20);
+        sub.set_client(client);
+        sub
+    };
+    let subs = [
+        named("bob"),
+        Subscriber::new(1, 1 << 20),
+        named("alice"),
+        named("bob"),
+    ];
+    let first_bob = subs[0].since_ms();
+    let _regs: Vec<_> = subs
+        .iter()
+        .map(|s| hub.register(s.clone(), Box::new([chan("c")]), false))
+        .collect();
+    let seen: Vec<(String, u64)> = hub
+        .local_presence("c")
+        .into_iter()
+        .map(|(c, n, _)| (c.to_string(), n))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("alice".to_owned(), 1),
+            ("anonymous".to_owned(), 1),
+            ("bob".to_owned(), 2)
+        ]
+    );
+    let bob = hub
+        .local_presence("c")
+        .into_iter()
+        .find(|(c, ..)| &**c == "bob")
+        .unwrap();
+    assert_eq!(bob.2, first_bob.min(subs[3].since_ms()));
+    assert!(hub.local_presence("other").is_empty());
+}
