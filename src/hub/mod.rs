@@ -322,8 +322,7 @@ impl Hub {
     /// closes the streams that took nothing from their queue for `stall`
     /// (zero: never).
     pub async fn run_heartbeats(self, every: Duration, stall: Duration, cancel: CancellationToken) {
-        let step = (every / STREAM_SHARDS as u32).clamp(Duration::from_millis(1), Duration::from_secs(1));
-        let per_heartbeat = (every.as_millis() / step.as_millis().max(1)).max(1) as usize;
+        let (step, per_heartbeat) = heartbeat_ticks(every);
         let stall_secs = stall.as_secs().clamp(1, u32::MAX as u64) as u32;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -363,6 +362,15 @@ impl Hub {
             }
         }
     }
+}
+
+/// The heartbeat tick and how many ticks make one round of every shard:
+/// one shard per tick where `every` allows, between 1 ms and 1 s apart,
+/// so that the rounds last `every` (to within a tick's rounding).
+fn heartbeat_ticks(every: Duration) -> (Duration, usize) {
+    let step = (every / STREAM_SHARDS as u32).clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let ticks = (every.as_nanos() + step.as_nanos() / 2) / step.as_nanos();
+    (step, ticks.max(1) as usize)
 }
 
 #[cfg(test)]

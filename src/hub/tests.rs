@@ -211,3 +211,15 @@ fn local_presence_counts_each_clients_streams_once() {
     assert_eq!(bob.2, first_bob.min(subs[3].since_ms()));
     assert!(hub.local_presence("other").is_empty());
 }
+
+#[test]
+fn a_heartbeat_round_lasts_the_interval() {
+    for ms in [10u64, 333, 1_000, 15_000, 60_000, 3_600_000] {
+        let every = Duration::from_millis(ms);
+        let (step, ticks) = heartbeat_ticks(every);
+        let round = step * ticks as u32;
+        let off = round.abs_diff(every).as_secs_f64() / every.as_secs_f64();
+        assert!(off < 0.01, "{ms} ms: {ticks} ticks of {step:?} last {round:?}");
+        assert!(ticks <= STREAM_SHARDS.max(every.as_millis() as usize / 1000 + 1));
+    }
+}
