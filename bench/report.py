@@ -20,7 +20,7 @@ import os
 SYSTEMS = ["ssegate", "nchan", "rawfan"]
 SYSTEM_NAMES = {"ssegate": "ssegate", "nchan": "Nchan", "rawfan": "rawfan (limit)"}
 COLORS = {"ssegate": "#2b6cb0", "nchan": "#dd6b20", "rawfan": "#718096"}
-SCENARIOS = ["idle", "sessions", "sessions-2k", "sessions-durable", "sessions-durable-post", "broadcast-20", "broadcast-100", "storm"]
+SCENARIOS = ["idle", "idle-sessions", "sessions", "sessions-2k", "sessions-durable", "sessions-durable-post", "broadcast-20", "broadcast-100", "storm"]
 PEERS = ["nchan", "rawfan"]
 
 
@@ -165,6 +165,9 @@ METRICS = {
 
 
 def metrics_for(scenario):
+    # idle-sessions is the idle scenario on one channel per stream.
+    if scenario.startswith("idle"):
+        scenario = "idle"
     return METRICS.get(scenario, COMMON + DELIVERY)
 
 
@@ -291,7 +294,7 @@ def markdown(runs, meta, svg_name):
 
 
 def summary_cell(sc, r):
-    if sc == "idle":
+    if sc.startswith("idle"):
         return f"{num(get(r, 'server', 'mem_per_stream_kib'), 2)} KiB/stream"
     parts = []
     if sc == "storm":

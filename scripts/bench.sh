@@ -12,6 +12,7 @@
 #
 # Scenarios (N = --streams):
 #   idle            N streams over N/10 channels, nothing published: memory per stream
+#   idle-sessions   the same with a channel per stream (per-session channels)
 #   sessions        N/10 channels x 10 streams, N*2/3 publishes/s (10,000/s at 15,000) via PUBLISH
 #                   (Nchan: HTTP POST, its only way)
 #   sessions-2k     the same layout at a fifth of the rate (2,000/s at 15,000), where
@@ -37,7 +38,7 @@ ROOT=$PWD
 STREAMS=""
 QUICK=0
 SYSTEMS="ssegate nchan rawfan"
-SCENARIOS="idle sessions sessions-2k sessions-durable sessions-durable-post broadcast-20 broadcast-100 storm"
+SCENARIOS="idle idle-sessions sessions sessions-2k sessions-durable sessions-durable-post broadcast-20 broadcast-100 storm"
 DURATION=""
 OUT=""
 RESULTS=""
@@ -314,6 +315,7 @@ start_server() {
 scenario_args() {
   case "$1" in
     idle) echo "--scenario idle --settle $IDLE_SETTLE" ;;
+    idle-sessions) echo "--scenario idle --channels $STREAMS --settle $IDLE_SETTLE" ;;
     sessions) echo "--scenario sessions --rate $SESSION_RATE --settle $SETTLE" ;;
     sessions-2k) echo "--scenario sessions --rate $(( SESSION_RATE / 5 > 0 ? SESSION_RATE / 5 : 1 )) --settle $SETTLE" ;;
     sessions-durable) [ "$2" = ssegate ] && echo "--scenario sessions --rate $SESSION_RATE --publish fcall --settle $SETTLE" ;;
