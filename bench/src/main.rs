@@ -24,32 +24,32 @@ mod emitter;
 mod history;
 mod http1;
 mod presence;
+mod procs;
 mod publisher;
+mod report;
 mod stats;
 mod target;
 mod track;
 mod worker;
 mod ws;
 
-use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
-use std::rc::Rc;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin};
 
+use crate::procs::{WorkerProc, Workers, collect};
 use crate::publisher::{Method, Publisher};
-use crate::stats::{
-    CLIENT_NAME, Percentiles, RedisSample, ServerProcs, add_pairs, new_histogram, now_us, percentiles_ms,
+use crate::report::{
+    BenchOut, ConfigOut, ConnectOut, EventsOut, Output, RedisOut, ServerOut, StreamsOut, delta, table,
 };
+use crate::stats::{CLIENT_NAME, RedisSample, ServerProcs, add_pairs, new_histogram, now_us, percentiles_ms};
 use crate::target::{Protocol, Target, Transport};
-use crate::worker::{Command, Event, Progress, WorkerConfig, WorkerReport};
+use crate::worker::{Command, WorkerConfig, WorkerReport};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -542,278 +542,6 @@ impl Plan {
     }
 }
 
-/// One worker process as the coordinator sees it.
-struct WorkerProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    ready: Rc<Cell<bool>>,
-    alive: Rc<Cell<bool>>,
-    progress: Rc<RefCell<Progress>>,
-    report: Rc<RefCell<Option<WorkerReport>>>,
-    error: Rc<RefCell<Option<String>>>,
-}
-
-impl WorkerProc {
-    fn spawn() -> Result<WorkerProc, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
-        let mut child = tokio::process::Command::new(exe)
-            .arg("worker")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start a worker: {e}"))?;
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let w = WorkerProc {
-            child,
-            stdin: Some(stdin),
-            ready: Rc::default(),
-            alive: Rc::new(Cell::new(true)),
-            progress: Rc::default(),
-            report: Rc::default(),
-            error: Rc::default(),
-        };
-        let (ready, alive, progress, report, error) = (
-            w.ready.clone(),
-            w.alive.clone(),
-            w.progress.clone(),
-            w.report.clone(),
-            w.error.clone(),
-        );
-        tokio::task::spawn_local(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<Event>(&line) {
-                    Ok(Event::Ready) => ready.set(true),
-                    Ok(Event::Progress(p)) => *progress.borrow_mut() = p,
-                    Ok(Event::Report(r)) => *report.borrow_mut() = Some(*r),
-                    Ok(Event::Error { message }) => *error.borrow_mut() = Some(message),
-                    Err(e) => *error.borrow_mut() = Some(format!("bad line {line:?}: {e}")),
-                }
-            }
-            alive.set(false);
-        });
-        Ok(w)
-    }
-
-    async fn send(&mut self, cmd: &Command) -> Result<(), String> {
-        let mut line = serde_json::to_vec(cmd).expect("serializable");
-        line.push(b'\n');
-        let stdin = self.stdin.as_mut().ok_or("worker already told to exit")?;
-        stdin
-            .write_all(&line)
-            .await
-            .map_err(|e| format!("worker gone: {e}"))
-    }
-
-    fn check(&self, i: usize) -> Result<(), String> {
-        if let Some(e) = self.error.borrow().as_ref() {
-            return Err(format!("worker {i}: {e}"));
-        }
-        if !self.alive.get() {
-            return Err(format!("worker {i} exited"));
-        }
-        Ok(())
-    }
-}
-
-struct Workers(Vec<WorkerProc>);
-
-impl Workers {
-    fn progress(&self) -> Progress {
-        let mut t = Progress::default();
-        for w in &self.0 {
-            let p = w.progress.borrow();
-            t.opened += p.opened;
-            t.failed += p.failed;
-            t.closed += p.closed;
-            t.receiving += p.receiving;
-        }
-        t
-    }
-
-    fn check(&self) -> Result<(), String> {
-        self.0.iter().enumerate().try_for_each(|(i, w)| w.check(i))
-    }
-
-    async fn send_all(&mut self, cmd: &Command) -> Result<(), String> {
-        for w in &mut self.0 {
-            w.send(cmd).await?;
-        }
-        Ok(())
-    }
-
-    async fn until(&self, timeout: Duration, mut done: impl FnMut(&Workers) -> bool) -> Result<bool, String> {
-        let end = Instant::now() + timeout;
-        loop {
-            self.check()?;
-            if done(self) {
-                return Ok(true);
-            }
-            if Instant::now() >= end {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn shutdown(mut self) {
-        // A worker exits when its stdin closes.
-        for w in &mut self.0 {
-            drop(w.stdin.take());
-        }
-        for w in &mut self.0 {
-            if tokio::time::timeout(Duration::from_secs(5), w.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = w.child.start_kill();
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------- output
-
-#[derive(Debug, Serialize)]
-struct Output {
-    label: String,
-    name: String,
-    target: Target,
-    scenario: Scenario,
-    started_unix: u64,
-    config: ConfigOut,
-    streams: StreamsOut,
-    connect: ConnectOut,
-    events: EventsOut,
-    delivered_per_sec: f64,
-    offered_per_sec: f64,
-    latency_ms: Percentiles,
-    publisher: Option<publisher::Report>,
-    server: ServerOut,
-    redis: Option<RedisOut>,
-    load_generator: BenchOut,
-}
-
-#[derive(Debug, Serialize)]
-struct ConfigOut {
-    url: String,
-    sub_path: String,
-    publish: Option<String>,
-    streams: usize,
-    channels: usize,
-    rate: f64,
-    duration_s: f64,
-    warmup_s: f64,
-    drain_s: f64,
-    settle_s: f64,
-    payload_bytes: usize,
-    storm: bool,
-    connect_concurrency: usize,
-    workers: usize,
-    source_addrs: Vec<IpAddr>,
-}
-
-#[derive(Debug, Serialize)]
-struct StreamsOut {
-    requested: usize,
-    opened: u64,
-    failed: u64,
-    failures: BTreeMap<String, u64>,
-    closed_by_server: u64,
-    closures: BTreeMap<String, u64>,
-    receiving: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct ConnectOut {
-    /// From the first connect until every stream was open or had failed.
-    all_open_s: f64,
-    /// --storm: until every open stream had received an event (None if it timed out).
-    all_receiving_s: Option<f64>,
-    /// From the start of the connect phase to status 200, per stream.
-    open_time_ms: Percentiles,
-    /// From the start of the connect phase to the first event, per stream.
-    first_event_ms: Percentiles,
-}
-
-#[derive(Debug, Serialize)]
-struct EventsOut {
-    measured_streams: u64,
-    expected: u64,
-    delivered: u64,
-    lost: u64,
-    lost_pct: f64,
-    duplicated: u64,
-    reordered: u64,
-    stale: u64,
-    streams_with_loss: u64,
-    /// Every benchmark event parsed, warmup included.
-    parsed_total: u64,
-    other_events: u64,
-    comments: u64,
-    bytes: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct ServerOut {
-    pids: Vec<u32>,
-    processes: u32,
-    rss_before_kib: u64,
-    rss_open_kib: u64,
-    rss_peak_kib: u64,
-    rss_end_kib: u64,
-    pss_before_kib: u64,
-    pss_open_kib: u64,
-    /// (PSS after all streams are open and settled - before) / streams opened.
-    mem_per_stream_kib: Option<f64>,
-    /// The same from VmRSS.
-    rss_per_stream_kib: Option<f64>,
-    cpu_connect_s: f64,
-    cpu_settle_s: f64,
-    /// utime + stime over the window and the drain.
-    cpu_window_s: f64,
-    /// cpu_window_s as a share of one core.
-    cpu_window_pct: f64,
-    /// cpu_window_s / measured deliveries, ns: the server's cost of one
-    /// delivered event (all its processes, every thread).
-    cpu_ns_per_delivery: Option<f64>,
-    /// The machine's kernel slab memory (`Slab:` in /proc/meminfo) before
-    /// the first connect and once every stream is open and settled.
-    slab_before_kib: u64,
-    slab_open_kib: u64,
-    /// Slab growth / streams opened: the kernel's memory per stream, both
-    /// ends of its TCP connection when the generator runs on this machine.
-    kernel_per_stream_kib: Option<f64>,
-}
-
-#[derive(Debug, Serialize)]
-struct RedisOut {
-    /// Subscribe-family calls Redis counted while the streams connected and settled.
-    subscribe_calls_connect: BTreeMap<String, u64>,
-    /// Over the whole run.
-    subscribe_calls_total: BTreeMap<String, u64>,
-    clients_before: u64,
-    clients_open: u64,
-    clients_end: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct BenchOut {
-    worker_cpu_s: f64,
-    coordinator_cpu_s: f64,
-    worker_rss_kib: u64,
-}
-
-fn delta(a: &RedisSample, b: &RedisSample) -> BTreeMap<String, u64> {
-    b.calls
-        .iter()
-        .map(|(k, v)| (k.clone(), v.saturating_sub(*a.calls.get(k).unwrap_or(&0))))
-        .collect()
-}
-
 async fn redis_stats_connection(url: &str) -> Option<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url).ok()?;
     let mut con = match client.get_multiplexed_async_connection().await {
@@ -842,24 +570,6 @@ fn log(plan: &Plan, msg: impl AsRef<str>) {
     if !plan.quiet {
         eprintln!("[{} {}] {}", plan.label, plan.name, msg.as_ref());
     }
-}
-
-/// Asks every worker for its report and waits for them all.
-async fn collect(workers: &mut Workers, published: Vec<u64>) -> Result<Vec<WorkerReport>, String> {
-    workers.send_all(&Command::Report { published }).await?;
-    if !workers
-        .until(Duration::from_secs(60), |w| {
-            w.0.iter().all(|p| p.report.borrow().is_some())
-        })
-        .await?
-    {
-        return Err("workers did not report".into());
-    }
-    Ok(workers
-        .0
-        .iter()
-        .map(|w| w.report.borrow_mut().take().expect("checked"))
-        .collect())
 }
 
 async fn coordinate(plan: &Plan) -> Result<Output, String> {
@@ -1228,161 +938,6 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
             worker_rss_kib: t.rss_kib,
         },
     })
-}
-
-// ---------------------------------------------------------------- table
-
-fn fmt_rate(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.1}")
-    }
-}
-
-fn table(o: &Output) -> String {
-    let mut rows: Vec<(String, String)> = Vec::new();
-    let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
-    row(
-        "run",
-        format!(
-            "{} / {} ({} streams, {} channels, {} publishes/s{})",
-            o.label,
-            o.name,
-            o.config.streams,
-            o.config.channels,
-            o.config.rate,
-            if o.config.storm { ", storm" } else { "" }
-        ),
-    );
-    row(
-        "streams",
-        format!(
-            "opened {} / {}, failed {}{}, closed by server {}",
-            o.streams.opened,
-            o.streams.requested,
-            o.streams.failed,
-            if o.streams.failures.is_empty() {
-                String::new()
-            } else {
-                format!(" {:?}", o.streams.failures)
-            },
-            o.streams.closed_by_server
-        ),
-    );
-    row(
-        "connect",
-        format!(
-            "all open after {:.2}s (p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms){}",
-            o.connect.all_open_s,
-            o.connect.open_time_ms.p50,
-            o.connect.open_time_ms.p99,
-            o.connect.open_time_ms.max,
-            match (o.config.storm, o.connect.all_receiving_s) {
-                (true, Some(s)) => format!("; all receiving after {s:.2}s"),
-                (true, None) => "; NOT all receiving".into(),
-                _ => String::new(),
-            }
-        ),
-    );
-    if let Some(p) = &o.publisher {
-        row(
-            "publisher",
-            format!(
-                "{} x{}: target {}/s, achieved {}/s, errors {}, max backlog {}{}",
-                p.method,
-                p.connections,
-                fmt_rate(p.target_rate),
-                fmt_rate(p.achieved_rate),
-                p.errors,
-                p.max_backlog,
-                if p.fell_behind { ", FELL BEHIND" } else { "" }
-            ),
-        );
-        let e = &o.events;
-        row(
-            "events",
-            format!(
-                "expected {}, delivered {}, lost {} ({:.3}%), duplicated {}, reordered {}",
-                e.expected, e.delivered, e.lost, e.lost_pct, e.duplicated, e.reordered
-            ),
-        );
-        row(
-            "delivered",
-            format!(
-                "{}/s (offered {}/s)",
-                fmt_rate(o.delivered_per_sec),
-                fmt_rate(o.offered_per_sec)
-            ),
-        );
-        let l = &o.latency_ms;
-        row(
-            "latency ms",
-            format!(
-                "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-                l.p50, l.p90, l.p99, l.p999, l.max
-            ),
-        );
-    }
-    let s = &o.server;
-    if !s.pids.is_empty() {
-        row(
-            "server memory",
-            format!(
-                "{:.2} KiB/stream (PSS), {:.2} KiB/stream (RSS); RSS {} -> {} KiB open, peak {} KiB",
-                s.mem_per_stream_kib.unwrap_or(0.0),
-                s.rss_per_stream_kib.unwrap_or(0.0),
-                s.rss_before_kib,
-                s.rss_open_kib,
-                s.rss_peak_kib
-            ),
-        );
-        row(
-            "server cpu",
-            format!(
-                "connect {:.2}s, settle {:.2}s, window {:.2}s ({:.0}% of a core){}",
-                s.cpu_connect_s,
-                s.cpu_settle_s,
-                s.cpu_window_s,
-                s.cpu_window_pct,
-                s.cpu_ns_per_delivery
-                    .map(|ns| format!(", {ns:.0} ns per delivered event"))
-                    .unwrap_or_default()
-            ),
-        );
-    }
-    if let Some(k) = s.kernel_per_stream_kib {
-        row(
-            "kernel memory",
-            format!(
-                "{k:.2} KiB/stream (slab {} -> {} KiB; both ends of each connection)",
-                s.slab_before_kib, s.slab_open_kib
-            ),
-        );
-    }
-    if let Some(r) = &o.redis {
-        row(
-            "redis",
-            format!(
-                "subscribe calls while connecting {:?}; clients {} -> {} -> {}",
-                r.subscribe_calls_connect, r.clients_before, r.clients_open, r.clients_end
-            ),
-        );
-    }
-    row(
-        "load generator",
-        format!(
-            "workers cpu {:.2}s, rss {} KiB",
-            o.load_generator.worker_cpu_s, o.load_generator.worker_rss_kib
-        ),
-    );
-    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    rows.iter()
-        .map(|(k, v)| format!("{k:>w$}  {v}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[cfg(test)]
