@@ -15,6 +15,7 @@ SYSTEMS=${2:-"ssegate rawfan"}
 SCENARIOS=${3:-"sessions"}
 shift $(( $# < 3 ? $# : 3 ))
 DIRS=()
+mkdir -p target/bench-results
 for i in $(seq 1 "$RUNS"); do
   dir=target/bench-results/repeat-$(date -u +%Y%m%dT%H%M%SZ)-$i
   echo "== run $i of $RUNS" >&2
