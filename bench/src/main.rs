@@ -857,6 +857,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
             clients_before: a.clients,
             clients_open: b.clients,
             clients_end: c.clients,
+            cpu_publish_s: ((c.cpu_s - b.cpu_s) * 100.0).round() / 100.0,
         }),
         _ => None,
     };

@@ -132,6 +132,9 @@ pub(crate) struct RedisOut {
     pub(crate) clients_before: u64,
     pub(crate) clients_open: u64,
     pub(crate) clients_end: u64,
+    /// Redis's CPU seconds from the last stream open to the end of the
+    /// drain (the publishing phase: warmup, window, drain).
+    pub(crate) cpu_publish_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -284,8 +287,8 @@ pub(crate) fn table(o: &Output) -> String {
         row(
             "redis",
             format!(
-                "subscribe calls while connecting {:?}; clients {} -> {} -> {}",
-                r.subscribe_calls_connect, r.clients_before, r.clients_open, r.clients_end
+                "subscribe calls while connecting {:?}; clients {} -> {} -> {}; cpu while publishing {:.2}s",
+                r.subscribe_calls_connect, r.clients_before, r.clients_open, r.clients_end, r.cpu_publish_s
             ),
         );
     }

@@ -189,6 +189,8 @@ pub struct RedisSample {
     pub calls: BTreeMap<String, u64>,
     /// Connected clients other than ours (CLIENT LIST).
     pub clients: u64,
+    /// Redis's own CPU so far, user + system seconds (INFO cpu).
+    pub cpu_s: f64,
 }
 
 pub const SUBSCRIBE_COMMANDS: [&str; 3] = ["subscribe", "psubscribe", "ssubscribe"];
@@ -196,6 +198,8 @@ pub const SUBSCRIBE_COMMANDS: [&str; 3] = ["subscribe", "psubscribe", "ssubscrib
 pub async fn redis_sample(con: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<RedisSample> {
     let info: String = redis::cmd("INFO").arg("commandstats").query_async(con).await?;
     let list: String = redis::cmd("CLIENT").arg("LIST").query_async(con).await?;
+    let cpu: String = redis::cmd("INFO").arg("cpu").query_async(con).await?;
+    let cpu_s = info_field(&cpu, "used_cpu_user") + info_field(&cpu, "used_cpu_sys");
     let mut calls = BTreeMap::new();
     for cmd in SUBSCRIBE_COMMANDS {
         calls.insert(cmd.to_owned(), command_calls(&info, cmd));
@@ -205,7 +209,19 @@ pub async fn redis_sample(con: &mut redis::aio::MultiplexedConnection) -> redis:
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.contains(&ours))
         .count() as u64;
-    Ok(RedisSample { calls, clients })
+    Ok(RedisSample {
+        calls,
+        clients,
+        cpu_s,
+    })
+}
+
+/// `<name>:<number>` from an INFO section (0 when absent).
+pub fn info_field(info: &str, name: &str) -> f64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// `cmdstat_<cmd>:calls=N,...` → N (0 when the command never ran).
@@ -221,6 +237,14 @@ pub fn command_calls(info: &str, cmd: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_fields_are_read_by_exact_name() {
+        let info = "# CPU\r\nused_cpu_sys:1.25\r\nused_cpu_user:2.5\r\nused_cpu_sys_children:9\r\n";
+        assert_eq!(info_field(info, "used_cpu_sys"), 1.25);
+        assert_eq!(info_field(info, "used_cpu_user"), 2.5);
+        assert_eq!(info_field(info, "used_cpu_user_main_thread"), 0.0);
+    }
 
     #[test]
     fn commandstats() {
