@@ -22,6 +22,19 @@ async fn a_socket_that_answers_no_ping_is_closed_and_one_that_answers_stays() {
     assert_eq!(silent.next_json().await["type"], "subscribed");
     assert_eq!(answering.next_json().await["type"], "subscribed");
 
+    // The answering socket answers every ping as it comes, from its own
+    // task, while the silent one is watched: it is pinged on the same
+    // rounds, so answering only after the silent one's close would race
+    // its own third ping.
+    let answerer = tokio::spawn(async move {
+        for _ in 0..6 {
+            let f = answering.next_frame().await;
+            assert_eq!(f.opcode, 0x9);
+            answering.send_together(&[frame(0xA, &f.payload)]).await;
+        }
+        answering
+    });
+
     // Pings, unanswered, then the close.
     let mut pings = 0;
     let close = loop {
@@ -38,11 +51,7 @@ async fn a_socket_that_answers_no_ping_is_closed_and_one_that_answers_stays() {
     assert_eq!(code, 1001, "{:?}", String::from_utf8_lossy(&close.payload[2..]));
 
     // Answered: open many intervals later.
-    for _ in 0..6 {
-        let f = answering.next_frame().await;
-        assert_eq!(f.opcode, 0x9);
-        answering.send_together(&[frame(0xA, &f.payload)]).await;
-    }
+    let mut answering = answerer.await.expect("the answering socket stays open");
     answering
         .send_together(&[text(&json!({"type": "unsubscribe", "channel": ch, "ref": 1}))])
         .await;
