@@ -129,7 +129,8 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_HISTORY_SIZE", default_value_t = 1000)]
     pub history_size: usize,
 
-    /// A channel's history expires after this long without a durable publish (0s keeps it).
+    /// A channel's history expires after this long without a durable publish, plus at
+    /// most a sixteenth (capped at 60 s) in Redis (0s keeps it).
     #[arg(long, env = "SSEGATE_HISTORY_TTL", default_value = "1h", value_parser = duration)]
     pub history_ttl: Duration,
 

@@ -5,7 +5,7 @@
 --
 -- ssegate_publish(1, '<prefix>{C}:log', payload) -> id
 --   Appends the payload to the channel's capped stream, refreshes its idle
---   expiry and publishes "\0<id>\0<payload>" on '<prefix>{C}', atomically.
+--   expiry (and the snapshot's; see SLACK_MS) and publishes "\0<id>\0<payload>" on '<prefix>{C}', atomically.
 -- ssegate_publish(1, '<prefix>{C}:log', payload, idempotency_key) -> {id, replayed}
 --   The same, at most once per key within the channel's history window:
 --   a key seen before answers {first id, 1} and appends nothing. Keys are
@@ -53,6 +53,12 @@
 local MAXLEN = __MAXLEN__
 local TTL_MS = __TTL_MS__
 local PUBLISH = '__PUBLISH__'
+-- A channel's idle expiry is set to TTL_MS + SLACK_MS and refreshed only
+-- once it has run down below TTL_MS: its history then expires between
+-- TTL_MS and TTL_MS + SLACK_MS after the last durable publish, and a busy
+-- channel pays one PTTL per publish instead of a PEXPIRE for each key.
+local SLACK_MS = (TTL_MS - TTL_MS % 16) / 16
+if SLACK_MS > 60000 then SLACK_MS = 60000 end
 
 local function split(id)
   local d = string.find(id, '-', 1, true)
@@ -92,6 +98,14 @@ local function prune_keys(key, idem, times)
   end
 end
 
+-- Keeps the log (and the snapshot beside it) at least TTL_MS past now.
+local function refresh_expiry(key, channel)
+  if TTL_MS > 0 and redis.call('PTTL', key) < TTL_MS then
+    redis.call('PEXPIRE', key, TTL_MS + SLACK_MS)
+    redis.call('PEXPIRE', channel .. ':state', TTL_MS + SLACK_MS)
+  end
+end
+
 local function publish(keys, args)
   local key = keys[1]
   if #keys ~= 1 or string.sub(key, -5) ~= '}:log' then
@@ -108,10 +122,7 @@ local function publish(keys, args)
     if seen then return {seen, 1} end
   end
   local id = redis.call('XADD', key, 'MAXLEN', '~', MAXLEN, '*', 'p', payload)
-  if TTL_MS > 0 then
-    redis.call('PEXPIRE', key, TTL_MS)
-    redis.call('PEXPIRE', channel .. ':state', TTL_MS)
-  end
+  refresh_expiry(key, channel)
   redis.call(PUBLISH, channel, '\0' .. id .. '\0' .. payload)
   if ikey == nil then return id end
   redis.call('HSET', idem, ikey, id)
@@ -185,7 +196,9 @@ local function state_put(keys, args)
   if redis.call('EXISTS', key) == 1 then position = info(key)['last-generated-id'] end
   local state = string.sub(key, 1, -5) .. ':state'
   redis.call('HSET', state, 'p', position, 'b', args[1])
-  if TTL_MS > 0 then redis.call('PEXPIRE', state, TTL_MS) end
+  -- With the slack, as the log's: a publish that finds the log's expiry
+  -- still fresh does not refresh the snapshot's either.
+  if TTL_MS > 0 then redis.call('PEXPIRE', state, TTL_MS + SLACK_MS) end
   return position
 end
 
