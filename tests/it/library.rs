@@ -21,9 +21,10 @@ async fn a_flushed_function_library_is_loaded_again_by_the_next_publish() {
     assert_eq!((ev.data.as_str(), ev.id.as_str()), ("after", second.as_str()));
 }
 
-/// A durable publish keeps the channel's history, and its snapshot, at
-/// least `--history-ttl` past the publish: set to the TTL plus a slack of
-/// a sixteenth, and refreshed only once it has run down below the TTL.
+/// A durable publish keeps the channel's history, its snapshot and its
+/// idempotency keys at least `--history-ttl` past the publish: set to the
+/// TTL plus a slack of a sixteenth, all together, and refreshed only once
+/// they have run down below the TTL.
 #[tokio::test]
 async fn a_publish_keeps_history_and_snapshot_alive_for_the_ttl() {
     let redis = RedisServer::spawn();
@@ -31,50 +32,105 @@ async fn a_publish_keeps_history_and_snapshot_alive_for_the_ttl() {
     cfg.history_ttl = Duration::from_secs(16);
     let node = Node::spawn(cfg).await;
     let channel = unique("expiry");
-    let (log, state) = (
-        format!("sse:{{{channel}}}:log"),
-        format!("sse:{{{channel}}}:state"),
-    );
+    let keys: Vec<String> = ["log", "state", "idem", "idem:t"]
+        .iter()
+        .map(|k| format!("sse:{{{channel}}}:{k}"))
+        .collect();
     let pttl = |key: &str| -> i64 { redis.cli(&["PTTL", key]).trim().parse().expect("PTTL") };
+    let all_within = |range: std::ops::RangeInclusive<i64>, what: &str| {
+        for key in &keys {
+            let left = pttl(key);
+            assert!(range.contains(&left), "{what}: {key} expires in {left} ms");
+        }
+    };
+    let set_all = |ms: &str| {
+        for key in &keys {
+            redis.cli(&["PEXPIRE", key, ms]);
+        }
+    };
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", node.addr);
+    let publish_once = |key: &'static str| {
+        http.post(format!("{base}/v1/stream/{channel}"))
+            .header("Idempotency-Key", key)
+            .body("once")
+            .send()
+    };
     let fresh = 16_000..=17_000;
 
     node.publish(&channel, "first").await;
-    assert!(
-        fresh.contains(&pttl(&log)),
-        "a new history lives TTL plus slack: {}",
-        pttl(&log)
-    );
-    let base = format!("http://{}", node.addr);
-    let resp = reqwest::Client::new()
+    let resp = http
         .put(format!("{base}/v1/state/{channel}"))
         .body("{}")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(
-        fresh.contains(&pttl(&state)),
-        "a snapshot as long: {}",
-        pttl(&state)
-    );
+    assert_eq!(publish_once("a").await.unwrap().status(), 201);
+    all_within(fresh.clone(), "new keys live the TTL plus slack");
 
-    // Still above the TTL: a publish leaves both expiries alone.
-    redis.cli(&["PEXPIRE", &log, "16500"]);
-    redis.cli(&["PEXPIRE", &state, "16500"]);
+    // Still above the TTL: publishes leave every expiry alone.
+    set_all("16500");
     node.publish(&channel, "second").await;
-    assert!(
-        pttl(&log) <= 16_500 && pttl(&state) <= 16_500,
-        "not refreshed while fresh"
-    );
+    assert_eq!(publish_once("b").await.unwrap().status(), 201);
+    all_within(0..=16_500, "not refreshed while fresh");
 
-    // Run down below the TTL: the next publish refreshes both.
-    redis.cli(&["PEXPIRE", &log, "5000"]);
-    redis.cli(&["PEXPIRE", &state, "5000"]);
+    // Run down below the TTL: the next publish refreshes them all.
+    set_all("5000");
     node.publish(&channel, "third").await;
-    assert!(fresh.contains(&pttl(&log)), "history refreshed: {}", pttl(&log));
+    all_within(fresh.clone(), "refreshed by a publish");
+    set_all("5000");
+    assert_eq!(publish_once("c").await.unwrap().status(), 201);
+    all_within(fresh, "refreshed by an idempotent publish");
+}
+
+/// Idempotency keys outlive no history: once a channel's keys outnumber
+/// its history by a quarter, those of trimmed events are forgotten, and
+/// every event the history still holds keeps its key.
+#[tokio::test]
+async fn idempotency_keys_of_trimmed_events_are_pruned_and_the_rest_kept() {
+    let redis = RedisServer::spawn();
+    // Small stream nodes, so that `MAXLEN ~ 8` trims at every fourth entry.
+    redis.cli(&["CONFIG", "SET", "stream-node-max-entries", "4"]);
+    let mut cfg = config(Some(&redis));
+    cfg.history_size = 8;
+    let node = Node::spawn(cfg).await;
+    let channel = unique("prune");
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/stream/{channel}", node.addr);
+    let publish = |key: String| {
+        let request = http.post(&url).header("Idempotency-Key", key).body("keyed");
+        async move {
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), 201);
+            let replayed = resp.headers().contains_key("idempotent-replayed");
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (body["id"].as_str().unwrap().to_owned(), replayed)
+        }
+    };
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(publish(format!("k{i}")).await.0);
+    }
+    let count = |cmd: &str, suffix: &str| -> usize {
+        let key = format!("sse:{{{channel}}}:{suffix}");
+        redis.cli(&[cmd, &key]).trim().parse().unwrap()
+    };
+    let (held, keys) = (count("XLEN", "log"), count("HLEN", "idem"));
+    assert_eq!(keys, count("ZCARD", "idem:t"), "the key index matches the keys");
+    assert!((8..=12).contains(&held), "history trimmed to about 8: {held}");
     assert!(
-        fresh.contains(&pttl(&state)),
-        "snapshot refreshed: {}",
-        pttl(&state)
+        keys <= held.max(10) + 1,
+        "{keys} keys for {held} events in history"
     );
+    // The events still in history keep their keys: a retry is replayed.
+    for i in 40 - held..40 {
+        let (id, replayed) = publish(format!("k{i}")).await;
+        assert!(
+            replayed && id == ids[i],
+            "k{i} kept while its event is in history"
+        );
+    }
+    let first = redis.cli(&["HGET", &format!("sse:{{{channel}}}:idem"), "k0"]);
+    assert!(first.trim().is_empty(), "the first key was forgotten: {first:?}");
 }

@@ -10,7 +10,8 @@
 --   The same, at most once per key within the channel's history window:
 --   a key seen before answers {first id, 1} and appends nothing. Keys are
 --   kept in '<prefix>{C}:idem' (key -> id) and '<prefix>{C}:idem:t' (key by
---   time), in the channel's slot, pruned as the history is trimmed.
+--   time), in the channel's slot, expiring with the history and pruned
+--   once they outnumber its size by a quarter (see prune_keys).
 -- ssegate_history(1, key, after, upto, count, max_bytes[, lenient]) -> {trimmed, tip, entries}
 --   At most count entries after `after` up to `upto`, stopping once their
 --   payloads reach max_bytes (at least one entry). When trimmed, no
@@ -86,8 +87,13 @@ local function info(key)
   return f
 end
 
--- Forgets idempotency keys older than the channel's retained history.
-local function prune_keys(key, idem, times)
+-- Forgets idempotency keys older than the channel's retained history once
+-- they outnumber `maxlen` (the history's size) by a quarter: every key of
+-- an event the history holds is kept, a channel holds at most about
+-- maxlen * 5/4 keys, and a busy channel looks for old keys once per
+-- maxlen/4 keyed publishes rather than at each.
+local function prune_keys(key, idem, times, maxlen)
+  if redis.call('ZCARD', times) <= maxlen + (maxlen - maxlen % 4) / 4 then return end
   local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
   if not first then return end
   local first_ms = split(first[1])
@@ -98,11 +104,16 @@ local function prune_keys(key, idem, times)
   end
 end
 
--- Keeps the log (and the snapshot beside it) at least TTL_MS past now.
-local function refresh_expiry(key, channel)
-  if TTL_MS > 0 and redis.call('PTTL', key) < TTL_MS then
-    redis.call('PEXPIRE', key, TTL_MS + SLACK_MS)
-    redis.call('PEXPIRE', channel .. ':state', TTL_MS + SLACK_MS)
+-- Keeps a channel's keys at least TTL_MS past now: once `gate` (one of
+-- them) has run down below TTL_MS, or has no expiry yet, the log, the
+-- snapshot and the idempotency keys are all set to TTL_MS + SLACK_MS, so
+-- that they expire together.
+local EXPIRING = {':log', ':state', ':idem', ':idem:t'}
+local function refresh_expiry(gate, channel)
+  if TTL_MS > 0 and redis.call('PTTL', gate) < TTL_MS then
+    for _, suffix in ipairs(EXPIRING) do
+      redis.call('PEXPIRE', channel .. suffix, TTL_MS + SLACK_MS)
+    end
   end
 end
 
@@ -122,16 +133,16 @@ local function publish(keys, args)
     if seen then return {seen, 1} end
   end
   local id = redis.call('XADD', key, 'MAXLEN', '~', MAXLEN, '*', 'p', payload)
-  refresh_expiry(key, channel)
   redis.call(PUBLISH, channel, '\0' .. id .. '\0' .. payload)
-  if ikey == nil then return id end
+  if ikey == nil then
+    refresh_expiry(key, channel)
+    return id
+  end
   redis.call('HSET', idem, ikey, id)
   redis.call('ZADD', times, split(id), ikey)
-  if TTL_MS > 0 then
-    redis.call('PEXPIRE', idem, TTL_MS)
-    redis.call('PEXPIRE', times, TTL_MS)
-  end
-  prune_keys(key, idem, times)
+  -- Gated on the keys' index: the channel's first key gives it no expiry yet.
+  refresh_expiry(times, channel)
+  prune_keys(key, idem, times, MAXLEN)
   return {id, 0}
 end
 
@@ -287,7 +298,7 @@ local function mercure_publish(keys, args)
     redis.call('PEXPIRE', ids, TTL_MS)
     redis.call('PEXPIRE', times, TTL_MS)
   end
-  prune_keys(key, ids, times)
+  prune_keys(key, ids, times, maxlen)
   return id
 end
 
