@@ -5,7 +5,8 @@
 --
 -- ssegate_publish(1, '<prefix>{C}:log', payload) -> id
 --   Appends the payload to the channel's capped stream, refreshes its idle
---   expiry (and the snapshot's; see SLACK_MS) and publishes "\0<id>\0<payload>" on '<prefix>{C}', atomically.
+--   expiry (and the snapshot's; see SLACK_MS) and publishes
+--   "\0<id>\0<payload>" on '<prefix>{C}', atomically.
 -- ssegate_publish(1, '<prefix>{C}:log', payload, idempotency_key) -> {id, replayed}
 --   The same, at most once per key within the channel's history window:
 --   a key seen before answers {first id, 1} and appends nothing. Keys are
