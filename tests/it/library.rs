@@ -59,13 +59,7 @@ async fn a_publish_keeps_history_and_snapshot_alive_for_the_ttl() {
     let fresh = 16_000..=17_000;
 
     node.publish(&channel, "first").await;
-    let resp = http
-        .put(format!("{base}/v1/state/{channel}"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    crate::state::put_state(&base, &channel, "{}").await;
     assert_eq!(publish_once("a").await.unwrap().status(), 201);
     all_within(fresh.clone(), "new keys live the TTL plus slack");
 
