@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{PresenceReport, Present, SharedBroker};
@@ -23,9 +22,8 @@ use crate::sse::Channel;
 
 /// Changes are reported within this.
 const FLUSH: Duration = Duration::from_millis(250);
-/// Reports written at the same time.
-const CONCURRENCY: usize = 16;
-/// Channels whose reports are built and written together.
+/// Channels whose reports are built and written together (one pipeline
+/// to Redis).
 const BATCH: usize = 256;
 
 /// This node's name in presence: `--node-id`, else the host name and a
@@ -91,6 +89,7 @@ impl Presence {
 
     async fn report_batch(&mut self, channels: &[Channel], refresh: bool) {
         let mut reports = Vec::new();
+        let mut views = Vec::new();
         for channel in channels.iter().cloned() {
             let now = self.local_view(&channel);
             let before = self.reported.get(&channel);
@@ -126,18 +125,15 @@ impl Presence {
                 joined,
                 left,
             };
-            reports.push((channel, now, report));
+            reports.push((channel, report));
+            views.push(now);
         }
-        let broker = &self.broker;
-        let results: Vec<_> = futures_util::stream::iter(reports)
-            .map(|(channel, view, report)| async move {
-                let r = broker.put_presence(&channel, report).await;
-                (channel, view, r)
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        for (channel, view, result) in results {
+        if reports.is_empty() {
+            return;
+        }
+        let channels: Vec<Channel> = reports.iter().map(|(c, _)| c.clone()).collect();
+        let results = self.broker.put_presences(reports).await;
+        for ((channel, view), result) in channels.into_iter().zip(views).zip(results) {
             match result {
                 Ok(()) => {
                     self.metrics.presence_reports.increment(1);

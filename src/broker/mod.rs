@@ -51,7 +51,7 @@ impl History {
 /// Why a broker request failed, in the terms a caller acts on: whether
 /// the request may have been carried out matters to a publisher that
 /// retries.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// The request never reached the broker (no connection, none free in
     /// time, connection refused): nothing was done.
@@ -154,6 +154,10 @@ pub struct Present {
     pub since_ms: u64,
 }
 
+/// Presence reports written at the same time by `put_presences` where
+/// the broker sends them one by one.
+const PRESENCE_CONCURRENCY: usize = 16;
+
 /// What one node reported of a channel's presence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePresence {
@@ -213,6 +217,23 @@ pub trait Broker: Send + Sync + 'static {
         channel: &Channel,
         report: PresenceReport,
     ) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// `put_presence` for many channels, with an answer each in their
+    /// order (a refresh of every channel with local subscribers). Brokers
+    /// that can send them together override this.
+    fn put_presences(
+        &self,
+        reports: Vec<(Channel, PresenceReport)>,
+    ) -> BoxFuture<'_, Vec<Result<(), BrokerError>>> {
+        use futures_util::StreamExt;
+        Box::pin(async move {
+            futures_util::stream::iter(reports)
+                .map(|(channel, report)| async move { self.put_presence(&channel, report).await })
+                .buffered(PRESENCE_CONCURRENCY)
+                .collect()
+                .await
+        })
+    }
 
     /// Every node's current report of `channel`.
     fn get_presence(&self, channel: &Channel) -> BoxFuture<'_, Result<Vec<NodePresence>, BrokerError>>;

@@ -21,6 +21,47 @@ async fn a_flushed_function_library_is_loaded_again_by_the_next_publish() {
     assert_eq!((ev.data.as_str(), ev.id.as_str()), ("after", second.as_str()));
 }
 
+/// The presence refresh writes the reports of many channels in one
+/// pipeline; it loads a flushed library again and writes every report,
+/// and the one answer per command keeps a failed report from hiding the
+/// others.
+#[tokio::test]
+async fn the_presence_refresh_writes_every_channel_and_loads_a_flushed_library() {
+    let redis = RedisServer::spawn();
+    let mut cfg = config(Some(&redis));
+    cfg.presence_ttl = Duration::from_secs(3);
+    cfg.node_id = Some("refresher".into());
+    let node = Node::spawn(cfg).await;
+    let base = unique("refresh");
+    let channels: Vec<String> = (0..300).map(|i| format!("{base}-{i}")).collect();
+    let mut streams = Vec::new();
+    for c in &channels {
+        streams.push(Sse::open(&node.url(&format!("/v1/stream/{c}"))).await);
+    }
+    let hashes: Vec<String> = channels.iter().map(|c| format!("sse:{{{c}}}:presence")).collect();
+    let reported = |hash: &str| redis.cli(&["HEXISTS", hash, "refresher"]).trim() == "1";
+    eventually("every channel reported", || async {
+        hashes.iter().all(|h| reported(h))
+    })
+    .await;
+
+    // One channel's report is refused (its hash holds a string): the rest
+    // are still written.
+    assert_eq!(redis.cli(&["FUNCTION", "FLUSH"]).trim(), "OK");
+    for h in &hashes {
+        redis.cli(&["DEL", h]);
+    }
+    redis.cli(&["SET", &hashes[7], "not a hash"]);
+    eventually(
+        "the refresh loaded the library and wrote the reports again",
+        || async { hashes.iter().enumerate().all(|(i, h)| i == 7 || reported(h)) },
+    )
+    .await;
+    assert!(redis.cli(&["FUNCTION", "LIST"]).contains("ssegate"));
+    assert_eq!(redis.cli(&["GET", &hashes[7]]).trim(), "not a hash");
+    drop(streams);
+}
+
 /// A durable publish keeps the channel's history, its snapshot and its
 /// idempotency keys at least `--history-ttl` past the publish: set to the
 /// TTL plus a slack of a sixteenth, all together, and refreshed only once

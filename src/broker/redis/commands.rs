@@ -79,6 +79,27 @@ impl Slot {
             classify(e)
         })
     }
+
+    /// Runs `pipe` (with `ignore_errors`: an answer per command) as
+    /// `query` runs one command.
+    async fn query_pipeline<F, Fut>(
+        &self,
+        connect: F,
+        pipe: &redis::Pipeline,
+        drop_on: fn(&RedisError) -> bool,
+    ) -> Result<Vec<RedisResult<Value>>, BrokerError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = RedisResult<MultiplexedConnection>>,
+    {
+        let mut c = self.get(connect).await.map_err(unavailable)?;
+        pipe.query_async(&mut c).await.map_err(|e| {
+            if drop_on(&e) {
+                self.conn.lock().take();
+            }
+            classify(e)
+        })
+    }
 }
 
 pub(crate) struct Standalone {
@@ -99,6 +120,14 @@ impl Standalone {
                 .get_multiplexed_async_connection_with_config(&self.config)
         };
         self.slot().query(connect, cmd, broken).await
+    }
+
+    async fn query_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<RedisResult<Value>>, BrokerError> {
+        let connect = || {
+            self.client
+                .get_multiplexed_async_connection_with_config(&self.config)
+        };
+        self.slot().query_pipeline(connect, pipe, broken).await
     }
 }
 
@@ -136,6 +165,10 @@ impl SentinelCommands {
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
         self.slot.query(|| self.connect(), cmd, stale).await
+    }
+
+    async fn query_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<RedisResult<Value>>, BrokerError> {
+        self.slot.query_pipeline(|| self.connect(), pipe, stale).await
     }
 
     /// The current master's address, asked of the Sentinels.
@@ -238,6 +271,38 @@ impl Commands {
     /// them).
     pub(crate) async fn query_many<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>, BrokerError> {
         futures_util::future::try_join_all(cmds.iter().map(|c| self.query(c))).await
+    }
+
+    /// Several commands with an answer each, for batches of small writes:
+    /// on one server they go as one pipeline (one message to the
+    /// connection's task, one write, one wake-up for the whole batch,
+    /// where `query_many` pays each per command); a cluster routes each
+    /// command by its key. A failure to send fails every command.
+    pub(crate) async fn query_each(&self, cmds: Vec<Cmd>) -> Vec<Result<Value, BrokerError>> {
+        let pipeline = |cmds: Vec<Cmd>| {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            pipe
+        };
+        let n = cmds.len();
+        let answers = match self {
+            Commands::Standalone(s) => s.query_pipeline(&pipeline(cmds)).await,
+            Commands::Sentinel(s) => s.query_pipeline(&pipeline(cmds)).await,
+            Commands::Cluster(_) => {
+                return futures_util::future::join_all(cmds.iter().map(|c| self.query(c))).await;
+            }
+        };
+        match answers {
+            Ok(answers) if answers.len() == n => answers.into_iter().map(|a| a.map_err(classify)).collect(),
+            Ok(answers) => {
+                let e = BrokerError::Protocol(format!("{} answers to {n} commands", answers.len()));
+                (0..n).map(|_| Err(e.clone())).collect()
+            }
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
     }
 
     /// Runs `cmd` on every master (function loading).
