@@ -58,12 +58,12 @@ impl Slot {
         Ok(c)
     }
 
-    /// Runs `cmd` on the slot's connection; a connection that failed as
-    /// `drop_on` says is dropped, and the next command connects again.
+    /// Runs `request` on the slot's connection; a connection that failed
+    /// as `drop_on` says is dropped, and the next command connects again.
     async fn query<T, F, Fut>(
         &self,
         connect: F,
-        cmd: &Cmd,
+        request: Request<'_>,
         drop_on: fn(&RedisError) -> bool,
     ) -> Result<T, BrokerError>
     where
@@ -72,34 +72,25 @@ impl Slot {
         Fut: Future<Output = RedisResult<MultiplexedConnection>>,
     {
         let mut c = self.get(connect).await.map_err(unavailable)?;
-        cmd.query_async(&mut c).await.map_err(|e| {
+        let answer = match request {
+            Request::One(cmd) => cmd.query_async(&mut c).await,
+            Request::Pipeline(pipe) => pipe.query_async(&mut c).await,
+        };
+        answer.map_err(|e| {
             if drop_on(&e) {
                 self.conn.lock().take();
             }
             classify(e)
         })
     }
+}
 
-    /// Runs `pipe` (with `ignore_errors`: an answer per command) as
-    /// `query` runs one command.
-    async fn query_pipeline<F, Fut>(
-        &self,
-        connect: F,
-        pipe: &redis::Pipeline,
-        drop_on: fn(&RedisError) -> bool,
-    ) -> Result<Vec<RedisResult<Value>>, BrokerError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = RedisResult<MultiplexedConnection>>,
-    {
-        let mut c = self.get(connect).await.map_err(unavailable)?;
-        pipe.query_async(&mut c).await.map_err(|e| {
-            if drop_on(&e) {
-                self.conn.lock().take();
-            }
-            classify(e)
-        })
-    }
+/// What a slot sends: a command, or a pipeline (with `ignore_errors`: an
+/// answer per command).
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    One(&'a Cmd),
+    Pipeline(&'a redis::Pipeline),
 }
 
 pub(crate) struct Standalone {
@@ -119,7 +110,7 @@ impl Standalone {
             self.client
                 .get_multiplexed_async_connection_with_config(&self.config)
         };
-        self.slot().query(connect, cmd, broken).await
+        self.slot().query(connect, Request::One(cmd), broken).await
     }
 
     async fn query_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<RedisResult<Value>>, BrokerError> {
@@ -127,7 +118,7 @@ impl Standalone {
             self.client
                 .get_multiplexed_async_connection_with_config(&self.config)
         };
-        self.slot().query_pipeline(connect, pipe, broken).await
+        self.slot().query(connect, Request::Pipeline(pipe), broken).await
     }
 }
 
@@ -164,11 +155,13 @@ impl SentinelCommands {
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
-        self.slot.query(|| self.connect(), cmd, stale).await
+        self.slot.query(|| self.connect(), Request::One(cmd), stale).await
     }
 
     async fn query_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<RedisResult<Value>>, BrokerError> {
-        self.slot.query_pipeline(|| self.connect(), pipe, stale).await
+        self.slot
+            .query(|| self.connect(), Request::Pipeline(pipe), stale)
+            .await
     }
 
     /// The current master's address, asked of the Sentinels.
