@@ -13,6 +13,7 @@
 #
 #   scripts/bench-state.sh                   # 15,000 streams, 30 s windows
 #   scripts/bench-state.sh --quick --debug   # the harness check CI runs
+#   SSEGATE_ARGS="--heartbeat 1h" scripts/bench-state.sh   # extra node flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,7 +49,7 @@ SECRET=bench-state-secret
 NODE_PORT=$(free_port)
 "$BIN/ssegate" --listen "127.0.0.1:$NODE_PORT" --redis-url "$REDIS" \
   --jwt-secret "$SECRET" --max-connections 19000 --ip-rate 0 --history-size 100000 \
-  > "$WORK/node.log" 2>&1 &
+  ${SSEGATE_ARGS:-} > "$WORK/node.log" 2>&1 &
 NODE_PID=$!; PIDS+=($NODE_PID)
 wait_port "$NODE_PORT"
 NODE=http://127.0.0.1:$NODE_PORT
