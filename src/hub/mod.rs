@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use registration::{Attachment, Registration, Subscription};
-pub use subscriber::{Close, Item, Subscriber, is_lone_heartbeat, recycle};
+pub use subscriber::{Beat, Close, HeartbeatSink, Item, Subscriber, is_lone_heartbeat, recycle};
 
 use channel::{ChannelState, Mode};
 
@@ -339,14 +339,25 @@ impl Hub {
                 n % per_heartbeat * STREAM_SHARDS / per_heartbeat,
                 (n % per_heartbeat + 1) * STREAM_SHARDS / per_heartbeat,
             );
+            let written = std::cell::Cell::new(0u64);
             for shard in from..to {
                 self.for_each_stream_in(shard, |s| {
                     if !stall.is_zero() && s.close_if_stalled(stall_secs) {
                         metrics.stalled_streams.increment(1);
                         metrics.slow_client_disconnects.increment(1);
                     }
-                    s.heartbeat();
+                    match s.heartbeat() {
+                        Beat::Written(n) => written.set(written.get() + n as u64),
+                        Beat::Torn(n) => {
+                            written.set(written.get() + n as u64);
+                            metrics.slow_client_disconnects.increment(1);
+                        }
+                        Beat::Skipped | Beat::Queued => {}
+                    }
                 });
+            }
+            if written.get() > 0 {
+                metrics.bytes_out.increment(written.get());
             }
         }
     }

@@ -7,6 +7,7 @@
 //! no capacity until something arrives.
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -77,6 +78,32 @@ pub fn is_lone_heartbeat(items: &VecDeque<Item>) -> bool {
     items.len() == 1 && matches!(items.front(), Some(Item::Heartbeat))
 }
 
+/// Where an idle stream's heartbeat can be written at once, by the hub's
+/// heartbeat tick, instead of waking the stream's writer to write it: the
+/// socket of a stream whose writer the server runs itself. Most of an idle
+/// node's user-space time went into those wake-ups.
+pub trait HeartbeatSink: Send + Sync {
+    /// Writes the heartbeat without blocking; returns how many bytes of it
+    /// went out (it may be fewer than all, or an error).
+    fn try_heartbeat(&self) -> io::Result<usize>;
+    /// The heartbeat's length on the wire.
+    fn heartbeat_len(&self) -> usize;
+}
+
+/// What `Subscriber::heartbeat` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Nothing: the stream is busy, not started or closed.
+    Skipped,
+    /// Queued for the stream's writer.
+    Queued,
+    /// Written to the socket directly: this many bytes.
+    Written(usize),
+    /// Only this many bytes of it went out: the stream was closed as a
+    /// slow client (the rest could not follow anything else).
+    Torn(usize),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
     /// The node is shutting down; the client reconnects elsewhere.
@@ -115,6 +142,13 @@ struct State {
     start: Option<Box<Start>>,
     /// Channels come and go (`new_dynamic`).
     dynamic: bool,
+    /// The stream's socket, while its writer allows heartbeats to be
+    /// written to it directly (`attach_sink`).
+    sink: Option<Arc<dyn HeartbeatSink>>,
+    /// The writer found the queue empty and has written everything it
+    /// took: nothing of its can be half-written on the socket. Set and
+    /// cleared by `poll_drain`.
+    writer_idle: bool,
 }
 
 struct Start {
@@ -166,6 +200,8 @@ impl Subscriber {
                 limit,
                 waker: None,
                 closed: None,
+                sink: None,
+                writer_idle: false,
                 start: Some(Box::new(Start {
                     pending: channels,
                     positions: vec![EventId::ZERO; channels].into_boxed_slice(),
@@ -247,12 +283,35 @@ impl Subscriber {
         true
     }
 
-    /// A heartbeat, unless something is already waiting to be written.
-    pub fn heartbeat(&self) {
+    /// A heartbeat, unless something is already waiting to be written:
+    /// straight to the socket when the stream has a sink and its writer is
+    /// idle, else through the queue (a full socket, an error: the writer
+    /// then finds out, as it would have).
+    pub fn heartbeat(&self) -> Beat {
         let waker = {
             let mut s = self.state.lock();
             if s.closed.is_some() || !s.queue.is_empty() || s.start.is_some() {
-                return;
+                return Beat::Skipped;
+            }
+            if s.writer_idle
+                && let Some(sink) = &s.sink
+            {
+                match sink.try_heartbeat() {
+                    Ok(n) if n == sink.heartbeat_len() => return Beat::Written(n),
+                    // Part of it: the socket is all but full, so the client
+                    // is not reading, and the rest cannot follow anything
+                    // else. Close the stream; the client resumes.
+                    Ok(n) if n > 0 => {
+                        s.closed = Some(Close::SlowClient);
+                        let w = s.waker.take();
+                        drop(s);
+                        if let Some(w) = w {
+                            w.wake();
+                        }
+                        return Beat::Torn(n);
+                    }
+                    _ => {}
+                }
             }
             s.queue.push_back(Item::Heartbeat);
             if s.waiting_since.is_none() {
@@ -263,6 +322,19 @@ impl Subscriber {
         if let Some(w) = waker {
             w.wake();
         }
+        Beat::Queued
+    }
+
+    /// Lets the hub write heartbeats to `sink` while the writer is idle.
+    pub fn attach_sink(&self, sink: Arc<dyn HeartbeatSink>) {
+        self.state.lock().sink = Some(sink);
+    }
+
+    /// Takes the sink back: once this returns, the hub no longer writes to
+    /// it (the writer calls this before it closes the socket).
+    pub fn detach_sink(&self) {
+        let sink = self.state.lock().sink.take();
+        drop(sink);
     }
 
     pub fn close(&self, reason: Close) {
@@ -357,6 +429,9 @@ impl Subscriber {
 
     /// Moves every queued item into `out` (which must be empty). Items
     /// queued before a close are still handed out; then the close.
+    /// A writer with a sink calls this only once it has written all it
+    /// took: `Pending` lets the hub write heartbeats to the sink until the
+    /// next drain.
     pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut VecDeque<Item>) -> Poll<Result<(), Close>> {
         debug_assert!(out.is_empty());
         let mut s = self.state.lock();
@@ -364,11 +439,13 @@ impl Subscriber {
             std::mem::swap(&mut s.queue, out);
             s.queued_bytes = 0;
             s.waiting_since = None;
+            s.writer_idle = false;
             return Poll::Ready(Ok(()));
         }
         if let Some(c) = s.closed {
             return Poll::Ready(Err(c));
         }
+        s.writer_idle = true;
         match &s.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => s.waker = Some(cx.waker().clone()),
@@ -417,6 +494,86 @@ mod tests {
         }
         assert_eq!(spare.capacity(), 0);
         assert_eq!(sub.state.lock().queue.capacity(), 0);
+    }
+
+    /// A socket that answers heartbeats as scripted (`None`: would block).
+    struct ScriptedSink {
+        answers: Mutex<VecDeque<Option<usize>>>,
+        writes: AtomicU32,
+    }
+
+    impl HeartbeatSink for ScriptedSink {
+        fn try_heartbeat(&self) -> io::Result<usize> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            match self.answers.lock().pop_front().expect("a scripted answer") {
+                Some(n) => Ok(n),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+        fn heartbeat_len(&self) -> usize {
+            9
+        }
+    }
+
+    #[test]
+    fn heartbeats_go_straight_to_an_idle_writers_socket_and_through_the_queue_otherwise() {
+        let sink = Arc::new(ScriptedSink {
+            answers: Mutex::new([Some(9), None, Some(4)].into()),
+            writes: AtomicU32::new(0),
+        });
+        let sub = Subscriber::new_dynamic(1 << 20);
+        sub.attach_sink(sink.clone());
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut out = VecDeque::new();
+        // The writer has not yet waited with nothing to write: queued.
+        assert_eq!(sub.heartbeat(), Beat::Queued);
+        assert_eq!(sink.writes.load(Ordering::Relaxed), 0);
+        assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
+        out.clear();
+        // Idle now: written to the socket, nothing queued.
+        assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
+        assert_eq!(sub.heartbeat(), Beat::Written(9));
+        assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
+        // Something queued: the writer will write it; no heartbeat.
+        let _ = sub.push(Item::Event(ev(1), 0));
+        assert_eq!(sub.heartbeat(), Beat::Skipped);
+        // Took it and is writing it: the heartbeat waits its turn.
+        assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
+        out.clear();
+        assert_eq!(sub.heartbeat(), Beat::Queued);
+        assert_eq!(sink.writes.load(Ordering::Relaxed), 1);
+        assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
+        assert!(is_lone_heartbeat(&out));
+        out.clear();
+        // A full socket: queued, for the writer to wait on.
+        assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
+        assert_eq!(sub.heartbeat(), Beat::Queued);
+        assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
+        out.clear();
+        // Half a heartbeat: the stream cannot go on, so it is closed.
+        assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
+        assert_eq!(sub.heartbeat(), Beat::Torn(4));
+        assert_eq!(
+            sub.poll_drain(&mut cx, &mut out),
+            Poll::Ready(Err(Close::SlowClient))
+        );
+        assert_eq!(sink.writes.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_detached_socket_gets_no_more_heartbeats() {
+        let sink = Arc::new(ScriptedSink {
+            answers: Mutex::new(VecDeque::new()),
+            writes: AtomicU32::new(0),
+        });
+        let sub = Subscriber::new_dynamic(1 << 20);
+        sub.attach_sink(sink.clone());
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert_eq!(sub.poll_drain(&mut cx, &mut VecDeque::new()), Poll::Pending);
+        sub.detach_sink();
+        assert_eq!(sub.heartbeat(), Beat::Queued);
+        assert_eq!(sink.writes.load(Ordering::Relaxed), 0);
+        assert_eq!(Arc::strong_count(&sink), 1, "the subscriber let the socket go");
     }
 
     #[test]

@@ -257,4 +257,7 @@ impl Chunks for MercureStream {
     fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
         MercureStream::poll_closed(self, cx)
     }
+    fn subscriber(&self) -> &Subscriber {
+        &self.sub
+    }
 }

@@ -13,6 +13,7 @@ use http_body::Frame;
 use parking_lot::Mutex;
 
 use super::coalesce;
+use crate::hub::Subscriber;
 
 /// What an event stream's writer polls: chunks of shared, pre-encoded
 /// frames, and whether the stream was closed.
@@ -21,6 +22,9 @@ pub trait Chunks {
     fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>>;
     /// Whether the stream was closed (registering for a wake-up if not).
     fn poll_closed(&self, cx: &mut Context<'_>) -> bool;
+    /// The stream's end of the hub, where a writer that owns the socket
+    /// attaches it for direct heartbeats.
+    fn subscriber(&self) -> &Subscriber;
 }
 
 /// The open stream behind a `text/event-stream` response, taken once.

@@ -423,4 +423,7 @@ impl Chunks for StreamSession {
     fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
         StreamSession::poll_closed(self, cx)
     }
+    fn subscriber(&self) -> &Subscriber {
+        self.reg.subscriber()
+    }
 }

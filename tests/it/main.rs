@@ -10,6 +10,7 @@ mod core;
 mod deploy;
 mod docs;
 mod durable;
+mod heartbeats;
 mod helpers;
 mod hostile;
 mod library;

@@ -23,7 +23,9 @@ pub(crate) use head::{Head, MAX_HEADERS, parse_head};
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -194,26 +196,43 @@ impl Server {
             };
             match Box::pin(front.serve(sock, read, client, drain)).await {
                 Some(Served::Stream(writer)) => {
-                    tracker.spawn(async move {
-                        writer.await;
-                        drop(admitted);
+                    tracker.spawn(Holding {
+                        run: writer,
+                        _slot: admitted,
                     });
                 }
                 Some(Served::Mercure(writer)) => {
-                    tracker.spawn(async move {
-                        writer.await;
-                        drop(admitted);
+                    tracker.spawn(Holding {
+                        run: writer,
+                        _slot: admitted,
                     });
                 }
                 Some(Served::WebSocket(conn)) => {
-                    tracker.spawn(async move {
-                        conn.await;
-                        drop(admitted);
+                    tracker.spawn(Holding {
+                        run: conn,
+                        _slot: admitted,
                     });
                 }
                 None => {}
             }
         });
+    }
+}
+
+/// A long-lived connection's task: its hand-written future, run in place,
+/// and its admission slot, released when the future ends (fields drop in
+/// order). Not an async block: one that awaits a captured future keeps
+/// room for it twice, and for an event stream that doubled the task.
+struct Holding<F> {
+    run: F,
+    _slot: Admitted,
+}
+
+impl<F: Future<Output = ()> + Unpin> Future for Holding<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.get_mut().run).poll(cx)
     }
 }
 
@@ -224,5 +243,25 @@ fn prepare(sock: &TcpStream, write_timeout: Duration) {
         // Bounds the life of sockets whose peer vanished without a FIN or
         // RST (heartbeats then stay unacknowledged).
         let _ = socket2::SockRef::from(sock).set_tcp_user_timeout(Some(write_timeout));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event stream's task lives as long as the stream, and tokio
+    /// rounds a task up to 128 bytes: keep what it runs small.
+    #[test]
+    fn a_long_lived_connection_task_holds_its_future_once() {
+        for (what, size) in [
+            ("stream", std::mem::size_of::<Holding<writer::StreamWriter>>()),
+            (
+                "WebSocket",
+                std::mem::size_of::<Holding<crate::ws::WsConn<TcpStream>>>(),
+            ),
+        ] {
+            assert!(size <= 256, "the {what} task runs {size} bytes");
+        }
     }
 }

@@ -8,17 +8,27 @@
 //! 8 KiB read buffer and an 8 KiB write buffer for the life of every
 //! connection; this future holds the socket, the stream's session and a
 //! vector of shared frames, and is pinned under 256 bytes by a test.
+//!
+//! The socket is shared with the stream's subscriber (`HeartbeatSink`):
+//! while the writer waits with nothing half-written, the hub's heartbeat
+//! tick writes an idle stream's heartbeat itself, so an idle stream's task
+//! is not woken every `--heartbeat` just to write nine bytes.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
+use crate::hub::HeartbeatSink;
 use crate::stream::{Chunks, StreamSession};
+
+/// An empty SSE comment (`sse::encode_comment("")`), as one chunk and bare.
+const HEARTBEAT_CHUNK: &[u8] = b"3\r\n:\n\n\r\n";
+const HEARTBEAT: &[u8] = b":\n\n";
 
 /// Frames per vectored write.
 const IOV: usize = 64;
@@ -30,23 +40,45 @@ const SMALL_FRAMES: usize = 4;
 /// Writes an event stream's chunks until it ends, the client leaves, or a
 /// write fails. Holds no buffer: each chunk is the session's shared frames,
 /// written with one vectored write per wake-up where the socket allows.
-pub(crate) struct StreamWriter<S = StreamSession> {
-    sock: TcpStream,
+pub(crate) struct StreamWriter<S: Chunks = StreamSession> {
+    sock: Arc<Socket>,
     session: S,
     frames: Vec<Bytes>,
     /// Bytes of the current chunk already written, while writing one.
     offset: Option<usize>,
+}
+
+/// An event stream's socket and its framing.
+struct Socket {
+    tcp: TcpStream,
     chunked: bool,
 }
 
+impl HeartbeatSink for Socket {
+    fn try_heartbeat(&self) -> io::Result<usize> {
+        self.tcp.try_write(self.heartbeat())
+    }
+
+    fn heartbeat_len(&self) -> usize {
+        self.heartbeat().len()
+    }
+}
+
+impl Socket {
+    fn heartbeat(&self) -> &'static [u8] {
+        if self.chunked { HEARTBEAT_CHUNK } else { HEARTBEAT }
+    }
+}
+
 impl<S: Chunks> StreamWriter<S> {
-    pub(super) fn new(sock: TcpStream, session: S, chunked: bool) -> StreamWriter<S> {
+    pub(super) fn new(tcp: TcpStream, session: S, chunked: bool) -> StreamWriter<S> {
+        let sock = Arc::new(Socket { tcp, chunked });
+        session.subscriber().attach_sink(sock.clone());
         StreamWriter {
             sock,
             session,
             frames: Vec::new(),
             offset: None,
-            chunked,
         }
     }
 
@@ -54,9 +86,17 @@ impl<S: Chunks> StreamWriter<S> {
         // The last chunk is best-effort: a socket too full for five bytes
         // belongs to a client that is not reading anyway. Dropping the
         // socket closes it.
-        if self.chunked {
-            let _ = self.sock.try_write(b"0\r\n\r\n");
+        if self.sock.chunked {
+            let _ = self.sock.tcp.try_write(b"0\r\n\r\n");
         }
+    }
+}
+
+impl<S: Chunks> Drop for StreamWriter<S> {
+    fn drop(&mut self) {
+        // Before the socket closes, so that the hub never writes to a
+        // closed (or reused) descriptor.
+        self.session.subscriber().detach_sink();
     }
 }
 
@@ -67,7 +107,7 @@ impl<S: Chunks + Unpin> Future for StreamWriter<S> {
         let this = self.get_mut();
         loop {
             let Some(offset) = &mut this.offset else {
-                if client_gone(&this.sock, cx) {
+                if client_gone(&this.sock.tcp, cx) {
                     return Poll::Ready(());
                 }
                 match this.session.poll_chunk(cx, &mut this.frames) {
@@ -89,7 +129,8 @@ impl<S: Chunks + Unpin> Future for StreamWriter<S> {
                 }
                 continue;
             };
-            match poll_write_chunk(cx, &mut this.sock, &this.frames, this.chunked, offset) {
+            let sock = &this.sock;
+            match poll_write_chunk(cx, &sock.tcp, &this.frames, sock.chunked, offset) {
                 Poll::Ready(Ok(())) => {
                     this.offset = None;
                     this.frames.clear();
@@ -129,7 +170,7 @@ fn client_gone(sock: &TcpStream, cx: &mut Context<'_>) -> bool {
 /// alone on HTTP/1.0), resuming at `offset`.
 fn poll_write_chunk(
     cx: &mut Context<'_>,
-    sock: &mut TcpStream,
+    sock: &TcpStream,
     frames: &[Bytes],
     chunked: bool,
     offset: &mut usize,
@@ -162,13 +203,30 @@ fn poll_write_chunk(
                 break;
             }
         }
-        let written = ready!(Pin::new(&mut *sock).poll_write_vectored(cx, &slices[..n]))?;
+        let written = ready!(poll_write_vectored(cx, sock, &slices[..n]))?;
         if written == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         *offset += written;
     }
     Poll::Ready(Ok(()))
+}
+
+/// One vectored write through a shared socket (`&TcpStream` has no
+/// `AsyncWrite`): wait for writability, try, and wait again if the socket
+/// turned out full.
+fn poll_write_vectored(
+    cx: &mut Context<'_>,
+    sock: &TcpStream,
+    slices: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(sock.poll_write_ready(cx))?;
+        match sock.try_write_vectored(slices) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return Poll::Ready(done),
+        }
+    }
 }
 
 /// `<hex length>\r\n` into `out`; returns its length.
@@ -192,6 +250,15 @@ fn hex_line(mut n: usize, out: &mut [u8; 20]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_direct_heartbeat_is_the_sessions_heartbeat_as_a_chunk() {
+        let comment = crate::sse::encode_comment("");
+        assert_eq!(HEARTBEAT, &comment[..]);
+        let mut size = [0u8; 20];
+        let n = hex_line(comment.len(), &mut size);
+        assert_eq!(HEARTBEAT_CHUNK, [&size[..n], &comment[..], b"\r\n"].concat());
+    }
 
     #[test]
     fn hex_lines_are_chunk_sizes() {

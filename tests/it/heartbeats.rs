@@ -1,0 +1,139 @@
+//! Heartbeats on event streams: an idle stream's comment is written by the
+//! node's heartbeat tick straight to the socket, so it must be framed as
+//! the stream is (a chunk on HTTP/1.1, bare on HTTP/1.0) and must never
+//! land inside an event the stream's writer is writing.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+const BEAT: &str = ":\n\n";
+
+/// A node whose streams get a heartbeat every 10 ms (the shortest allowed).
+async fn fast_beating_node() -> Node {
+    let mut c = config(None);
+    c.heartbeat = Duration::from_millis(10);
+    Node::spawn(c).await
+}
+
+/// Splits an event stream's text into its blocks and checks that each is
+/// a heartbeat, the retry hint or a whole event; returns the events' data.
+fn events_in(text: &str) -> (Vec<String>, usize) {
+    assert!(text.ends_with("\n\n"), "a block cut short: {text:?}");
+    let mut data = Vec::new();
+    let mut beats = 0;
+    for block in text[..text.len() - 2].split("\n\n") {
+        if block == ":" {
+            beats += 1;
+            continue;
+        }
+        let mut lines = block.lines();
+        let first = lines.next().unwrap_or_default();
+        if first.starts_with("retry: ") {
+            continue;
+        }
+        let mut seen = None;
+        for line in block.lines() {
+            let (field, value) = line
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("not a field: {line:?} in {block:?}"));
+            assert!(["id", "event", "data"].contains(&field), "{line:?} in {block:?}");
+            if field == "data" {
+                seen = Some(value.to_owned());
+            }
+        }
+        data.push(seen.unwrap_or_else(|| panic!("an event without data: {block:?}")));
+    }
+    (data, beats)
+}
+
+#[tokio::test]
+async fn heartbeats_between_events_are_whole_chunks_on_http_1_1() {
+    let node = fast_beating_node().await;
+    let ch = unique("beats-chunked");
+    let resp = reqwest::get(node.url(&format!("/v1/stream/{ch}"))).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["transfer-encoding"], "chunked");
+    // hyper decodes the chunks: a heartbeat written without its chunk
+    // framing, or inside another chunk, fails the read.
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    let mut sent = Vec::new();
+    let published = 300;
+    for round in 0..published / 10 {
+        // Bursts of events, each followed by a few idle beats, so that
+        // heartbeats come both while the writer is busy and while it waits.
+        for i in 0..10 {
+            let data = format!("event-{}", round * 10 + i);
+            node.publish(&ch, data.clone()).await;
+            sent.push(data);
+        }
+        let beats_before = text.matches(BEAT).count();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !text.ends_with("\n\n")
+            || text.matches(BEAT).count() < beats_before + 3
+            || !text.contains(&format!("data: {}\n", sent.last().unwrap()))
+        {
+            let chunk = tokio::time::timeout_at(deadline, body.next())
+                .await
+                .expect("the burst and three heartbeats after it arrive in time")
+                .expect("the stream stays open")
+                .expect("well-framed chunks");
+            text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        }
+    }
+    let (data, beats) = events_in(&text);
+    assert_eq!(data, sent, "every event once, in order, whole");
+    assert!(beats >= 3 * (published / 10), "{beats} heartbeats");
+}
+
+#[tokio::test]
+async fn heartbeats_on_http_1_0_are_bare_comments() {
+    let node = fast_beating_node().await;
+    let ch = unique("beats-bare");
+    let mut sock = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    sock.write_all(format!("GET /v1/stream/{ch} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut published = false;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n = tokio::time::timeout_at(deadline, sock.read(&mut buf))
+            .await
+            .expect("three heartbeats, the event and three more arrive in time")
+            .unwrap();
+        assert!(n > 0, "the stream stays open");
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8(raw.clone()).expect("utf-8");
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        assert!(!head.to_ascii_lowercase().contains("transfer-encoding"), "{head}");
+        assert!(!body.contains('\r'), "no chunk framing on HTTP/1.0: {body:?}");
+        if !published && body.matches(BEAT).count() >= 3 {
+            node.publish(&ch, "between beats").await;
+            published = true;
+        }
+        if published
+            && body.ends_with("\n\n")
+            && body
+                .split("data: between beats\n")
+                .nth(1)
+                .is_some_and(|after| after.matches(BEAT).count() >= 3)
+        {
+            let (data, beats) = events_in(body);
+            assert_eq!(data, ["between beats"]);
+            assert!(beats >= 6, "{beats} heartbeats");
+            break;
+        }
+    }
+}
