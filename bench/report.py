@@ -20,7 +20,7 @@ import os
 SYSTEMS = ["ssegate", "nchan", "rawfan"]
 SYSTEM_NAMES = {"ssegate": "ssegate", "nchan": "Nchan", "rawfan": "rawfan (limit)"}
 COLORS = {"ssegate": "#2b6cb0", "nchan": "#dd6b20", "rawfan": "#718096"}
-SCENARIOS = ["idle", "idle-sessions", "sessions", "sessions-2k", "sessions-durable", "sessions-durable-post", "broadcast-20", "broadcast-100", "storm"]
+SCENARIOS = ["idle", "idle-sessions", "sessions", "sessions-2k", "sessions-durable", "sessions-durable-2k", "sessions-durable-post", "broadcast-20", "broadcast-100", "storm"]
 PEERS = ["nchan", "rawfan"]
 
 
@@ -288,9 +288,36 @@ def markdown(runs, meta, svg_name):
             cells += [ratio(vals.get("ssegate"), vals.get(p)) if better else "" for p in here_peers]
             w(f"| {label}{tag} | " + " | ".join(cells) + " |")
         w("")
+        stages_table(w, runs.get(("ssegate", sc)))
     w("↓ lower is better, ↑ higher is better; a ratio is ssegate's figure divided by the peer's.")
     w("")
     return "\n".join(out)
+
+
+STAGES = [
+    ("receive", "receive: publish to read from Redis (durable events; Redis's clock, to the ms)"),
+    ("dispatch", "dispatch: decode and queue to the channel's local streams (per event)"),
+    ("queue", "queue: read from Redis to taken by the stream for a write"),
+    ("publish_to_write", "publish to write (receive + queue; ephemeral events: queue)"),
+]
+
+
+def stages_table(w, r):
+    """ssegate's own latency histograms over the window, by stage."""
+    stages = get(r, "server", "stages_ms") if r else None
+    if not stages:
+        return
+    w("ssegate's own latency by stage (its `/metrics` histograms over the window,")
+    w("quantiles interpolated within buckets of 50, 100, 250, 500 µs, 1, 2.5, 5 ms...):")
+    w("")
+    w("| stage | samples | mean (ms) | p50 (ms) | p90 (ms) | p99 (ms) |")
+    w("|---|---|---|---|---|---|")
+    for key, label in STAGES:
+        st = stages.get(key)
+        if st:
+            w(f"| {label} | {num(st['count'])} | {num(st['mean_ms'])} | {num(st['p50_ms'])} "
+              f"| {num(st['p90_ms'])} | {num(st['p99_ms'])} |")
+    w("")
 
 
 def summary_cell(sc, r):
@@ -403,7 +430,7 @@ def svg(runs, meta):
             out.append((label, {s: (fn(runs[(s, sc)]) if (s, sc) in runs else None) for s in systems}))
         return out
 
-    delivery = ["sessions", "sessions-2k", "sessions-durable", "sessions-durable-post", "broadcast-20", "broadcast-100", "storm"]
+    delivery = ["sessions", "sessions-2k", "sessions-durable", "sessions-durable-2k", "sessions-durable-post", "broadcast-20", "broadcast-100", "storm"]
     panels = [
         ("Memory per idle stream, KiB (lower is better)", groups(["idle"], lambda r: get(r, "server", "mem_per_stream_kib")), False, " KiB"),
         ("Delivered events per second (higher is better)", groups(delivery, lambda r: r.get("delivered_per_sec"), offered=True), False, "/s"),

@@ -18,6 +18,7 @@
 #   sessions-2k     the same layout at a fifth of the rate (2,000/s at 15,000), where
 #                   the server's own latency shows rather than the load generator's
 #   sessions-durable  the same through ssegate's Redis Function (ssegate only)
+#   sessions-durable-2k  sessions-2k through the Redis Function (ssegate only)
 #   sessions-durable-post  the same through ssegate's POST /v1/stream/<c> on 32 kept-alive
 #                   connections (HTTP/1.1 answers in order: one publish at a time each) (ssegate only)
 #   broadcast-20    1 channel x N streams, 20 publishes/s
@@ -319,6 +320,7 @@ scenario_args() {
     sessions) echo "--scenario sessions --rate $SESSION_RATE --settle $SETTLE" ;;
     sessions-2k) echo "--scenario sessions --rate $(( SESSION_RATE / 5 > 0 ? SESSION_RATE / 5 : 1 )) --settle $SETTLE" ;;
     sessions-durable) [ "$2" = ssegate ] && echo "--scenario sessions --rate $SESSION_RATE --publish fcall --settle $SETTLE" ;;
+    sessions-durable-2k) [ "$2" = ssegate ] && echo "--scenario sessions --rate $(( SESSION_RATE / 5 > 0 ? SESSION_RATE / 5 : 1 )) --publish fcall --settle $SETTLE" ;;
     sessions-durable-post) [ "$2" = ssegate ] && echo "--scenario sessions --rate $SESSION_RATE --publish http --publish-conns 32 --settle $SETTLE" ;;
     broadcast-20) echo "--scenario broadcast --rate 20 --settle $SETTLE" ;;
     broadcast-100) echo "--scenario broadcast --rate 100 --settle $SETTLE" ;;

@@ -3,13 +3,13 @@
 //! Prometheus registry, so several nodes can live in one process (tests)
 //! without mixing their figures.
 //!
-//! The publish-to-write latency is recorded for every write on the hot path,
-//! up to millions of times a second; it is a fixed-bucket histogram of
-//! relaxed atomics rendered next to the registry's output, because the
-//! exporter's histograms keep every sample until the next scrape.
+//! The delivery latency histograms are in `latency`.
+
+mod latency;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub use latency::{Stage, WriteTimes, now_us};
 
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -35,6 +35,7 @@ pub mod names {
     pub const REJECTED: &str = "ssegate_requests_rejected_total";
     pub const JWKS_REFRESHES: &str = "ssegate_jwks_refreshes_total";
     pub const LATENCY: &str = "ssegate_publish_to_write_seconds";
+    pub const DELIVERY_STAGE: &str = "ssegate_delivery_stage_seconds";
     pub const EVENTS_DROPPED: &str = "ssegate_events_dropped_total";
     pub const STALLED_STREAMS: &str = "ssegate_stalled_streams_total";
     pub const HISTORY_MEMORY: &str = "ssegate_history_memory_bytes";
@@ -56,53 +57,9 @@ pub mod names {
     pub const SOURCE_RECONNECTS: &str = "ssegate_source_reconnects_total";
 }
 
-/// Upper bounds of the latency buckets, in microseconds.
-const LATENCY_BOUNDS_US: [u64; 15] = [
-    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
-    5_000_000, 10_000_000,
-];
-
-#[derive(Default)]
-struct LatencyHistogram {
-    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
-    sum_us: AtomicU64,
-}
-
-impl LatencyHistogram {
-    fn record_us(&self, us: u64, n: u64) {
-        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
-        self.buckets[i].fetch_add(n, Relaxed);
-        self.sum_us.fetch_add(us.saturating_mul(n), Relaxed);
-    }
-
-    fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let name = names::LATENCY;
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from publish to the write of the event to a client socket."
-        );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Relaxed);
-            match LATENCY_BOUNDS_US.get(i) {
-                Some(le) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *le as f64 / 1e6);
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
-        }
-        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {cumulative}");
-    }
-}
-
 pub struct Inner {
     handle: PrometheusHandle,
-    latency: LatencyHistogram,
+    latency: latency::Latencies,
     pub streams_open: Gauge,
     pub streams_opened: Counter,
     pub subscriptions: Gauge,
@@ -274,7 +231,7 @@ impl Metrics {
         let gauge = |name: &'static str| r.register_gauge(&Key::from_static_name(name), &META);
         let inner = Inner {
             handle: r.handle(),
-            latency: LatencyHistogram::default(),
+            latency: latency::Latencies::default(),
             streams_open: gauge(STREAMS_OPEN),
             streams_opened: counter(STREAMS_OPENED),
             subscriptions: gauge(SUBSCRIPTIONS),
@@ -354,7 +311,26 @@ impl Metrics {
 
     /// `n` events written `us` microseconds after they were published.
     pub fn record_latency_us(&self, us: u64, n: u64) {
-        self.latency.record_us(us, n);
+        self.latency.record_publish_to_write(us, n);
+    }
+
+    /// `n` events that spent `us` microseconds in `stage`.
+    pub fn record_stage_us(&self, stage: Stage, us: u64, n: u64) {
+        self.latency.record_stage(stage, us, n);
+    }
+
+    /// The events a stream took for one write: counted, and their oldest
+    /// in the publish-to-write and queue histograms.
+    pub fn record_write(&self, w: &WriteTimes) {
+        if w.events == 0 {
+            return;
+        }
+        let now = now_us();
+        self.events_out.increment(w.events);
+        self.latency
+            .record_publish_to_write(now.saturating_sub(w.published_us), w.events);
+        self.latency
+            .record_stage(Stage::Queue, now.saturating_sub(w.received_us), w.events);
     }
 
     pub fn render(&self) -> String {

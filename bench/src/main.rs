@@ -27,6 +27,7 @@ mod presence;
 mod procs;
 mod publisher;
 mod report;
+mod stages;
 mod stats;
 mod target;
 mod track;
@@ -715,6 +716,8 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
     let mut publisher_report = None;
     let mut published = vec![0u64; plan.channel_names.len()];
     let mut server_w0 = server_open;
+    let own_histograms = matches!(plan.target, Target::Ssegate | Target::SsegateWs);
+    let mut stages_w0 = stages::Snapshot::default();
     let mut window_secs = 0.0;
     if let Some(m) = &plan.publish {
         if publisher.is_none() {
@@ -741,6 +744,9 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         );
         tokio::time::sleep(plan.warmup).await;
         server_w0 = plan.procs.sample();
+        if own_histograms {
+            stages_w0 = stages::snapshot(&plan.servers).await;
+        }
         let mut last = Instant::now();
         while Instant::now() < stop_at {
             tokio::time::sleep(Duration::from_millis(250).min(stop_at - Instant::now())).await;
@@ -773,6 +779,11 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         window_secs = plan.duration.as_secs_f64() + plan.drain.as_secs_f64();
     }
     let server_end = plan.procs.sample();
+    let stages_ms = if own_histograms && plan.publish.is_some() {
+        Some(stages::snapshot(&plan.servers).await.since(&stages_w0))
+    } else {
+        None
+    };
     let redis_end = redis_sample(&mut redis).await;
 
     let reports = collect(&mut workers, published).await?;
@@ -849,6 +860,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         slab_before_kib,
         slab_open_kib,
         kernel_per_stream_kib: per_stream(slab_open_kib, slab_before_kib),
+        stages_ms,
     };
     let redis_out = match (&redis_start, &redis_open, &redis_end) {
         (Some(a), Some(b), Some(c)) => Some(RedisOut {

@@ -121,6 +121,10 @@ pub(crate) struct ServerOut {
     /// Slab growth / streams opened: the kernel's memory per stream, both
     /// ends of its TCP connection when the generator runs on this machine.
     pub(crate) kernel_per_stream_kib: Option<f64>,
+    /// ssegate's own latency histograms over the window and the drain, all
+    /// nodes summed: publish-to-write and its stages (`stages.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) stages_ms: Option<BTreeMap<String, crate::stages::StageOut>>,
 }
 
 #[derive(Debug, Serialize)]

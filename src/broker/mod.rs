@@ -12,7 +12,7 @@ pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -320,8 +320,11 @@ pub fn before(id: EventId) -> EventId {
 /// Mercure updates with their topics, anything else as `encode_incoming`.
 pub fn decode_on(channel: &str, payload: Bytes, id: Option<EventId>, metrics: &Metrics) -> Arc<Encoded> {
     if channel == crate::sse::mercure::MERCURE_CHANNEL {
-        let published_us = id.map_or_else(now_us, |i| i.ms.saturating_mul(1000));
-        return Arc::new(crate::sse::mercure::encode_update(&payload, id, published_us));
+        let received_us = now_us();
+        let published_us = id.map_or(received_us, |i| i.ms.saturating_mul(1000));
+        let mut enc = crate::sse::mercure::encode_update(&payload, id, published_us);
+        enc.received_us = received_us;
+        return Arc::new(enc);
     }
     encode_incoming(payload, id, metrics)
 }
@@ -371,11 +374,11 @@ pub fn encode_incoming(payload: Bytes, id: Option<EventId>, metrics: &Metrics) -
     if dropped > 0 {
         metrics.envelope_fields_dropped.increment(dropped as u64);
     }
-    let published_us = match id {
-        Some(id) => id.ms.saturating_mul(1000),
-        None => now_us(),
-    };
-    Arc::new(Encoded::new(&event, id, published_us))
+    let received_us = now_us();
+    let published_us = id.map_or(received_us, |id| id.ms.saturating_mul(1000));
+    let mut enc = Encoded::new(&event, id, published_us);
+    enc.received_us = received_us;
+    Arc::new(enc)
 }
 
 /// A presence notice (`{"j": [clients], "l": [clients]}`) becomes
@@ -407,12 +410,7 @@ pub fn presence_event(event: &str, client: &str, channel: &str) -> Arc<Encoded> 
     Arc::new(Encoded::new(&ev, None, now_us()))
 }
 
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use crate::metrics::now_us;
 
 #[cfg(test)]
 mod tests {

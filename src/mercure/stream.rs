@@ -17,8 +17,9 @@ use futures_util::future::BoxFuture;
 
 use super::Inner;
 use super::index::Filter;
-use crate::broker::{BrokerError, History, Page, now_us};
+use crate::broker::{BrokerError, History, Page};
 use crate::hub::{Attachment, Close, Item, Subscriber, is_lone_heartbeat, recycle};
+use crate::metrics::WriteTimes;
 use crate::sse::mercure::Update;
 use crate::sse::{Channel, EventId, encode_comment};
 use crate::stream::{Chunks, Handoff};
@@ -206,7 +207,7 @@ impl MercureStream {
                 Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Ready(Ok(())) => {}
             }
-            let (mut events, mut oldest_us) = (0u64, u64::MAX);
+            let mut taken = WriteTimes::default();
             let idle = is_lone_heartbeat(&items);
             for item in items.drain(..) {
                 match item {
@@ -218,8 +219,7 @@ impl MercureStream {
                             self.at = id;
                         }
                         out.push(ev.frame().clone());
-                        events += 1;
-                        oldest_us = oldest_us.min(ev.published_us);
+                        taken.add(ev.published_us, ev.received_us);
                     }
                     Item::Heartbeat => out.push(HEARTBEAT.clone()),
                     Item::Reset(..) | Item::Ready(..) => {}
@@ -227,10 +227,7 @@ impl MercureStream {
             }
             recycle(&mut items, idle);
             self.spare = items;
-            if events > 0 {
-                metrics.events_out.increment(events);
-                metrics.record_latency_us(now_us().saturating_sub(oldest_us), events);
-            }
+            metrics.record_write(&taken);
             if !out.is_empty() {
                 metrics
                     .bytes_out

@@ -23,6 +23,9 @@ pub struct Encoded {
     pub id: Option<EventId>,
     /// When the event was published (µs since the epoch), for the latency metric.
     pub published_us: u64,
+    /// When this node read it (µs since the epoch), for the queue stage of
+    /// the latency metric; the publish time until set otherwise.
+    pub received_us: u64,
     /// A Mercure update's topics and id, for the Mercure hub's matching.
     pub mercure: Option<Box<super::mercure::UpdateMeta>>,
 }
@@ -57,6 +60,7 @@ impl Encoded {
             body_start,
             id: durable,
             published_us,
+            received_us: published_us,
             mercure: None,
         }
     }

@@ -25,9 +25,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::broker::{BrokerError, Page, SharedBroker, encode_incoming, now_us};
+use crate::broker::{BrokerError, Page, SharedBroker, encode_incoming};
 use crate::hub::{Close, Hub, Item, Registration, Subscriber, is_lone_heartbeat, recycle};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WriteTimes};
 use crate::sse::{
     Channel, Cursor, Encoded, EventId, encode_comment, encode_control, encode_control_text, encode_retry_hint,
 };
@@ -357,15 +357,13 @@ impl StreamSession {
                 Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Ready(Ok(())) => {}
             }
-            let mut events = 0u64;
-            let mut oldest_us = u64::MAX;
+            let mut taken = WriteTimes::default();
             let idle = is_lone_heartbeat(&items);
             for item in items.drain(..) {
                 match item {
                     Item::Event(ev, ch) => {
                         if self.push_event(&ev, ch as usize, out) {
-                            events += 1;
-                            oldest_us = oldest_us.min(ev.published_us);
+                            taken.add(ev.published_us, ev.received_us);
                         }
                     }
                     Item::Reset(ch, tip) => {
@@ -379,11 +377,7 @@ impl StreamSession {
             }
             recycle(&mut items, idle);
             self.spare = items;
-            if events > 0 {
-                self.metrics.events_out.increment(events);
-                self.metrics
-                    .record_latency_us(now_us().saturating_sub(oldest_us), events);
-            }
+            self.metrics.record_write(&taken);
             if !out.is_empty() {
                 self.metrics
                     .bytes_out

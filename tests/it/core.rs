@@ -261,6 +261,59 @@ async fn health_readiness_and_metrics_answer() {
     );
 }
 
+/// The count of one series in Prometheus text (0 when absent).
+fn series_count(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_latency_histograms_split_each_delivery_by_stage() {
+    let redis = RedisServer::spawn();
+    let node = Node::spawn(config(Some(&redis))).await;
+    let ch = unique("stages");
+    let mut s = Sse::open(&node.url(&format!("/v1/stream/{ch}"))).await;
+    // One durable event (through the Redis Function), one ephemeral.
+    node.publish(&ch, "durable").await;
+    redis.cli(&["PUBLISH", &format!("sse:{{{ch}}}"), "ephemeral"]);
+    assert_eq!(s.next().await.unwrap().data, "durable");
+    assert_eq!(s.next().await.unwrap().data, "ephemeral");
+    let text = reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stage = |name: &str| {
+        series_count(
+            &text,
+            &format!("ssegate_delivery_stage_seconds_count{{stage=\"{name}\"}}"),
+        )
+    };
+    assert_eq!(
+        stage("receive"),
+        1,
+        "only durable events carry a publish time:\n{text}"
+    );
+    assert_eq!(stage("dispatch"), 2, "{text}");
+    assert_eq!(stage("queue"), 2, "{text}");
+    assert_eq!(
+        series_count(&text, "ssegate_publish_to_write_seconds_count"),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE ssegate_delivery_stage_seconds histogram"),
+        "{text}"
+    );
+    let inf = series_count(
+        &text,
+        "ssegate_delivery_stage_seconds_bucket{stage=\"queue\",le=\"+Inf\"}",
+    );
+    assert_eq!(inf, 2, "buckets are cumulative: {text}");
+}
+
 #[tokio::test]
 async fn the_embedded_broker_works_with_no_redis_at_all() {
     let node = Node::spawn(config(None)).await;

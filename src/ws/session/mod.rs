@@ -27,6 +27,7 @@ use super::protocol;
 use super::replay::{Resume, Step};
 use crate::auth::Access;
 use crate::hub::{Attachment, Close, Item, Subscriber, Subscription, is_lone_heartbeat, recycle};
+use crate::metrics::WriteTimes;
 use crate::sse::{Channel, EventId};
 use crate::state::AppState;
 
@@ -66,6 +67,8 @@ pub struct Session {
     stash: VecDeque<Item>,
     spare: VecDeque<Item>,
     pings_unanswered: u8,
+    /// The events taken since the last `poll_output`, for the metrics.
+    taken: WriteTimes,
 }
 
 impl Session {
@@ -92,6 +95,7 @@ impl Session {
             stash: VecDeque::new(),
             spare: VecDeque::new(),
             pings_unanswered: 0,
+            taken: WriteTimes::default(),
             access,
             app,
         };
@@ -233,7 +237,7 @@ impl Session {
                     slot.position = id;
                 }
                 out.push(frame::event(slot.channel.as_str(), &ev));
-                self.app.metrics().events_out.increment(1);
+                self.taken.add(ev.published_us, ev.received_us);
             }
             Item::Reset(ch, tip) => {
                 if let Some(slot) = self.slots.get_mut(ch as usize).and_then(Option::as_mut) {
@@ -260,6 +264,12 @@ impl Session {
     /// Frames to send, into `out`: answers to what the socket waited for,
     /// a resume's pages, queued items. `Err` to close with that code.
     pub fn poll_output(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Result<(), Closing>> {
+        let polled = self.poll_frames(cx, out);
+        self.app.metrics().record_write(&std::mem::take(&mut self.taken));
+        polled
+    }
+
+    fn poll_frames(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Result<(), Closing>> {
         if let Some(expiry) = &mut self.expiry
             && expiry.as_mut().poll(cx).is_ready()
         {

@@ -29,6 +29,7 @@ use super::names::split_durable;
 use super::resp::Frame;
 use crate::broker::decode_on;
 use crate::hub::{Hub, SubCommand};
+use crate::metrics::{Stage, now_us};
 use crate::sse::Channel;
 use conn::{Conn, addr_of};
 use registry::{Op, Registry};
@@ -373,27 +374,36 @@ impl PubSub {
         }
         let (id, payload) = split_durable(payload);
         let m = &self.inner.metrics;
+        let received_us = now_us();
         match id {
             Some(id) if self.forged(id) => {
                 m.events_dropped_future_id.increment(1);
                 tracing::warn!(channel = %name, %id, "dropped a durable message whose id is ahead of Redis's clock: not made by ssegate_publish");
                 return;
             }
-            Some(_) => m.events_in_durable.increment(1),
+            Some(id) => {
+                m.events_in_durable.increment(1);
+                let published_us = (id.ms as i64 - self.clock_offset_ms()).max(0) as u64 * 1000;
+                m.record_stage_us(Stage::Receive, received_us.saturating_sub(published_us), 1);
+            }
             None => m.events_in_ephemeral.increment(1),
         }
         self.hub.dispatch(name, decode_on(name, payload, id, m));
+        m.record_stage_us(Stage::Dispatch, now_us().saturating_sub(received_us), 1);
+    }
+
+    /// Redis's clock minus this node's, in milliseconds.
+    fn clock_offset_ms(&self) -> i64 {
+        self.inner
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A durable id far ahead of Redis's clock: published by hand, not by
     /// the function (which takes Redis's time). Delivered, it would make the
     /// channel drop every real event as a duplicate.
     fn forged(&self, id: crate::sse::EventId) -> bool {
-        let offset = self
-            .inner
-            .clock_offset_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let redis_now = conn::now_ms() + offset;
+        let redis_now = conn::now_ms() + self.clock_offset_ms();
         i64::try_from(id.ms).map_or(true, |ms| ms > redis_now + FUTURE_SLACK_MS)
     }
 
