@@ -295,9 +295,9 @@ def markdown(runs, meta, svg_name):
 
 
 STAGES = [
-    ("receive", "receive: publish to read from Redis (durable events; Redis's clock, to the ms)"),
+    ("receive", "receive: publish to read from Redis (durable events, to about ±0.5 ms)"),
     ("dispatch", "dispatch: decode and queue to the channel's local streams (per event)"),
-    ("queue", "queue: read from Redis to taken by the stream for a write"),
+    ("queue", "queue: read from Redis to taken by the stream for a write (dispatch included)"),
     ("publish_to_write", "publish to write (receive + queue; ephemeral events: queue)"),
 ]
 

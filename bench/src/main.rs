@@ -717,7 +717,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
     let mut published = vec![0u64; plan.channel_names.len()];
     let mut server_w0 = server_open;
     let own_histograms = matches!(plan.target, Target::Ssegate | Target::SsegateWs);
-    let mut stages_w0 = stages::Snapshot::default();
+    let mut stages_w0 = stages::Nodes::default();
     let mut window_secs = 0.0;
     if let Some(m) = &plan.publish {
         if publisher.is_none() {

@@ -1,7 +1,7 @@
 //! ssegate's own latency histograms over the measured window: the
 //! publish-to-write histogram and its split by stage (receive, dispatch,
 //! queue), read from every node's `/metrics` at the start and the end of
-//! the window and summed over the nodes.
+//! the window; each node's difference, summed over the nodes.
 //!
 //! The quantiles are estimated from bucket counts the way Prometheus's
 //! `histogram_quantile` does (linear within the bucket), so they are only
@@ -36,16 +36,31 @@ pub struct StageOut {
     pub p99_ms: f64,
 }
 
-/// Reads every node's histograms; nodes that do not answer are left out
-/// (their figures are then missing from the sum, which the count shows).
-pub async fn snapshot(servers: &[(SocketAddr, String)]) -> Snapshot {
-    let mut all = Snapshot::default();
+/// Every node's histograms; `None` for a node that did not answer.
+#[derive(Debug, Default)]
+pub struct Nodes(Vec<Option<Snapshot>>);
+
+pub async fn snapshot(servers: &[(SocketAddr, String)]) -> Nodes {
+    let mut nodes = Vec::with_capacity(servers.len());
     for (addr, host) in servers {
-        if let Ok(text) = scrape(*addr, host).await {
-            all.add(&parse(&text));
-        }
+        nodes.push(scrape(*addr, host).await.ok().map(|text| parse(&text)));
     }
-    all
+    Nodes(nodes)
+}
+
+impl Nodes {
+    /// The figures of the window from `before` to `self`: each node's
+    /// difference, summed; a node missing from either scrape is left out
+    /// (its samples are then missing from the counts).
+    pub fn since(&self, before: &Nodes) -> BTreeMap<String, StageOut> {
+        let mut window = Snapshot::default();
+        for (after, before) in self.0.iter().zip(&before.0) {
+            if let (Some(a), Some(b)) = (after, before) {
+                window.add(&a.minus(b));
+            }
+        }
+        window.figures()
+    }
 }
 
 impl Snapshot {
@@ -62,30 +77,38 @@ impl Snapshot {
         }
     }
 
-    /// The figures of what happened between `before` and `self`, by series
-    /// (`publish_to_write`, `receive`, `dispatch`, `queue`), for the series
-    /// with samples.
-    pub fn since(&self, before: &Snapshot) -> BTreeMap<String, StageOut> {
-        let mut out = BTreeMap::new();
-        for (name, s) in &self.0 {
-            let empty = Series::default();
+    /// What one node counted since `before`.
+    fn minus(&self, before: &Snapshot) -> Snapshot {
+        let empty = Series::default();
+        let series = self.0.iter().map(|(name, s)| {
             let b = before.0.get(name).unwrap_or(&empty);
-            let buckets: Vec<(f64, u64)> = s
+            let buckets = s
                 .buckets
                 .iter()
                 .enumerate()
                 .map(|(i, &(le, n))| (le, n.saturating_sub(b.buckets.get(i).map_or(0, |x| x.1))))
                 .collect();
-            let count = buckets.last().map_or(0, |b| b.1);
+            let sum_s = s.sum_s - b.sum_s;
+            (name.clone(), Series { buckets, sum_s })
+        });
+        Snapshot(series.collect())
+    }
+
+    /// The figures by series (`publish_to_write`, `receive`, `dispatch`,
+    /// `queue`), for the series with samples.
+    fn figures(&self) -> BTreeMap<String, StageOut> {
+        let mut out = BTreeMap::new();
+        for (name, s) in &self.0 {
+            let count = s.buckets.last().map_or(0, |b| b.1);
             if count == 0 {
                 continue;
             }
-            let q = |q: f64| round(quantile(&buckets, q) * 1e3);
+            let q = |q: f64| round(quantile(&s.buckets, q) * 1e3);
             out.insert(
                 name.clone(),
                 StageOut {
                     count,
-                    mean_ms: round((s.sum_s - b.sum_s) * 1e3 / count as f64),
+                    mean_ms: round(s.sum_s * 1e3 / count as f64),
                     p50_ms: q(0.5),
                     p90_ms: q(0.9),
                     p99_ms: q(0.99),
@@ -213,7 +236,7 @@ ssegate_streams_open 5
 
     #[test]
     fn the_window_is_the_difference_of_two_scrapes_with_interpolated_quantiles() {
-        let out = parse(AFTER).since(&parse(BEFORE));
+        let out = Nodes(vec![Some(parse(AFTER))]).since(&Nodes(vec![Some(parse(BEFORE))]));
         assert_eq!(
             out.keys().collect::<Vec<_>>(),
             ["queue"],
@@ -231,11 +254,14 @@ ssegate_streams_open 5
     }
 
     #[test]
-    fn nodes_add_up() {
-        let mut two = Snapshot::default();
-        two.add(&parse(AFTER));
-        two.add(&parse(AFTER));
-        let out = two.since(&Snapshot::default());
-        assert_eq!(out["queue"].count, 220);
+    fn each_nodes_window_is_its_own_difference_and_the_windows_add_up() {
+        let (before, after) = (Some(parse(BEFORE)), Some(parse(AFTER)));
+        let two =
+            Nodes(vec![after.clone(), after.clone()]).since(&Nodes(vec![before.clone(), before.clone()]));
+        assert_eq!(two["queue"].count, 200);
+        // A node that missed the first scrape: its lifetime counts are not
+        // taken for the window's.
+        let one = Nodes(vec![after.clone(), after]).since(&Nodes(vec![before, None]));
+        assert_eq!(one["queue"].count, 100);
     }
 }

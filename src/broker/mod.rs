@@ -316,17 +316,51 @@ pub fn before(id: EventId) -> EventId {
     }
 }
 
+/// When a message from the broker was published and read, in µs since
+/// the epoch on this node's clock, for the latency metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamps {
+    pub published_us: u64,
+    pub received_us: u64,
+}
+
+impl Stamps {
+    /// Read now; published at the durable id's time (the same clock), or
+    /// now for an ephemeral event, which carries no time.
+    pub fn now(id: Option<EventId>) -> Stamps {
+        let received_us = now_us();
+        Stamps {
+            published_us: id.map_or(received_us, |i| i.ms.saturating_mul(1000)),
+            received_us,
+        }
+    }
+}
+
 /// Decodes one payload of `channel` from the broker and encodes it once:
 /// Mercure updates with their topics, anything else as `encode_incoming`.
 pub fn decode_on(channel: &str, payload: Bytes, id: Option<EventId>, metrics: &Metrics) -> Arc<Encoded> {
-    if channel == crate::sse::mercure::MERCURE_CHANNEL {
-        let received_us = now_us();
-        let published_us = id.map_or(received_us, |i| i.ms.saturating_mul(1000));
-        let mut enc = crate::sse::mercure::encode_update(&payload, id, published_us);
-        enc.received_us = received_us;
-        return Arc::new(enc);
-    }
-    encode_incoming(payload, id, metrics)
+    decode_stamped(channel, payload, id, Stamps::now(id), metrics)
+}
+
+/// `decode_on` for a message read at known times.
+pub fn decode_stamped(
+    channel: &str,
+    payload: Bytes,
+    id: Option<EventId>,
+    at: Stamps,
+    metrics: &Metrics,
+) -> Arc<Encoded> {
+    let mut enc = if channel == crate::sse::mercure::MERCURE_CHANNEL {
+        crate::sse::mercure::encode_update(&payload, id, at.published_us)
+    } else {
+        let (event, dropped) = parse_payload_lenient(payload);
+        if dropped > 0 {
+            metrics.envelope_fields_dropped.increment(dropped as u64);
+        }
+        Encoded::new(&event, id, at.published_us)
+    };
+    enc.received_us = at.received_us;
+    Arc::new(enc)
 }
 
 pub type SharedBroker = Arc<dyn Broker>;
@@ -370,15 +404,7 @@ pub fn gap_after(after: EventId, facts: &HistoryFacts, ttl: Duration) -> bool {
 /// Decodes one payload from the broker (leniently: a bad envelope field is
 /// dropped and counted) and encodes it once for every local stream.
 pub fn encode_incoming(payload: Bytes, id: Option<EventId>, metrics: &Metrics) -> Arc<Encoded> {
-    let (event, dropped) = parse_payload_lenient(payload);
-    if dropped > 0 {
-        metrics.envelope_fields_dropped.increment(dropped as u64);
-    }
-    let received_us = now_us();
-    let published_us = id.map_or(received_us, |id| id.ms.saturating_mul(1000));
-    let mut enc = Encoded::new(&event, id, published_us);
-    enc.received_us = received_us;
-    Arc::new(enc)
+    decode_stamped("", payload, id, Stamps::now(id), metrics)
 }
 
 /// A presence notice (`{"j": [clients], "l": [clients]}`) becomes

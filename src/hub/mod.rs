@@ -347,11 +347,10 @@ impl Hub {
                         metrics.slow_client_disconnects.increment(1);
                     }
                     match s.heartbeat() {
-                        Beat::Written(n) => written.set(written.get() + n as u64),
-                        Beat::Torn(n) => {
-                            written.set(written.get() + n as u64);
-                            metrics.slow_client_disconnects.increment(1);
-                        }
+                        // Counted as a queued one is: the SSE bytes, not
+                        // the chunk framing around them.
+                        Beat::Written(_) => written.set(written.get() + HEARTBEAT_SSE_BYTES),
+                        Beat::Torn(_) => metrics.slow_client_disconnects.increment(1),
                         Beat::Skipped | Beat::Queued => {}
                     }
                 });
@@ -374,6 +373,10 @@ impl Hub {
         }
     }
 }
+
+/// `:\n\n`, the heartbeat's SSE bytes (`ssegate_bytes_out_total` counts
+/// what streams write without HTTP framing).
+const HEARTBEAT_SSE_BYTES: u64 = 3;
 
 /// The heartbeat tick and how many ticks make one round of every shard:
 /// one shard per tick where `every` allows, between 1 ms and 1 s apart,

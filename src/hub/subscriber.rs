@@ -2,7 +2,8 @@
 //! events, filled by the hub without ever waiting (fan-out must not block on
 //! one client) and drained by the stream's writer.
 //!
-//! The mutex is held only to push or swap a queue, never across an await.
+//! The mutex is held only to push or swap a queue, or for the one
+//! non-blocking write of a direct heartbeat; never across an await.
 //! An idle stream costs this struct and one `Arc` per channel: its queue has
 //! no capacity until something arrives.
 
@@ -149,6 +150,9 @@ struct State {
     /// took: nothing of its can be half-written on the socket. Set and
     /// cleared by `poll_drain`.
     writer_idle: bool,
+    /// A direct heartbeat went out in part: the socket's framing is broken,
+    /// so nothing more may be written to it (not even the last chunk).
+    torn: bool,
 }
 
 struct Start {
@@ -202,6 +206,7 @@ impl Subscriber {
                 closed: None,
                 sink: None,
                 writer_idle: false,
+                torn: false,
                 start: Some(Box::new(Start {
                     pending: channels,
                     positions: vec![EventId::ZERO; channels].into_boxed_slice(),
@@ -303,6 +308,7 @@ impl Subscriber {
                     // else. Close the stream; the client resumes.
                     Ok(n) if n > 0 => {
                         s.closed = Some(Close::SlowClient);
+                        s.torn = true;
                         let w = s.waker.take();
                         drop(s);
                         if let Some(w) = w {
@@ -328,6 +334,12 @@ impl Subscriber {
     /// Lets the hub write heartbeats to `sink` while the writer is idle.
     pub fn attach_sink(&self, sink: Arc<dyn HeartbeatSink>) {
         self.state.lock().sink = Some(sink);
+    }
+
+    /// Whether a direct heartbeat went out in part (the stream is closed;
+    /// its socket must get nothing more).
+    pub fn heartbeat_torn(&self) -> bool {
+        self.state.lock().torn
     }
 
     /// Takes the sink back: once this returns, the hub no longer writes to

@@ -7,15 +7,23 @@
 //!
 //! An event's time on a node is split into stages, each its own series of
 //! `ssegate_delivery_stage_seconds{stage}`:
-//! - `receive`: from the publish to the node reading it from the broker.
-//!   Durable events only (their id carries Redis's publish time, to the
-//!   millisecond); ephemeral events carry no publish time.
+//! - `receive`: from the publish to the node reading it from Redis.
+//!   Durable events only: their id carries Redis's publish time, floored to
+//!   the millisecond (taken as its midpoint) and moved onto the node's clock
+//!   with the offset measured by `TIME` at connect, so a sample is good to
+//!   about ±0.5 ms. Ephemeral events carry no publish time.
 //! - `dispatch`: decoding the event and handing it to the queue of every
-//!   local stream of its channel (one sample per event received).
+//!   local stream of its channel (one sample per event read from the
+//!   broker).
 //! - `queue`: from the node reading the event to its stream taking it for a
 //!   write (one sample per write, counting its events, like
-//!   `ssegate_publish_to_write_seconds`): the wait for the stream's task
-//!   to run, behind other tasks and earlier writes.
+//!   `ssegate_publish_to_write_seconds`): dispatch, then the wait for the
+//!   stream's task to run, behind other tasks and earlier writes. Events
+//!   replayed from history count from the moment they were read.
+//!
+//! So publish-to-write is receive plus queue for durable events read from
+//! Redis, and queue alone for ephemeral ones; dispatch is inside queue.
+//! WebSocket deliveries count as SSE ones do.
 //!
 //! The socket write itself is not a stage: a stream writes what it takes at
 //! once, with one non-blocking call; a socket too full to take it is a slow

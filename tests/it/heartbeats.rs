@@ -137,3 +137,107 @@ async fn heartbeats_on_http_1_0_are_bare_comments() {
         }
     }
 }
+
+/// Reads one HTTP/1.1 chunk's size line, data and CRLF from `raw` at `at`;
+/// `None` until all of it is there. Panics on anything else: a heartbeat
+/// written inside another chunk breaks the framing here.
+fn next_chunk(raw: &[u8], at: usize) -> Option<(usize, &[u8])> {
+    let rest = &raw[at..];
+    let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&rest[..line_end]).expect("a size line in ASCII");
+    let size = usize::from_str_radix(line, 16).unwrap_or_else(|_| panic!("not a chunk size: {line:?}"));
+    let data_at = line_end + 2;
+    let end = data_at + size + 2;
+    if rest.len() < end {
+        return None;
+    }
+    assert_eq!(
+        &rest[data_at + size..end],
+        b"\r\n",
+        "a chunk of {size} bytes ends with CRLF"
+    );
+    Some((at + end, &rest[data_at..data_at + size]))
+}
+
+/// A slow reader's stream, its writer held up mid-chunk by a full socket
+/// while the tick comes by, reads back as whole chunks and every event.
+/// (Whether the tick may write directly is decided by the writer's idle
+/// flag, which the subscriber's unit tests pin: the moment this test could
+/// catch a wrong flag, room on the socket before the writer runs again, is
+/// too narrow to hit reliably from outside.)
+#[tokio::test]
+async fn a_slow_readers_stream_stays_whole_with_heartbeats_while_it_catches_up() {
+    let mut c = config(None);
+    c.heartbeat = Duration::from_millis(10);
+    // Room for the whole burst in the stream's queue: the client is slow,
+    // not gone.
+    c.client_queue = 4 << 20;
+    let node = Node::spawn(c).await;
+    let ch = unique("beats-stuck");
+    // A client with a small receive buffer that reads nothing at first.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = sock.connect(node.addr).await.unwrap();
+    stuck
+        .write_all(format!("GET /v1/stream/{ch} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // An idle stream read as it comes: its heartbeats pace the test, each
+    // a visit of the tick to every stream.
+    let pace = reqwest::get(node.url(&format!("/v1/stream/{}", unique("pace"))))
+        .await
+        .unwrap();
+    let mut pace = pace.bytes_stream();
+    let mut beat = async || {
+        let mut seen = String::new();
+        while !seen.contains(BEAT) {
+            let chunk = tokio::time::timeout(WAIT, pace.next())
+                .await
+                .expect("a heartbeat on the idle stream in time")
+                .expect("the idle stream stays open")
+                .unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    };
+    // More than the two socket buffers hold, in 8 KiB events: the writer
+    // is left in the middle of a chunk with its queue empty.
+    let filler = "x".repeat(8 * 1024);
+    let sent: Vec<String> = (0..40).map(|i| format!("{i}:{filler}")).collect();
+    for data in &sent {
+        node.publish(&ch, data.clone()).await;
+    }
+    // Then read slowly, a little between heartbeats, so that the socket
+    // has room again at times while the tick comes by.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 2048];
+    let (mut at, mut body) = (None, Vec::new());
+    let deadline = tokio::time::Instant::now() + WAIT * 4;
+    loop {
+        beat().await;
+        let n = tokio::time::timeout_at(deadline, stuck.read(&mut buf))
+            .await
+            .expect("the whole burst arrives in time")
+            .unwrap();
+        assert!(n > 0, "the stream stays open");
+        raw.extend_from_slice(&buf[..n]);
+        let pos = match at {
+            Some(pos) => pos,
+            None => match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(head_end) => head_end + 4,
+                None => continue,
+            },
+        };
+        let mut pos = pos;
+        while let Some((next, data)) = next_chunk(&raw, pos) {
+            body.extend_from_slice(data);
+            pos = next;
+        }
+        at = Some(pos);
+        let text = String::from_utf8_lossy(&body);
+        if text.ends_with("\n\n") && text.contains(&format!("data: {}\n", sent.last().unwrap())) {
+            let (data, _) = events_in(&text);
+            assert_eq!(data, sent, "every event once, in order, whole");
+            return;
+        }
+    }
+}

@@ -44,9 +44,12 @@ async fn the_presence_refresh_writes_every_channel_and_loads_a_flushed_library()
     })
     .await;
 
-    // One channel's report is refused (its hash holds a string): the rest
-    // are still written. Its key is spoiled first and the others deleted
-    // in one command, so no refresh can write them before it is spoiled.
+    // The library goes first, so reports written after the DEL below were
+    // written by a reloaded library. One channel's report is refused (its
+    // hash holds a string): the rest are still written. Its key is spoiled
+    // before the others are deleted, so no refresh can write them while it
+    // is still a hash (SET replaces a hash a refresh may have rewritten).
+    assert_eq!(redis.cli(&["FUNCTION", "FLUSH"]).trim(), "OK");
     redis.cli(&["SET", &hashes[7], "not a hash"]);
     let others: Vec<&str> = hashes
         .iter()
@@ -55,7 +58,6 @@ async fn the_presence_refresh_writes_every_channel_and_loads_a_flushed_library()
         .map(|(_, h)| h.as_str())
         .collect();
     redis.cli(&[&["DEL"][..], &others].concat());
-    assert_eq!(redis.cli(&["FUNCTION", "FLUSH"]).trim(), "OK");
     eventually(
         "the refresh loaded the library and wrote the reports again",
         || async { hashes.iter().enumerate().all(|(i, h)| i == 7 || reported(h)) },

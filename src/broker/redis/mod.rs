@@ -56,7 +56,7 @@ pub(crate) struct Inner {
     /// Redis's clock minus this node's, in ms, measured at each pub/sub
     /// connect: durable ids are Redis times, so an id far ahead of it was
     /// not made by the function.
-    clock_offset_ms: AtomicI64,
+    clock_offset_us: AtomicI64,
 }
 
 pub struct RedisBroker(Arc<Inner>);
@@ -215,7 +215,7 @@ impl RedisBroker {
             connected: AtomicBool::new(false),
             metrics,
             timeout: settings.timeout,
-            clock_offset_ms: AtomicI64::new(0),
+            clock_offset_us: AtomicI64::new(0),
         });
         let pubsub_fail =
             |e: pubsub::ConnError| BrokerError::Unavailable(format!("pub/sub connection to {url}: {e}"));

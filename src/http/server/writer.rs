@@ -12,7 +12,7 @@
 //! The socket is shared with the stream's subscriber (`HeartbeatSink`):
 //! while the writer waits with nothing half-written, the hub's heartbeat
 //! tick writes an idle stream's heartbeat itself, so an idle stream's task
-//! is not woken every `--heartbeat` just to write nine bytes.
+//! is not woken every `--heartbeat` just to write eight bytes.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -85,8 +85,8 @@ impl<S: Chunks> StreamWriter<S> {
     fn finish(&mut self) {
         // The last chunk is best-effort: a socket too full for five bytes
         // belongs to a client that is not reading anyway. Dropping the
-        // socket closes it.
-        if self.sock.chunked {
+        // socket closes it. After a torn heartbeat nothing more may follow.
+        if self.sock.chunked && !self.session.subscriber().heartbeat_torn() {
             let _ = self.sock.tcp.try_write(b"0\r\n\r\n");
         }
     }

@@ -42,19 +42,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub(super) struct Conn {
     io: Box<dyn Io>,
     buf: BytesMut,
-    /// Redis's clock minus ours, in ms, when the connection opened.
-    pub(super) clock_offset_ms: i64,
+    /// Redis's clock minus ours, in µs, when the connection opened.
+    pub(super) clock_offset_us: i64,
 }
 
-/// The reply of `TIME` (`[seconds, microseconds]`), in ms.
-fn redis_time_ms(reply: &Frame) -> Option<i64> {
+/// The reply of `TIME` (`[seconds, microseconds]`), in µs.
+fn redis_time_us(reply: &Frame) -> Option<i64> {
     let Frame::Array(parts) = reply else { return None };
     let num = |i: usize| -> Option<i64> { std::str::from_utf8(parts.get(i)?.as_bytes()?).ok()?.parse().ok() };
-    Some(num(0)? * 1000 + num(1)? / 1000)
+    Some(num(0)? * 1_000_000 + num(1)?)
 }
 
-pub(super) fn now_ms() -> i64 {
-    (crate::broker::now_us() / 1000) as i64
+pub(super) fn now_us() -> i64 {
+    crate::broker::now_us() as i64
 }
 
 pub(super) fn addr_of(info: &ConnectionInfo) -> String {
@@ -111,7 +111,7 @@ impl Conn {
         let mut conn = Conn {
             io,
             buf: BytesMut::with_capacity(16 * 1024),
-            clock_offset_ms: 0,
+            clock_offset_us: 0,
         };
         let settings = info.redis_settings();
         if let Some(pass) = settings.password() {
@@ -130,8 +130,11 @@ impl Conn {
             .arg("ssegate-pubsub")
             .get_packed_command();
         conn.request(&name).await?;
+        // Redis read its clock about halfway through the round trip.
+        let asked = now_us();
         let time = conn.request(&redis::cmd("TIME").get_packed_command()).await?;
-        conn.clock_offset_ms = redis_time_ms(&time).map_or(0, |ms| ms - now_ms());
+        let midway = asked + (now_us() - asked) / 2;
+        conn.clock_offset_us = redis_time_us(&time).map_or(0, |us| us - midway);
         Ok(conn)
     }
 

@@ -27,7 +27,7 @@ use super::Inner;
 use super::backoff::Backoff;
 use super::names::split_durable;
 use super::resp::Frame;
-use crate::broker::decode_on;
+use crate::broker::{Stamps, decode_stamped};
 use crate::hub::{Hub, SubCommand};
 use crate::metrics::{Stage, now_us};
 use crate::sse::Channel;
@@ -257,8 +257,8 @@ impl PubSub {
         // Resubscribe everything wanted (nothing on a first connection).
         self.registry.connected();
         self.inner
-            .clock_offset_ms
-            .store(conn.clock_offset_ms, std::sync::atomic::Ordering::Relaxed);
+            .clock_offset_us
+            .store(conn.clock_offset_us, std::sync::atomic::Ordering::Relaxed);
         let timeout = self.inner.timeout;
         let every = PING_EVERY.min(timeout / 2);
         let switched = match &self.target {
@@ -374,7 +374,7 @@ impl PubSub {
         }
         let (id, payload) = split_durable(payload);
         let m = &self.inner.metrics;
-        let received_us = now_us();
+        let mut at = Stamps::now(None);
         match id {
             Some(id) if self.forged(id) => {
                 m.events_dropped_future_id.increment(1);
@@ -383,19 +383,19 @@ impl PubSub {
             }
             Some(id) => {
                 m.events_in_durable.increment(1);
-                let published_us = (id.ms as i64 - self.clock_offset_ms()).max(0) as u64 * 1000;
-                m.record_stage_us(Stage::Receive, received_us.saturating_sub(published_us), 1);
+                at.published_us = published_here_us(id, self.clock_offset_us());
+                m.record_stage_us(Stage::Receive, at.received_us.saturating_sub(at.published_us), 1);
             }
             None => m.events_in_ephemeral.increment(1),
         }
-        self.hub.dispatch(name, decode_on(name, payload, id, m));
-        m.record_stage_us(Stage::Dispatch, now_us().saturating_sub(received_us), 1);
+        self.hub.dispatch(name, decode_stamped(name, payload, id, at, m));
+        m.record_stage_us(Stage::Dispatch, now_us().saturating_sub(at.received_us), 1);
     }
 
-    /// Redis's clock minus this node's, in milliseconds.
-    fn clock_offset_ms(&self) -> i64 {
+    /// Redis's clock minus this node's, in µs.
+    fn clock_offset_us(&self) -> i64 {
         self.inner
-            .clock_offset_ms
+            .clock_offset_us
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -403,8 +403,8 @@ impl PubSub {
     /// the function (which takes Redis's time). Delivered, it would make the
     /// channel drop every real event as a duplicate.
     fn forged(&self, id: crate::sse::EventId) -> bool {
-        let redis_now = conn::now_ms() + self.clock_offset_ms();
-        i64::try_from(id.ms).map_or(true, |ms| ms > redis_now + FUTURE_SLACK_MS)
+        let redis_now_ms = (conn::now_us() + self.clock_offset_us()) / 1000;
+        i64::try_from(id.ms).map_or(true, |ms| ms > redis_now_ms + FUTURE_SLACK_MS)
     }
 
     fn on_confirm(&mut self, redis_channel: &[u8], op: Op) {
@@ -450,5 +450,34 @@ impl PubSub {
                 _ = settle::settle(inner, hub, channels) => {}
             }
         });
+    }
+}
+
+/// A durable id's publish time on this node's clock, in µs: the id is
+/// Redis's time floored to the millisecond, so its midpoint is the best
+/// estimate, less Redis's lead on this clock.
+fn published_here_us(id: crate::sse::EventId, clock_offset_us: i64) -> u64 {
+    let redis_us = id.ms.saturating_mul(1000).saturating_add(500);
+    i64::try_from(redis_us).map_or(u64::MAX, |us| us.saturating_sub(clock_offset_us).max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::published_here_us;
+    use crate::sse::EventId;
+
+    #[test]
+    fn a_durable_ids_time_is_moved_onto_this_nodes_clock() {
+        let id = EventId::new(1_000, 7);
+        assert_eq!(
+            published_here_us(id, 0),
+            1_000_500,
+            "the middle of its millisecond"
+        );
+        // Redis 50 ms ahead: the event was published 50 ms earlier here.
+        assert_eq!(published_here_us(id, 50_000), 950_500);
+        // Redis behind: later here.
+        assert_eq!(published_here_us(id, -2_000), 1_002_500);
+        assert_eq!(published_here_us(id, i64::MAX), 0, "never before the epoch");
     }
 }
