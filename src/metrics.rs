@@ -386,24 +386,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn latency_histogram_is_cumulative_and_rendered() {
+    fn a_write_counts_its_events_by_their_oldest_publish_and_receipt() {
         let m = Metrics::new();
-        m.record_latency_us(100, 2);
-        m.record_latency_us(3_000, 1);
-        m.events_out.increment(3);
+        let now = now_us();
+        let mut w = WriteTimes::default();
+        // Published 3 s ago, read 1.2 s ago; and a newer one.
+        w.add(now - 3_000_000, now - 1_200_000);
+        w.add(now - 10, now - 5);
+        m.record_write(&w);
+        m.record_write(&WriteTimes::default());
+        m.record_stage_us(Stage::Dispatch, 20, 1);
         let text = m.render();
-        assert!(
-            text.contains("ssegate_publish_to_write_seconds_bucket{le=\"0.00025\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("ssegate_publish_to_write_seconds_bucket{le=\"0.005\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("ssegate_publish_to_write_seconds_count 3"),
-            "{text}"
-        );
-        assert!(text.contains("ssegate_events_out_total 3"), "{text}");
+        for line in [
+            "ssegate_events_out_total 2",
+            "ssegate_publish_to_write_seconds_bucket{le=\"2.5\"} 0",
+            "ssegate_publish_to_write_seconds_bucket{le=\"5\"} 2",
+            "ssegate_publish_to_write_seconds_count 2",
+            "ssegate_delivery_stage_seconds_bucket{stage=\"queue\",le=\"0.5\"} 0",
+            "ssegate_delivery_stage_seconds_bucket{stage=\"queue\",le=\"1\"} 0",
+            "ssegate_delivery_stage_seconds_bucket{stage=\"queue\",le=\"2.5\"} 2",
+            "ssegate_delivery_stage_seconds_count{stage=\"dispatch\"} 1",
+            "ssegate_delivery_stage_seconds_count{stage=\"receive\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        for family in [
+            "ssegate_publish_to_write_seconds",
+            "ssegate_delivery_stage_seconds",
+        ] {
+            let typed = format!("# TYPE {family} histogram");
+            assert_eq!(text.matches(&typed).count(), 1, "{text}");
+        }
     }
 }
