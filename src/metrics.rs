@@ -309,11 +309,6 @@ impl Metrics {
             .register_gauge(&Key::from_parts(name, labels), &META)
     }
 
-    /// `n` events written `us` microseconds after they were published.
-    pub fn record_latency_us(&self, us: u64, n: u64) {
-        self.latency.record_publish_to_write(us, n);
-    }
-
     /// `n` events that spent `us` microseconds in `stage`.
     pub fn record_stage_us(&self, stage: Stage, us: u64, n: u64) {
         self.latency.record_stage(stage, us, n);

@@ -261,13 +261,6 @@ async fn health_readiness_and_metrics_answer() {
     );
 }
 
-/// The count of one series in Prometheus text (0 when absent).
-fn series_count(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 #[tokio::test]
 async fn the_latency_histograms_split_each_delivery_by_stage() {
     let redis = RedisServer::spawn();
@@ -286,32 +279,21 @@ async fn the_latency_histograms_split_each_delivery_by_stage() {
         .await
         .unwrap();
     let stage = |name: &str| {
-        series_count(
+        metric_value(
             &text,
             &format!("ssegate_delivery_stage_seconds_count{{stage=\"{name}\"}}"),
         )
     };
-    assert_eq!(
-        stage("receive"),
-        1,
-        "only durable events carry a publish time:\n{text}"
-    );
-    assert_eq!(stage("dispatch"), 2, "{text}");
-    assert_eq!(stage("queue"), 2, "{text}");
-    assert_eq!(
-        series_count(&text, "ssegate_publish_to_write_seconds_count"),
-        2,
-        "{text}"
-    );
+    assert_eq!(stage("receive"), 1.0, "only durable events carry a publish time");
+    assert_eq!(stage("dispatch"), 2.0);
+    assert_eq!(stage("queue"), 2.0);
+    assert_eq!(metric_value(&text, "ssegate_publish_to_write_seconds_count"), 2.0);
     assert!(
         text.contains("# TYPE ssegate_delivery_stage_seconds histogram"),
         "{text}"
     );
-    let inf = series_count(
-        &text,
-        "ssegate_delivery_stage_seconds_bucket{stage=\"queue\",le=\"+Inf\"}",
-    );
-    assert_eq!(inf, 2, "buckets are cumulative: {text}");
+    let inf = "ssegate_delivery_stage_seconds_bucket{stage=\"queue\",le=\"+Inf\"}";
+    assert_eq!(metric_value(&text, inf), 2.0, "buckets are cumulative");
 }
 
 #[tokio::test]
