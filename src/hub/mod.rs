@@ -33,7 +33,7 @@ pub use subscriber::{Beat, Close, HeartbeatSink, Item, Subscriber, is_lone_heart
 
 use channel::{ChannelState, Mode};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage, now_us};
 use crate::sse::{Channel, Encoded, EventId};
 
 const CHANNEL_SHARDS: usize = 64;
@@ -122,16 +122,22 @@ impl Hub {
         &self.0.channels[h % CHANNEL_SHARDS]
     }
 
-    /// An event from the broker for `channel`.
+    /// An event from the broker for `channel`. The time from its receipt
+    /// (`Encoded::received_us`, before it was decoded) to here, queued on
+    /// every local stream or held, is the `dispatch` stage.
     pub fn dispatch(&self, channel: &str, ev: Arc<Encoded>) {
-        let mut shard = self.shard(channel).lock();
-        let Some(state) = shard.get_mut(channel) else {
-            return;
-        };
-        match state.mode {
-            Mode::Live => state.deliver(&ev, &self.0.metrics),
-            Mode::Pending | Mode::Repairing { .. } => state.hold(ev),
+        let received_us = ev.received_us;
+        {
+            let mut shard = self.shard(channel).lock();
+            if let Some(state) = shard.get_mut(channel) {
+                match state.mode {
+                    Mode::Live => state.deliver(&ev, &self.0.metrics),
+                    Mode::Pending | Mode::Repairing { .. } => state.hold(ev),
+                }
+            }
         }
+        let took = now_us().saturating_sub(received_us);
+        self.0.metrics.record_stage_us(Stage::Dispatch, took, 1);
     }
 
     /// A presence notice (`ssegate.join` / `ssegate.leave`) for `channel`:
@@ -349,8 +355,8 @@ impl Hub {
                     match s.heartbeat() {
                         // Counted as a queued one is: the SSE bytes, not
                         // the chunk framing around them.
-                        Beat::Written(_) => written.set(written.get() + HEARTBEAT_SSE_BYTES),
-                        Beat::Torn(_) => metrics.slow_client_disconnects.increment(1),
+                        Beat::Written => written.set(written.get() + HEARTBEAT_SSE_BYTES),
+                        Beat::Torn => metrics.slow_client_disconnects.increment(1),
                         Beat::Skipped | Beat::Queued => {}
                     }
                 });

@@ -98,11 +98,11 @@ pub enum Beat {
     Skipped,
     /// Queued for the stream's writer.
     Queued,
-    /// Written to the socket directly: this many bytes.
-    Written(usize),
-    /// Only this many bytes of it went out: the stream was closed as a
-    /// slow client (the rest could not follow anything else).
-    Torn(usize),
+    /// Written whole to the socket directly.
+    Written,
+    /// Only part of it went out: the stream was closed as a slow client
+    /// (the rest could not follow anything else).
+    Torn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,7 +302,7 @@ impl Subscriber {
                 && let Some(sink) = &s.sink
             {
                 match sink.try_heartbeat() {
-                    Ok(n) if n == sink.heartbeat_len() => return Beat::Written(n),
+                    Ok(n) if n == sink.heartbeat_len() => return Beat::Written,
                     // Part of it: the socket is all but full, so the client
                     // is not reading, and the rest cannot follow anything
                     // else. Close the stream; the client resumes.
@@ -314,7 +314,7 @@ impl Subscriber {
                         if let Some(w) = w {
                             w.wake();
                         }
-                        return Beat::Torn(n);
+                        return Beat::Torn;
                     }
                     _ => {}
                 }

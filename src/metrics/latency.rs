@@ -14,7 +14,7 @@
 //!   about ±0.5 ms. Ephemeral events carry no publish time.
 //! - `dispatch`: decoding the event and handing it to the queue of every
 //!   local stream of its channel (one sample per event read from the
-//!   broker).
+//!   broker, taken by `Hub::dispatch` from the event's receipt stamp).
 //! - `queue`: from the node reading the event to its stream taking it for a
 //!   write (one sample per write, counting its events, like
 //!   `ssegate_publish_to_write_seconds`): dispatch, then the wait for the

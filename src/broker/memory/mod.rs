@@ -23,7 +23,7 @@ use super::{
     Published, Retention, Snapshot, before, decode_on, gap_after, presence_event,
 };
 use crate::hub::{Hub, Plan, SubCommand};
-use crate::metrics::{Metrics, Stage, now_us};
+use crate::metrics::Metrics;
 use crate::sse::{Channel, EventId};
 use store::Store;
 
@@ -117,13 +117,10 @@ impl Broker for MemoryBroker {
         inner.metrics.history_memory.set(store.bytes() as f64);
         if !published.replayed {
             inner.metrics.events_in_durable.increment(1);
-            let received_us = now_us();
             inner.hub.dispatch(
                 channel.as_str(),
                 decode_on(channel.as_str(), payload, Some(published.id), &inner.metrics),
             );
-            let took = now_us().saturating_sub(received_us);
-            inner.metrics.record_stage_us(Stage::Dispatch, took, 1);
         }
         drop(store);
         Box::pin(std::future::ready(Ok(published)))

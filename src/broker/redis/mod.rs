@@ -66,10 +66,19 @@ impl Inner {
     /// before it had it, a flushed or restarted Redis without persistence),
     /// loads it again and retries once.
     async fn fcall<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        match self.commands.query(cmd).await {
+        self.reloading(|| self.commands.query(cmd)).await
+    }
+
+    /// Runs `run`, and once more after loading the library again if Redis
+    /// answered that a function is missing.
+    async fn reloading<T, F>(&self, run: impl Fn() -> F) -> Result<T, BrokerError>
+    where
+        F: std::future::Future<Output = Result<T, BrokerError>>,
+    {
+        match run().await {
             Err(BrokerError::FunctionMissing) => {
                 self.reload_library().await?;
-                self.commands.query(cmd).await
+                run().await
             }
             other => other,
         }
@@ -148,13 +157,7 @@ impl Inner {
             .iter()
             .map(|c| fcall("ssegate_tip", self.names.log(c)))
             .collect();
-        let vals: Vec<Value> = match self.commands.query_many(cmds.clone()).await {
-            Err(BrokerError::FunctionMissing) => {
-                self.reload_library().await?;
-                self.commands.query_many(cmds).await?
-            }
-            other => other?,
-        };
+        let vals: Vec<Value> = self.reloading(|| self.commands.query_many(cmds.clone())).await?;
         vals.iter().map(parse_id).collect()
     }
 

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::broker::redis::resp::{self, Frame, ProtocolError};
 use crate::broker::redis::settings::CONNECT_TIMEOUT;
+use crate::metrics::now_us;
 
 /// Why a pub/sub connection could not be opened or was lost.
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +52,6 @@ fn redis_time_us(reply: &Frame) -> Option<i64> {
     let Frame::Array(parts) = reply else { return None };
     let num = |i: usize| -> Option<i64> { std::str::from_utf8(parts.get(i)?.as_bytes()?).ok()?.parse().ok() };
     Some(num(0)? * 1_000_000 + num(1)?)
-}
-
-pub(super) fn now_us() -> i64 {
-    crate::broker::now_us() as i64
 }
 
 pub(super) fn addr_of(info: &ConnectionInfo) -> String {
@@ -131,9 +128,9 @@ impl Conn {
             .get_packed_command();
         conn.request(&name).await?;
         // Redis read its clock about halfway through the round trip.
-        let asked = now_us();
+        let asked = now_us() as i64;
         let time = conn.request(&redis::cmd("TIME").get_packed_command()).await?;
-        let midway = asked + (now_us() - asked) / 2;
+        let midway = asked + (now_us() as i64 - asked) / 2;
         conn.clock_offset_us = redis_time_us(&time).map_or(0, |us| us - midway);
         Ok(conn)
     }

@@ -389,7 +389,6 @@ impl PubSub {
             None => m.events_in_ephemeral.increment(1),
         }
         self.hub.dispatch(name, decode_stamped(name, payload, id, at, m));
-        m.record_stage_us(Stage::Dispatch, now_us().saturating_sub(at.received_us), 1);
     }
 
     /// Redis's clock minus this node's, in µs.
@@ -403,7 +402,7 @@ impl PubSub {
     /// the function (which takes Redis's time). Delivered, it would make the
     /// channel drop every real event as a duplicate.
     fn forged(&self, id: crate::sse::EventId) -> bool {
-        let redis_now_ms = (conn::now_us() + self.clock_offset_us()) / 1000;
+        let redis_now_ms = (now_us() as i64 + self.clock_offset_us()) / 1000;
         i64::try_from(id.ms).map_or(true, |ms| ms > redis_now_ms + FUTURE_SLACK_MS)
     }
 
