@@ -30,10 +30,13 @@ figures = [("delivered/s", lambda d: d.get("delivered_per_sec")), ("p50 ms", lam
            ("p99 ms", lambda d: d.get("latency_ms", {}).get("p99")), ("lost", lambda d: d.get("events", {}).get("lost")),
            ("memory KiB/stream", lambda d: d.get("server", {}).get("mem_per_stream_kib")),
            ("server CPU s (idle: settle; else window)", lambda d: d.get("server", {}).get("cpu_settle_s" if d.get("scenario") == "idle" else "cpu_window_s")),
-           ("server CPU ns per delivered event", lambda d: d.get("server", {}).get("cpu_ns_per_delivery"))]
+           ("server CPU ns per delivered event", lambda d: d.get("server", {}).get("cpu_ns_per_delivery")),
+           ("publishes/s achieved", lambda d: (d.get("publisher") or {}).get("achieved_rate")),
+           ("publish round trip p99 ms (a request, or a batch)", lambda d: ((d.get("publisher") or {}).get("batch_round_trip_ms") or {}).get("p99"))]
 print(f"Medians of {runs} runs (`scripts/bench-repeat.sh {runs} \"{' '.join(systems)}\" \"{' '.join(scenarios)}\"`):\n")
 for sc in scenarios:
-    print(f"| {sc} | " + " | ".join(systems) + " | " + " | ".join(f"ssegate ÷ {s}" for s in systems if s != "ssegate") + " | per-run p99 (ms) |")
+    peers = [s for s in systems if s != "ssegate"]
+    print(f"| {sc} | " + " | ".join(systems) + "".join(f" | ssegate ÷ {s}" for s in peers) + " | per-run p99 (ms) |")
     print("|---" * (2 + len(systems) + len([s for s in systems if s != "ssegate"])) + "|")
     for name, get in figures:
         meds = {}
@@ -50,8 +53,8 @@ for sc in scenarios:
         ratios = [f"{meds['ssegate'] / meds[s]:.2f}×" if meds.get("ssegate") and meds.get(s) else "-" for s in systems if s != "ssegate"]
         per_run = ""
         if name == "p99 ms":
-            per_run = "; ".join(f"{s}: " + ", ".join(f"{json.load(open(os.path.join(d, f'{s}--{sc}.json')))['latency_ms']['p99']:.0f}" for d in dirs if os.path.exists(os.path.join(d, f"{s}--{sc}.json"))) for s in systems)
-        print(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ratios) + f" | {per_run} |")
+            per_run = "; ".join(f"{s}: " + ", ".join(f"{json.load(open(os.path.join(d, f'{s}--{sc}.json')))['latency_ms']['p99']:.3g}" for d in dirs if os.path.exists(os.path.join(d, f"{s}--{sc}.json"))) for s in systems)
+        print(f"| {name} | " + " | ".join(cells) + "".join(f" | {r}" for r in ratios) + f" | {per_run} |")
     print()
 PY
 if [ -n "${REPORT:-}" ]; then

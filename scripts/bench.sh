@@ -61,7 +61,10 @@ usage: scripts/bench.sh [options]
   --quick             tiny, short run that only proves the harness works;
                       skips Nchan when nginx is missing instead of installing it
   --systems "A B"     among: ssegate nchan rawfan (default: all three)
-  --scenarios "A B"   among: $SCENARIOS; and post-<rate> (e.g. post-5k: HTTP publishes at that rate)
+  --scenarios "A B"   among: $SCENARIOS; and the sessions layout at any rate:
+                      pub-<rate> (PUBLISH), fcall-<rate> (ssegate's Redis Function),
+                      post-<rate> (HTTP POST: ssegate durable, Nchan its own), e.g. post-5k,
+                      on PUBLISH_CONNS kept-alive connections (environment; default 32)
   --duration D        measured publishing window (default 20s; 1s with --quick)
   --source-addrs N    client source addresses 127.0.0.1..127.0.0.N (default 8)
   --idle-settle D     how long the idle scenario holds its streams before reading
@@ -324,13 +327,18 @@ scenario_args() {
     sessions-durable-post) [ "$2" = ssegate ] && echo "--scenario sessions --rate $SESSION_RATE --publish http --publish-conns 32 --settle $SETTLE" ;;
     broadcast-20) echo "--scenario broadcast --rate 20 --settle $SETTLE" ;;
     broadcast-100) echo "--scenario broadcast --rate 100 --settle $SETTLE" ;;
-    # post-<rate>, e.g. post-5k: sessions with every publish an HTTP POST at
-    # that rate (durable for ssegate; Nchan's own publish), for the rate one
-    # node sustains with a low tail.
-    post-*)
-      local r=${1#post-}; r=${r/k/000}
-      [[ "$r" =~ ^[0-9]+$ ]] || { echo "bench.sh: bad rate in $1 (post-5000, post-5k)" >&2; return 1; }
-      case "$2" in ssegate|nchan) echo "--scenario sessions --rate $r --publish http --publish-conns 32 --settle $SETTLE" ;; esac ;;
+    # The sessions layout at any rate, to compare ways of publishing rate by
+    # rate: pub-<rate> PUBLISH (Nchan: its POST), fcall-<rate> ssegate's
+    # Function, post-<rate> every publish an HTTP POST (durable for ssegate;
+    # Nchan's own publish), for the rate one node sustains with a low tail.
+    pub-*|fcall-*|post-*)
+      local r=${1#*-}; r=${r/k/000}
+      [[ "$r" =~ ^[0-9]+$ ]] || { echo "bench.sh: bad rate in $1 (e.g. ${1%%-*}-5000, ${1%%-*}-5k)" >&2; return 1; }
+      case "${1%%-*}:$2" in
+        pub:*) echo "--scenario sessions --rate $r --settle $SETTLE" ;;
+        fcall:ssegate) echo "--scenario sessions --rate $r --publish fcall --settle $SETTLE" ;;
+        post:ssegate|post:nchan) echo "--scenario sessions --rate $r --publish http --publish-conns ${PUBLISH_CONNS:-32} --settle $SETTLE" ;;
+      esac ;;
     storm) echo "--scenario storm --rate $SESSION_RATE --receive-timeout $RECEIVE_TIMEOUT --settle $SETTLE" ;;
     *) echo "bench.sh: unknown scenario $1" >&2; return 1 ;;
   esac
