@@ -19,6 +19,7 @@
 #   scripts/bench-scale.sh                                     # 500,000 streams, 28 ssegate nodes
 #   scripts/bench-scale.sh --streams 100000 --nodes 6 --systems "ssegate rawfan"
 #   scripts/bench-scale.sh --quick --debug                     # the harness check CI runs
+#   SSEGATE_ARGS="--heartbeat 1h" scripts/bench-scale.sh       # extra ssegate flags (word-split)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -100,7 +101,7 @@ start_nodes() {
     case "$sys" in
       ssegate)
         RUST_LOG=warn "$BIN/ssegate" --listen "127.0.0.1:$port" --redis-url "$REDIS" \
-          --allow-anonymous --ip-rate 0 --max-connections $((NOFILE - 128)) \
+          --allow-anonymous --ip-rate 0 --max-connections $((NOFILE - 128)) ${SSEGATE_ARGS:-} \
           >> "$WORK/$sys-$i.log" 2>&1 & ;;
       rawfan)
         "$RAWFAN" "127.0.0.1:$port" "$REDIS" >> "$WORK/$sys-$i.log" 2>&1 & ;;
