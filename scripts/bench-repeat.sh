@@ -32,12 +32,16 @@ figures = [("delivered/s", lambda d: d.get("delivered_per_sec")), ("p50 ms", lam
            ("server CPU s (idle: settle; else window)", lambda d: d.get("server", {}).get("cpu_settle_s" if d.get("scenario") == "idle" else "cpu_window_s")),
            ("server CPU ns per delivered event", lambda d: d.get("server", {}).get("cpu_ns_per_delivery")),
            ("publishes/s achieved", lambda d: (d.get("publisher") or {}).get("achieved_rate")),
-           ("publish round trip p99 ms (a request, or a batch)", lambda d: ((d.get("publisher") or {}).get("batch_round_trip_ms") or {}).get("p99"))]
+           ("publish round trip p99 ms (a request, or a batch)", lambda d: ((d.get("publisher") or {}).get("batch_round_trip_ms") or {}).get("p99")),
+           ("Redis CPU s while publishing", lambda d: (d.get("redis") or {}).get("cpu_publish_s")),
+           ("load generator CPU s (workers + publisher)", lambda d: (lambda g: g["worker_cpu_s"] + g.get("coordinator_cpu_s", 0) if g else None)(d.get("load_generator")))]
+def fmt(v):
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
 print(f"Medians of {runs} runs (`scripts/bench-repeat.sh {runs} \"{' '.join(systems)}\" \"{' '.join(scenarios)}\"`):\n")
 for sc in scenarios:
     peers = [s for s in systems if s != "ssegate"]
     print(f"| {sc} | " + " | ".join(systems) + "".join(f" | ssegate ÷ {s}" for s in peers) + " | per-run p99 (ms) |")
-    print("|---" * (2 + len(systems) + len([s for s in systems if s != "ssegate"])) + "|")
+    print("|---" * (2 + len(systems) + len(peers)) + "|")
     for name, get in figures:
         meds = {}
         for s in systems:
@@ -49,11 +53,11 @@ for sc in scenarios:
                     if v is not None:
                         vals.append(v)
             meds[s] = statistics.median(vals) if vals else None
-        cells = [f"{meds[s]:.3g}" if meds[s] is not None else "-" for s in systems]
-        ratios = [f"{meds['ssegate'] / meds[s]:.2f}×" if meds.get("ssegate") and meds.get(s) else "-" for s in systems if s != "ssegate"]
+        cells = [fmt(meds[s]) if meds[s] is not None else "-" for s in systems]
+        ratios = [f"{meds['ssegate'] / meds[s]:.2f}×" if meds.get("ssegate") and meds.get(s) else "-" for s in peers]
         per_run = ""
         if name == "p99 ms":
-            per_run = "; ".join(f"{s}: " + ", ".join(f"{json.load(open(os.path.join(d, f'{s}--{sc}.json')))['latency_ms']['p99']:.3g}" for d in dirs if os.path.exists(os.path.join(d, f"{s}--{sc}.json"))) for s in systems)
+            per_run = "; ".join(f"{s}: " + ", ".join(fmt(json.load(open(os.path.join(d, f'{s}--{sc}.json')))['latency_ms']['p99']) for d in dirs if os.path.exists(os.path.join(d, f"{s}--{sc}.json"))) for s in systems)
         print(f"| {name} | " + " | ".join(cells) + "".join(f" | {r}" for r in ratios) + f" | {per_run} |")
     print()
 PY
