@@ -207,6 +207,8 @@ SSEGATE=$TARGET_DIR/$PROFILE/ssegate
 BENCH=$TARGET_DIR/$PROFILE/ssegate-bench
 { [ -x "$SSEGATE" ] || [ "$NEED_SSEGATE" = 0 ]; } && [ -x "$BENCH" ] ||
   { echo "bench.sh: missing $SSEGATE or $BENCH (drop --no-build)" >&2; exit 1; }
+! has_system rawfan || [ -x "$RAWFAN" ] ||
+  { echo "bench.sh: missing $RAWFAN (drop --no-build)" >&2; exit 1; }
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
