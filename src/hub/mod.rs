@@ -326,10 +326,15 @@ impl Hub {
     /// Sends a comment heartbeat to every stream once per `every`, one
     /// shard of streams at a time so that the writes are spread out, and
     /// closes the streams that took nothing from their queue for `stall`
-    /// (zero: never).
+    /// (zero: never). An SSE stream that wrote something within the last
+    /// half `every` is passed over: it needs no keep-alive, and so no SSE
+    /// stream goes silent for longer than 1.5 × `every` (a stream's writes
+    /// are what keep proxies from closing it, as in Mercure, whose timer
+    /// restarts on every update).
     pub async fn run_heartbeats(self, every: Duration, stall: Duration, cancel: CancellationToken) {
         let (step, per_heartbeat) = heartbeat_ticks(every);
         let stall_secs = stall.as_secs().clamp(1, u32::MAX as u64) as u32;
+        let quiet_ms = (every.as_millis() / 2).min(u32::MAX as u128 / 2) as u32;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let metrics = self.0.metrics.clone();
@@ -352,7 +357,7 @@ impl Hub {
                         metrics.stalled_streams.increment(1);
                         metrics.slow_client_disconnects.increment(1);
                     }
-                    match s.heartbeat() {
+                    match s.heartbeat(quiet_ms) {
                         // Counted as a queued one is: the SSE bytes, not
                         // the chunk framing around them.
                         Beat::Written => written.set(written.get() + HEARTBEAT_SSE_BYTES),

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
@@ -44,20 +44,31 @@ impl Item {
     }
 }
 
-/// Seconds since the process started, advanced by the hub's heartbeat
-/// ticks (`tick_coarse_clock`): read on every push, so it must cost no
-/// more than a load; stall detection needs no finer clock.
-static COARSE_SECS: AtomicU32 = AtomicU32::new(0);
+/// Milliseconds since the process started, advanced by the hub's
+/// heartbeat ticks (`tick_coarse_clock`): read on every push and drain, so
+/// it must cost no more than a load. Stall detection reads it in seconds;
+/// heartbeats, to tell a stream that wrote lately from a quiet one.
+static COARSE_MS: AtomicU64 = AtomicU64::new(0);
+
+fn coarse_ms() -> u64 {
+    COARSE_MS.load(Ordering::Relaxed)
+}
 
 fn coarse_now() -> u32 {
-    COARSE_SECS.load(Ordering::Relaxed)
+    (coarse_ms() / 1000) as u32
+}
+
+/// A `taken_ms` for a stream that never took anything: half the clock's
+/// wrap (24 days) ago, further back than any heartbeat's quiet period.
+fn long_ago_ms() -> u32 {
+    (coarse_ms() as u32).wrapping_sub(u32::MAX / 2)
 }
 
 /// Advances the coarse clock (called at least once a second).
 pub(super) fn tick_coarse_clock() {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let secs = START.get_or_init(std::time::Instant::now).elapsed().as_secs() as u32;
-    COARSE_SECS.fetch_max(secs, Ordering::Relaxed);
+    let ms = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64;
+    COARSE_MS.fetch_max(ms, Ordering::Relaxed);
 }
 
 /// Readies a drained queue's buffer for the next drain: kept (no
@@ -94,7 +105,7 @@ pub trait HeartbeatSink: Send + Sync {
 /// What `Subscriber::heartbeat` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
-    /// Nothing: the stream is busy, not started or closed.
+    /// Nothing: the stream is busy or wrote lately, not started or closed.
     Skipped,
     /// Queued for the stream's writer.
     Queued,
@@ -153,6 +164,10 @@ struct State {
     /// A direct heartbeat went out in part: the socket's framing is broken,
     /// so nothing more may be written to it (not even the last chunk).
     torn: bool,
+    /// When (`coarse_ms`, wrapping) the writer last took something to
+    /// write (`long_ago_ms` until it does): a stream that wrote lately
+    /// needs no heartbeat to stay open.
+    taken_ms: u32,
 }
 
 struct Start {
@@ -207,6 +222,7 @@ impl Subscriber {
                 sink: None,
                 writer_idle: false,
                 torn: false,
+                taken_ms: long_ago_ms(),
                 start: Some(Box::new(Start {
                     pending: channels,
                     positions: vec![EventId::ZERO; channels].into_boxed_slice(),
@@ -288,14 +304,20 @@ impl Subscriber {
         true
     }
 
-    /// A heartbeat, unless something is already waiting to be written:
-    /// straight to the socket when the stream has a sink and its writer is
-    /// idle, else through the queue (a full socket, an error: the writer
-    /// then finds out, as it would have).
-    pub fn heartbeat(&self) -> Beat {
+    /// A heartbeat, unless something is already waiting to be written or
+    /// (an SSE stream) the writer took something within the last
+    /// `quiet_ms`: straight to the socket when the stream has a sink and
+    /// its writer is idle, else through the queue (a full socket, an
+    /// error: the writer then finds out, as it would have). A WebSocket
+    /// (`new_dynamic`) is pinged whatever it wrote: its pongs tell that the
+    /// peer is there.
+    pub fn heartbeat(&self, quiet_ms: u32) -> Beat {
         let waker = {
             let mut s = self.state.lock();
             if s.closed.is_some() || !s.queue.is_empty() || s.start.is_some() {
+                return Beat::Skipped;
+            }
+            if !s.dynamic && (coarse_ms() as u32).wrapping_sub(s.taken_ms) < quiet_ms {
                 return Beat::Skipped;
             }
             if s.writer_idle
@@ -452,6 +474,7 @@ impl Subscriber {
             s.queued_bytes = 0;
             s.waiting_since = None;
             s.writer_idle = false;
+            s.taken_ms = coarse_ms() as u32;
             return Poll::Ready(Ok(()));
         }
         if let Some(c) = s.closed {

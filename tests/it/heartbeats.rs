@@ -138,6 +138,62 @@ async fn heartbeats_on_http_1_0_are_bare_comments() {
     }
 }
 
+/// A stream that carries events needs no keep-alive: while events come
+/// more often than every half `--heartbeat` it gets no heartbeat, while an
+/// idle stream on the same node gets one every `--heartbeat`.
+#[tokio::test]
+async fn a_stream_that_carries_events_gets_no_heartbeats_an_idle_one_does() {
+    let mut c = config(None);
+    c.heartbeat = Duration::from_secs(1);
+    let node = Node::spawn(c).await;
+    let ch = unique("beats-busy");
+    let busy = reqwest::get(node.url(&format!("/v1/stream/{ch}"))).await.unwrap();
+    let idle = reqwest::get(node.url(&format!("/v1/stream/{}", unique("beats-idle"))))
+        .await
+        .unwrap();
+    let (mut busy, mut idle) = (busy.bytes_stream(), idle.bytes_stream());
+    let (mut busy_text, mut idle_text) = (String::new(), String::new());
+    let mut sent = Vec::new();
+    // An event every 20 ms on the busy stream, until the idle one has had
+    // three heartbeats (three rounds of the tick over both streams).
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    while idle_text.matches(BEAT).count() < 3 {
+        tokio::select! {
+            _ = every.tick() => {
+                let data = format!("event-{}", sent.len());
+                node.publish(&ch, data.clone()).await;
+                sent.push(data);
+            }
+            chunk = busy.next() => {
+                let chunk = chunk.expect("the busy stream stays open").unwrap();
+                busy_text.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+            chunk = idle.next() => {
+                let chunk = chunk.expect("the idle stream stays open").unwrap();
+                idle_text.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+            _ = tokio::time::sleep_until(deadline) => panic!("three heartbeats on the idle stream in time"),
+        }
+    }
+    let last = sent.last().expect("events were published").clone();
+    while !(busy_text.ends_with("\n\n") && busy_text.contains(&format!("data: {last}\n"))) {
+        let chunk = tokio::time::timeout(WAIT, busy.next())
+            .await
+            .expect("the last event in time")
+            .expect("the busy stream stays open")
+            .unwrap();
+        busy_text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let (data, _) = events_in(&busy_text);
+    assert_eq!(data, sent, "every event once, in order");
+    // From its first event on. One is allowed: a publisher held up for
+    // half a second on a loaded machine leaves the stream quiet that long.
+    let since_first = &busy_text[busy_text.find("data: ").unwrap()..];
+    let beats = since_first.matches(BEAT).count();
+    assert!(beats <= 1, "{beats} heartbeats between {} events", sent.len());
+}
+
 /// Reads one HTTP/1.1 chunk's size line, data and CRLF from `raw` at `at`;
 /// `None` until all of it is there. Panics on anything else: a heartbeat
 /// written inside another chunk breaks the framing here.

@@ -2,6 +2,7 @@ use super::*;
 use crate::sse::Event;
 use bytes::Bytes;
 use futures_util::task::noop_waker_ref;
+use std::sync::atomic::AtomicU32;
 
 fn ev(len: usize) -> Arc<Encoded> {
     let e = Event {
@@ -27,7 +28,7 @@ fn an_idle_stream_keeps_no_queue_buffer() {
     // ...and lets it go once all a drain brings is a heartbeat: after
     // two, neither the queue nor the spare holds one.
     for _ in 0..2 {
-        sub.heartbeat();
+        sub.heartbeat(0);
         assert_eq!(sub.poll_drain(&mut cx, &mut spare), Poll::Ready(Ok(())));
         let lone = is_lone_heartbeat(&spare);
         spare.clear();
@@ -68,33 +69,33 @@ fn heartbeats_go_straight_to_an_idle_writers_socket_and_through_the_queue_otherw
     let mut cx = Context::from_waker(noop_waker_ref());
     let mut out = VecDeque::new();
     // The writer has not yet waited with nothing to write: queued.
-    assert_eq!(sub.heartbeat(), Beat::Queued);
+    assert_eq!(sub.heartbeat(0), Beat::Queued);
     assert_eq!(sink.writes.load(Ordering::Relaxed), 0);
     assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
     out.clear();
     // Idle now: written to the socket, nothing queued.
     assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
-    assert_eq!(sub.heartbeat(), Beat::Written);
+    assert_eq!(sub.heartbeat(0), Beat::Written);
     assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
     // Something queued: the writer will write it; no heartbeat.
     let _ = sub.push(Item::Event(ev(1), 0));
-    assert_eq!(sub.heartbeat(), Beat::Skipped);
+    assert_eq!(sub.heartbeat(0), Beat::Skipped);
     // Took it and is writing it: the heartbeat waits its turn.
     assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
     out.clear();
-    assert_eq!(sub.heartbeat(), Beat::Queued);
+    assert_eq!(sub.heartbeat(0), Beat::Queued);
     assert_eq!(sink.writes.load(Ordering::Relaxed), 1);
     assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
     assert!(is_lone_heartbeat(&out));
     out.clear();
     // A full socket: queued, for the writer to wait on.
     assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
-    assert_eq!(sub.heartbeat(), Beat::Queued);
+    assert_eq!(sub.heartbeat(0), Beat::Queued);
     assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
     out.clear();
     // Half a heartbeat: the stream cannot go on, so it is closed.
     assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
-    assert_eq!(sub.heartbeat(), Beat::Torn);
+    assert_eq!(sub.heartbeat(0), Beat::Torn);
     assert_eq!(
         sub.poll_drain(&mut cx, &mut out),
         Poll::Ready(Err(Close::SlowClient))
@@ -113,7 +114,7 @@ fn a_detached_socket_gets_no_more_heartbeats() {
     let mut cx = Context::from_waker(noop_waker_ref());
     assert_eq!(sub.poll_drain(&mut cx, &mut VecDeque::new()), Poll::Pending);
     sub.detach_sink();
-    assert_eq!(sub.heartbeat(), Beat::Queued);
+    assert_eq!(sub.heartbeat(0), Beat::Queued);
     assert_eq!(sink.writes.load(Ordering::Relaxed), 0);
     assert_eq!(Arc::strong_count(&sink), 1, "the subscriber let the socket go");
 }
@@ -161,4 +162,28 @@ fn ready_resolves_after_every_channel_reported() {
         Poll::Ready(Ok(p)) => assert_eq!(&*p, &[EventId::new(3, 1), EventId::new(5, 0)]),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn an_sse_stream_that_wrote_lately_gets_no_heartbeat_a_websocket_does() {
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut out = VecDeque::new();
+    let sse = Subscriber::new(1, 1 << 20);
+    sse.set_ready(0, EventId::ZERO);
+    assert!(matches!(sse.poll_ready(&mut cx), Poll::Ready(Ok(_))));
+    let ws = Subscriber::new_dynamic(1 << 20);
+    for sub in [&sse, &ws] {
+        let _ = sub.push(Item::Event(ev(1), 0));
+        assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
+        out.clear();
+    }
+    // Both took an event just now: within any quiet period but none.
+    let long = u32::MAX / 2;
+    assert_eq!(sse.heartbeat(long), Beat::Skipped);
+    assert_eq!(
+        ws.heartbeat(long),
+        Beat::Queued,
+        "a WebSocket is pinged all the same"
+    );
+    assert_eq!(sse.heartbeat(0), Beat::Queued);
 }
