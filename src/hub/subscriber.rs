@@ -154,6 +154,9 @@ struct State {
     start: Option<Box<Start>>,
     /// Channels come and go (`new_dynamic`).
     dynamic: bool,
+    /// Every heartbeat goes out, however lately the stream wrote (a
+    /// WebSocket's pings: `ping_every_heartbeat`).
+    every_heartbeat: bool,
     /// The stream's socket, while its writer allows heartbeats to be
     /// written to it directly (`attach_sink`).
     sink: Option<Arc<dyn HeartbeatSink>>,
@@ -216,6 +219,7 @@ impl Subscriber {
                 queued_bytes: 0,
                 waiting_since: None,
                 dynamic: false,
+                every_heartbeat: false,
                 limit,
                 waker: None,
                 closed: None,
@@ -305,19 +309,18 @@ impl Subscriber {
     }
 
     /// A heartbeat, unless something is already waiting to be written or
-    /// (an SSE stream) the writer took something within the last
-    /// `quiet_ms`: straight to the socket when the stream has a sink and
-    /// its writer is idle, else through the queue (a full socket, an
-    /// error: the writer then finds out, as it would have). A WebSocket
-    /// (`new_dynamic`) is pinged whatever it wrote: its pongs tell that the
-    /// peer is there.
+    /// the writer took something within the last `quiet_ms`: straight to
+    /// the socket when the stream has a sink and its writer is idle, else
+    /// through the queue (a full socket, an error: the writer then finds
+    /// out, as it would have). A WebSocket (`ping_every_heartbeat`) is
+    /// pinged whatever it wrote: its pongs tell that the peer is there.
     pub fn heartbeat(&self, quiet_ms: u32) -> Beat {
         let waker = {
             let mut s = self.state.lock();
             if s.closed.is_some() || !s.queue.is_empty() || s.start.is_some() {
                 return Beat::Skipped;
             }
-            if !s.dynamic && (coarse_ms() as u32).wrapping_sub(s.taken_ms) < quiet_ms {
+            if !s.every_heartbeat && (coarse_ms() as u32).wrapping_sub(s.taken_ms) < quiet_ms {
                 return Beat::Skipped;
             }
             if s.writer_idle
@@ -407,6 +410,13 @@ impl Subscriber {
             s.dynamic = true;
         }
         sub
+    }
+
+    /// Every heartbeat is queued, even just after the stream wrote: for a
+    /// WebSocket, whose pings are answered by pongs that show the peer is
+    /// still there.
+    pub fn ping_every_heartbeat(&self) {
+        self.state.lock().every_heartbeat = true;
     }
 
     /// The hub tells the stream where channel `ch` stands on this node.

@@ -165,14 +165,17 @@ fn ready_resolves_after_every_channel_reported() {
 }
 
 #[test]
-fn an_sse_stream_that_wrote_lately_gets_no_heartbeat_a_websocket_does() {
+fn a_stream_that_wrote_lately_gets_no_heartbeat_a_websocket_does() {
     let mut cx = Context::from_waker(noop_waker_ref());
     let mut out = VecDeque::new();
     let sse = Subscriber::new(1, 1 << 20);
     sse.set_ready(0, EventId::ZERO);
     assert!(matches!(sse.poll_ready(&mut cx), Poll::Ready(Ok(_))));
+    // A Mercure subscriber: channels come and go, but it is an SSE stream.
+    let mercure = Subscriber::new_dynamic(1 << 20);
     let ws = Subscriber::new_dynamic(1 << 20);
-    for sub in [&sse, &ws] {
+    ws.ping_every_heartbeat();
+    for sub in [&sse, &mercure, &ws] {
         let _ = sub.push(Item::Event(ev(1), 0));
         assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
         out.clear();
@@ -180,10 +183,12 @@ fn an_sse_stream_that_wrote_lately_gets_no_heartbeat_a_websocket_does() {
     // Both took an event just now: within any quiet period but none.
     let long = u32::MAX / 2;
     assert_eq!(sse.heartbeat(long), Beat::Skipped);
+    assert_eq!(mercure.heartbeat(long), Beat::Skipped);
     assert_eq!(
         ws.heartbeat(long),
         Beat::Queued,
         "a WebSocket is pinged all the same"
     );
     assert_eq!(sse.heartbeat(0), Beat::Queued);
+    assert_eq!(mercure.heartbeat(0), Beat::Queued);
 }

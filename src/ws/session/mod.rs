@@ -80,6 +80,7 @@ impl Session {
         channels: Vec<Channel>,
     ) -> Result<(Session, Vec<Bytes>), crate::stream::OpenError> {
         let sub = Subscriber::new_dynamic(app.config().client_queue);
+        sub.ping_every_heartbeat();
         sub.set_client(access.client_id());
         let attachment = app.hub().attach(&sub);
         app.metrics().websockets_open.increment(1.0);
