@@ -10,12 +10,16 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
 use crate::sse::{Encoded, EventId};
+
+mod clock;
+
+pub(super) use clock::tick_coarse_clock;
+use clock::{coarse_ms, coarse_now, long_ago_ms};
 
 /// What the hub hands a stream.
 #[derive(Debug, Clone)]
@@ -42,33 +46,6 @@ impl Item {
                 Item::Ready(..) | Item::Heartbeat => 0,
             }
     }
-}
-
-/// Milliseconds since the process started, advanced by the hub's
-/// heartbeat ticks (`tick_coarse_clock`): read on every push and drain, so
-/// it must cost no more than a load. Stall detection reads it in seconds;
-/// heartbeats, to tell a stream that wrote lately from a quiet one.
-static COARSE_MS: AtomicU64 = AtomicU64::new(0);
-
-fn coarse_ms() -> u64 {
-    COARSE_MS.load(Ordering::Relaxed)
-}
-
-fn coarse_now() -> u32 {
-    (coarse_ms() / 1000) as u32
-}
-
-/// A `taken_ms` for a stream that never took anything: half the clock's
-/// wrap (24 days) ago, further back than any heartbeat's quiet period.
-fn long_ago_ms() -> u32 {
-    (coarse_ms() as u32).wrapping_sub(u32::MAX / 2)
-}
-
-/// Advances the coarse clock (called at least once a second).
-pub(super) fn tick_coarse_clock() {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let ms = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64;
-    COARSE_MS.fetch_max(ms, Ordering::Relaxed);
 }
 
 /// Readies a drained queue's buffer for the next drain: kept (no

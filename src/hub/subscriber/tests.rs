@@ -2,7 +2,7 @@ use super::*;
 use crate::sse::Event;
 use bytes::Bytes;
 use futures_util::task::noop_waker_ref;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 fn ev(len: usize) -> Arc<Encoded> {
     let e = Event {
