@@ -189,7 +189,7 @@ async fn partition_worker(consumer: Arc<Kafka>, ingest: Ingest, mut rx: mpsc::Re
 /// watermark minus position), and whether Kafka answers; a consumer with
 /// records waiting that handed none over for `STALL` re-joins its group.
 async fn watch_lag(consumer: Arc<Kafka>, topic: String, ingest: Ingest, handled: Arc<AtomicU64>) {
-    let mut progress = (handled.load(Ordering::Relaxed), Instant::now());
+    let mut watch = StallWatch::new(handled.load(Ordering::Relaxed), Instant::now(), STALL);
     loop {
         tokio::select! {
             _ = ingest.cancel.cancelled() => return,
@@ -221,10 +221,7 @@ async fn watch_lag(consumer: Arc<Kafka>, topic: String, ingest: Ingest, handled:
             }
             Err(_) => return,
         };
-        let now = handled.load(Ordering::Relaxed);
-        if now != progress.0 || lag == 0 {
-            progress = (now, Instant::now());
-        } else if progress.1.elapsed() >= STALL {
+        if watch.stalled(handled.load(Ordering::Relaxed), lag, Instant::now()) {
             tracing::warn!(source = %ingest.name, lag, stalled = ?STALL,
                 "kafka records are waiting but none arrived: re-joining the consumer group");
             ingest.reconnects.increment(1);
@@ -238,7 +235,84 @@ async fn watch_lag(consumer: Arc<Kafka>, topic: String, ingest: Ingest, handled:
             if let Ok(Err(e)) = rejoined {
                 tracing::warn!(source = %ingest.name, error = %e, "kafka re-subscribe");
             }
-            progress = (now, Instant::now());
         }
+    }
+}
+
+/// Whether a consumer with records waiting has handed none over for
+/// `limit`: the count of records handed over must move, or the lag be 0,
+/// within every `limit`. A stall is reported once per `limit`, so a
+/// re-join gets that long to bring records before the next one.
+struct StallWatch {
+    handled: u64,
+    since: Instant,
+    limit: Duration,
+}
+
+impl StallWatch {
+    fn new(handled: u64, now: Instant, limit: Duration) -> StallWatch {
+        StallWatch {
+            handled,
+            since: now,
+            limit,
+        }
+    }
+
+    /// One observation: records handed over so far and records waiting.
+    fn stalled(&mut self, handled: u64, lag: i64, now: Instant) -> bool {
+        if handled != self.handled || lag == 0 {
+            self.handled = handled;
+            self.since = now;
+            return false;
+        }
+        if now.duration_since(self.since) < self.limit {
+            return false;
+        }
+        self.since = now;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    fn at(start: Instant, secs: u64) -> Instant {
+        start + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn records_waiting_with_none_handed_over_stall_once_per_limit() {
+        let t0 = Instant::now();
+        let mut w = StallWatch::new(7, t0, LIMIT);
+        assert!(!w.stalled(7, 5, at(t0, 5)));
+        assert!(!w.stalled(7, 5, at(t0, 29)));
+        assert!(w.stalled(7, 5, at(t0, 30)), "30 s of lag and no record");
+        assert!(!w.stalled(7, 5, at(t0, 35)), "the re-join gets a whole limit");
+        assert!(!w.stalled(7, 5, at(t0, 59)));
+        assert!(w.stalled(7, 5, at(t0, 60)), "still nothing after the re-join");
+    }
+
+    #[test]
+    fn a_record_handed_over_restarts_the_count() {
+        let t0 = Instant::now();
+        let mut w = StallWatch::new(0, t0, LIMIT);
+        assert!(!w.stalled(0, 9, at(t0, 25)));
+        assert!(!w.stalled(1, 9, at(t0, 28)), "progress");
+        assert!(!w.stalled(1, 9, at(t0, 57)));
+        assert!(w.stalled(1, 9, at(t0, 58)), "30 s since the last record");
+    }
+
+    #[test]
+    fn a_quiet_topic_never_stalls() {
+        let t0 = Instant::now();
+        let mut w = StallWatch::new(3, t0, LIMIT);
+        for s in (5..600).step_by(5) {
+            assert!(!w.stalled(3, 0, at(t0, s)), "no lag at {s} s");
+        }
+        assert!(!w.stalled(3, 4, at(t0, 605)), "lag appears: the count starts now");
+        assert!(w.stalled(3, 4, at(t0, 635)));
     }
 }
