@@ -183,6 +183,11 @@ def describe(scenario, r):
         text += f"; {c['duration_s']:g} s measured after {c['warmup_s']:g} s warmup, {c['drain_s']:g} s drain"
     else:
         text += f"; memory read {c['settle_s']:g} s after the last stream opened"
+        text += (
+            "; the idle CPU is over that wait, each server with its default keep-alive"
+            " (ssegate a heartbeat every 15 s per stream, Nchan and rawfan none;"
+            " the same work side by side: \"Heartbeats written by the tick\" below)"
+        )
     return text, via
 
 
