@@ -184,8 +184,8 @@ def describe(scenario, r):
     else:
         text += f"; memory read {c['settle_s']:g} s after the last stream opened"
         text += (
-            "; the idle CPU is over that wait, each server with its default keep-alive"
-            " (ssegate a heartbeat every 15 s per stream, Nchan and rawfan none;"
+            "; the idle CPU is over that wait, each server with the keep-alive it was run with"
+            " (by default ssegate a heartbeat every 15 s per stream, Nchan and rawfan none;"
             " the same work side by side: \"Heartbeats written by the tick\" below)"
         )
     return text, via

@@ -312,7 +312,9 @@ mod tests {
         for s in (5..600).step_by(5) {
             assert!(!w.stalled(3, 0, at(t0, s)), "no lag at {s} s");
         }
-        assert!(!w.stalled(3, 4, at(t0, 605)), "lag appears: the count starts now");
-        assert!(w.stalled(3, 4, at(t0, 635)));
+        // Lag appears: counted from the last observation without lag (595 s).
+        assert!(!w.stalled(3, 4, at(t0, 605)));
+        assert!(!w.stalled(3, 4, at(t0, 624)));
+        assert!(w.stalled(3, 4, at(t0, 625)));
     }
 }
