@@ -360,7 +360,7 @@ impl Hub {
                     match s.heartbeat(quiet_ms) {
                         // Counted as a queued one is: the SSE bytes, not
                         // the chunk framing around them.
-                        Beat::Written => written.set(written.get() + HEARTBEAT_SSE_BYTES),
+                        Beat::Written { counted_bytes } => written.set(written.get() + counted_bytes),
                         Beat::Torn => metrics.slow_client_disconnects.increment(1),
                         Beat::Skipped | Beat::Queued => {}
                     }
@@ -384,10 +384,6 @@ impl Hub {
         }
     }
 }
-
-/// `:\n\n`, the heartbeat's SSE bytes (`ssegate_bytes_out_total` counts
-/// what streams write without HTTP framing).
-const HEARTBEAT_SSE_BYTES: u64 = 3;
 
 /// The heartbeat tick and how many ticks make one round of every shard:
 /// one shard per tick where `every` allows, between 1 ms and 1 s apart,

@@ -77,6 +77,10 @@ pub trait HeartbeatSink: Send + Sync {
     fn try_heartbeat(&self) -> io::Result<usize>;
     /// The heartbeat's length on the wire.
     fn heartbeat_len(&self) -> usize;
+    /// How much of it `ssegate_bytes_out_total` counts: an SSE comment's
+    /// bytes without the chunk framing; nothing for a WebSocket ping, as
+    /// for every WebSocket frame.
+    fn counted_bytes(&self) -> u64;
 }
 
 /// What `Subscriber::heartbeat` did.
@@ -86,8 +90,9 @@ pub enum Beat {
     Skipped,
     /// Queued for the stream's writer.
     Queued,
-    /// Written whole to the socket directly.
-    Written,
+    /// Written whole to the socket directly; `counted_bytes` of it count
+    /// as bytes out.
+    Written { counted_bytes: u64 },
     /// Only part of it went out: the stream was closed as a slow client
     /// (the rest could not follow anything else).
     Torn,
@@ -304,7 +309,11 @@ impl Subscriber {
                 && let Some(sink) = &s.sink
             {
                 match sink.try_heartbeat() {
-                    Ok(n) if n == sink.heartbeat_len() => return Beat::Written,
+                    Ok(n) if n == sink.heartbeat_len() => {
+                        return Beat::Written {
+                            counted_bytes: sink.counted_bytes(),
+                        };
+                    }
                     // Part of it: the socket is all but full, so the client
                     // is not reading, and the rest cannot follow anything
                     // else. Close the stream; the client resumes.
@@ -342,6 +351,17 @@ impl Subscriber {
     /// its socket must get nothing more).
     pub fn heartbeat_torn(&self) -> bool {
         self.state.lock().torn
+    }
+
+    /// The writer is about to write something the queue did not give it (a
+    /// WebSocket's answers to its client): the hub writes no heartbeat to
+    /// the sink from now until a drain finds the writer idle again, so
+    /// none lands inside what the writer writes. False if a direct
+    /// heartbeat went out in part: nothing more may be written.
+    pub fn claim_socket(&self) -> bool {
+        let mut s = self.state.lock();
+        s.writer_idle = false;
+        !s.torn
     }
 
     /// Takes the sink back: once this returns, the hub no longer writes to

@@ -1,7 +1,8 @@
 //! A WebSocket connection's socket side: reads client frames (`read`) into
 //! the session, writes the session's frames with vectored writes, and
 //! closes with the session's code. A small hand-written future, like the
-//! SSE writer: an idle socket holds no read or write buffer.
+//! SSE writer: an idle socket holds no read or write buffer. On a plain TCP
+//! socket (`over_tcp`) the hub pings an idle connection itself (`socket`).
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -10,10 +11,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::frame;
 use super::read::{Incoming, Reader};
 use super::session::{Closing, Session};
+use super::socket::SharedTcp;
 
 /// Frames per vectored write.
 const IOV: usize = 64;
@@ -31,6 +34,41 @@ pub struct WsConn<S> {
     /// Set once the connection is ending: the close frame is queued, and
     /// the socket is closed once `out` is written.
     closing: bool,
+    /// The hub may write pings to the socket (`over_tcp`).
+    shares_socket: bool,
+    /// The session's queue was found empty since the socket was last
+    /// claimed: the hub may be pinging it, so it is claimed (under the
+    /// subscriber's lock) before anything else is written.
+    hub_may_write: bool,
+}
+
+impl WsConn<SharedTcp> {
+    /// A connection on a plain TCP socket, which the hub's heartbeat tick
+    /// pings itself while the connection has nothing to write.
+    pub fn over_tcp(
+        tcp: TcpStream,
+        session: Session,
+        first: Vec<Bytes>,
+        max_message: usize,
+    ) -> WsConn<SharedTcp> {
+        let (io, sink) = SharedTcp::new(tcp, session.unanswered_pings());
+        session.subscriber().attach_sink(sink);
+        let mut conn = WsConn::new(io, session, first, max_message);
+        conn.shares_socket = true;
+        // Opening drained the queue: the hub may already be pinging.
+        conn.hub_may_write = true;
+        conn
+    }
+}
+
+impl<S> Drop for WsConn<S> {
+    fn drop(&mut self) {
+        // Before the socket closes, so that the hub never writes to a
+        // closed (or reused) descriptor.
+        if self.shares_socket {
+            self.session.subscriber().detach_sink();
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
@@ -42,6 +80,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             out: first,
             offset: 0,
             closing: false,
+            shares_socket: false,
+            hub_may_write: false,
         }
     }
 
@@ -58,6 +98,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
 
     /// Writes what it can of `out`; `Err` when the socket is gone.
     fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        if self.hub_may_write && !self.out.is_empty() {
+            self.hub_may_write = false;
+            if !self.session.subscriber().claim_socket() {
+                // Half a ping went out: nothing may follow it.
+                self.out.clear();
+                return Poll::Ready(Err(()));
+            }
+        }
         while !self.out.is_empty() {
             let mut slices = [IoSlice::new(&[]); IOV];
             let mut n = 0;
@@ -159,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for WsConn<S> {
                         this.close(closing);
                         progressed = true;
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => this.hub_may_write = this.shares_socket,
                 }
             }
             if !progressed {

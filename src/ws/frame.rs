@@ -37,8 +37,11 @@ pub fn json(value: &Value) -> Bytes {
     frame(TEXT, value.to_string().as_bytes())
 }
 
+/// A ping with no payload: FIN, opcode 9, length 0.
+pub const PING_FRAME: [u8; 2] = [0x80 | PING, 0];
+
 pub fn ping() -> Bytes {
-    frame(PING, b"")
+    Bytes::from_static(&PING_FRAME)
 }
 
 pub fn pong(payload: &[u8]) -> Bytes {

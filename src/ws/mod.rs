@@ -17,9 +17,11 @@ pub mod protocol;
 mod read;
 mod replay;
 mod session;
+mod socket;
 
 pub use conn::WsConn;
 pub use session::Session;
+pub use socket::SharedTcp;
 
 use std::sync::Arc;
 

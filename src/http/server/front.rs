@@ -42,20 +42,20 @@ use crate::mercure::{MercureHandoff, MercureStream};
 use crate::metrics::Metrics;
 use crate::peer::{ClientIp, TrustedProxies};
 use crate::stream::StreamSession;
-use crate::ws::{WsConn, WsHandoff};
+use crate::ws::{SharedTcp, WsConn, WsHandoff};
 
 /// The long-lived part of a connection, once the fast path has answered.
 pub(super) enum Served {
     Stream(StreamWriter),
     Mercure(StreamWriter<MercureStream>),
-    WebSocket(WsConn<TcpStream>),
+    WebSocket(WsConn<SharedTcp>),
 }
 
 /// What `handle` leaves for the caller to run.
 enum Handled {
     Stream(TcpStream, StreamSession, bool),
     Mercure(TcpStream, MercureStream, bool),
-    WebSocket(WsConn<TcpStream>),
+    WebSocket(WsConn<SharedTcp>),
 }
 
 pub(super) struct Front {
@@ -176,7 +176,7 @@ async fn upgrade(
     mut sock: TcpStream,
     mut resp: Response<Body>,
     max_message: usize,
-) -> Option<WsConn<TcpStream>> {
+) -> Option<WsConn<SharedTcp>> {
     let handoff = resp.extensions_mut().remove::<WsHandoff>().and_then(|h| h.take());
     let Some((session, first)) = handoff.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS) else {
         write_and_close(&mut sock, resp).await;
@@ -185,7 +185,7 @@ async fn upgrade(
     let head = head_bytes(resp.status(), resp.headers(), Framing::None);
     drop(resp);
     sock.write_all(&head).await.ok()?;
-    Some(WsConn::new(sock, session, first, max_message))
+    Some(WsConn::over_tcp(sock, session, first, max_message))
 }
 
 /// Sends the router's answer: the head of an event stream (returning the

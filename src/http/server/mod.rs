@@ -258,7 +258,7 @@ mod tests {
             ("stream", std::mem::size_of::<Holding<writer::StreamWriter>>()),
             (
                 "WebSocket",
-                std::mem::size_of::<Holding<crate::ws::WsConn<TcpStream>>>(),
+                std::mem::size_of::<Holding<crate::ws::WsConn<crate::ws::SharedTcp>>>(),
             ),
         ] {
             assert!(size <= 256, "the {what} task runs {size} bytes");

@@ -70,6 +70,10 @@ impl HeartbeatSink for Socket {
     fn heartbeat_len(&self) -> usize {
         self.heartbeat().len()
     }
+
+    fn counted_bytes(&self) -> u64 {
+        HEARTBEAT.len() as u64
+    }
 }
 
 impl Socket {

@@ -56,16 +56,25 @@ impl HeartbeatSink for ScriptedSink {
     fn heartbeat_len(&self) -> usize {
         9
     }
+    fn counted_bytes(&self) -> u64 {
+        3
+    }
 }
 
-#[test]
-fn heartbeats_go_straight_to_an_idle_writers_socket_and_through_the_queue_otherwise() {
+/// A subscriber whose socket answers heartbeats as scripted.
+fn with_sink(answers: &[Option<usize>]) -> (Arc<Subscriber>, Arc<ScriptedSink>) {
     let sink = Arc::new(ScriptedSink {
-        answers: Mutex::new([Some(9), None, Some(4)].into()),
+        answers: Mutex::new(answers.iter().copied().collect()),
         writes: AtomicU32::new(0),
     });
     let sub = Subscriber::new_dynamic(1 << 20);
     sub.attach_sink(sink.clone());
+    (sub, sink)
+}
+
+#[test]
+fn heartbeats_go_straight_to_an_idle_writers_socket_and_through_the_queue_otherwise() {
+    let (sub, sink) = with_sink(&[Some(9), None, Some(4)]);
     let mut cx = Context::from_waker(noop_waker_ref());
     let mut out = VecDeque::new();
     // The writer has not yet waited with nothing to write: queued.
@@ -75,7 +84,7 @@ fn heartbeats_go_straight_to_an_idle_writers_socket_and_through_the_queue_otherw
     out.clear();
     // Idle now: written to the socket, nothing queued.
     assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
-    assert_eq!(sub.heartbeat(0), Beat::Written);
+    assert_eq!(sub.heartbeat(0), Beat::Written { counted_bytes: 3 });
     assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
     // Something queued: the writer will write it; no heartbeat.
     let _ = sub.push(Item::Event(ev(1), 0));
@@ -104,13 +113,36 @@ fn heartbeats_go_straight_to_an_idle_writers_socket_and_through_the_queue_otherw
 }
 
 #[test]
+fn a_writer_that_claims_its_socket_gets_its_heartbeats_through_the_queue() {
+    let (sub, sink) = with_sink(&[Some(9)]);
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut out = VecDeque::new();
+    // Idle, then writing an answer of its own: nothing direct.
+    assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
+    assert!(sub.claim_socket());
+    assert_eq!(sub.heartbeat(0), Beat::Queued);
+    assert_eq!(sink.writes.load(Ordering::Relaxed), 0);
+    assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
+    out.clear();
+    // Idle again: direct again.
+    assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Pending);
+    assert_eq!(sub.heartbeat(0), Beat::Written { counted_bytes: 3 });
+    assert_eq!(sink.writes.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_socket_with_a_torn_heartbeat_cannot_be_claimed() {
+    let (sub, sink) = with_sink(&[Some(4)]);
+    let mut cx = Context::from_waker(noop_waker_ref());
+    assert_eq!(sub.poll_drain(&mut cx, &mut VecDeque::new()), Poll::Pending);
+    assert_eq!(sub.heartbeat(0), Beat::Torn);
+    assert_eq!(sink.writes.load(Ordering::Relaxed), 1);
+    assert!(!sub.claim_socket(), "nothing may follow half a heartbeat");
+}
+
+#[test]
 fn a_detached_socket_gets_no_more_heartbeats() {
-    let sink = Arc::new(ScriptedSink {
-        answers: Mutex::new(VecDeque::new()),
-        writes: AtomicU32::new(0),
-    });
-    let sub = Subscriber::new_dynamic(1 << 20);
-    sub.attach_sink(sink.clone());
+    let (sub, sink) = with_sink(&[]);
     let mut cx = Context::from_waker(noop_waker_ref());
     assert_eq!(sub.poll_drain(&mut cx, &mut VecDeque::new()), Poll::Pending);
     sub.detach_sink();

@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -25,6 +26,7 @@ mod requests;
 use super::frame;
 use super::protocol;
 use super::replay::{Resume, Step};
+use super::socket::{MAX_UNANSWERED, UnansweredPings};
 use crate::auth::Access;
 use crate::hub::{Attachment, Close, Item, Subscriber, Subscription, is_lone_heartbeat, recycle};
 use crate::metrics::WriteTimes;
@@ -66,7 +68,8 @@ pub struct Session {
     /// Items taken from the queue while a resume replays.
     stash: VecDeque<Item>,
     spare: VecDeque<Item>,
-    pings_unanswered: u8,
+    /// Shared with the socket when the hub pings it directly.
+    pings_unanswered: UnansweredPings,
     /// The events taken since the last `poll_output`, for the metrics.
     taken: WriteTimes,
 }
@@ -95,7 +98,7 @@ impl Session {
             resume: None,
             stash: VecDeque::new(),
             spare: VecDeque::new(),
-            pings_unanswered: 0,
+            pings_unanswered: UnansweredPings::default(),
             taken: WriteTimes::default(),
             access,
             app,
@@ -185,7 +188,16 @@ impl Session {
     }
 
     pub fn on_pong(&mut self) {
-        self.pings_unanswered = 0;
+        self.pings_unanswered.store(0, Ordering::Relaxed);
+    }
+
+    /// The count of unanswered pings, for a socket the hub pings itself.
+    pub fn unanswered_pings(&self) -> UnansweredPings {
+        self.pings_unanswered.clone()
+    }
+
+    pub fn subscriber(&self) -> &Subscriber {
+        &self.sub
     }
 
     /// A channel is live on this node at `pos`.
@@ -252,10 +264,10 @@ impl Session {
                 }
             }
             Item::Heartbeat => {
-                if self.pings_unanswered >= 2 {
+                if self.pings_unanswered.load(Ordering::Relaxed) >= MAX_UNANSWERED {
                     return Err((1001, "no pong for two heartbeats"));
                 }
-                self.pings_unanswered += 1;
+                self.pings_unanswered.fetch_add(1, Ordering::Relaxed);
                 out.push(frame::ping());
             }
         }

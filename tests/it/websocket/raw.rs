@@ -3,13 +3,14 @@
 //! messages in one TCP write, so that the node reads them together.
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::helpers::WAIT;
 
-pub struct RawWs {
-    sock: TcpStream,
+pub struct RawWs<S = TcpStream> {
+    sock: S,
     buf: Vec<u8>,
 }
 
@@ -49,7 +50,18 @@ impl RawWs {
     /// Upgrades `GET <path>` on `addr`; fails the test unless the answer
     /// is `101`.
     pub async fn connect(addr: std::net::SocketAddr, path: &str) -> RawWs {
-        let mut sock = TcpStream::connect(addr).await.unwrap();
+        RawWs::upgrade(TcpStream::connect(addr).await.unwrap(), addr, path).await
+    }
+
+    /// `connect` with a receive buffer of about `bytes` (the kernel's
+    /// floor applies): the node's writes to it soon fill its socket.
+    pub async fn connect_with_receive_buffer(addr: std::net::SocketAddr, path: &str, bytes: u32) -> RawWs {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(bytes).unwrap();
+        RawWs::upgrade(sock.connect(addr).await.unwrap(), addr, path).await
+    }
+
+    async fn upgrade(mut sock: TcpStream, addr: std::net::SocketAddr, path: &str) -> RawWs {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -71,6 +83,26 @@ impl RawWs {
         ws
     }
 
+    /// Writes the frames in one write.
+    pub async fn send_together(&mut self, frames: &[Vec<u8>]) {
+        self.sock.write_all(&frames.concat()).await.unwrap();
+    }
+
+    /// `next_frame` on one side, writes on the other: for a test that
+    /// reads and writes from two tasks.
+    pub fn split(self) -> (RawWs<OwnedReadHalf>, OwnedWriteHalf) {
+        let (read, write) = self.sock.into_split();
+        (
+            RawWs {
+                sock: read,
+                buf: self.buf,
+            },
+            write,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> RawWs<S> {
     async fn read_more(&mut self) {
         let mut chunk = [0u8; 8192];
         let n = tokio::time::timeout(WAIT, self.sock.read(&mut chunk))
@@ -79,11 +111,6 @@ impl RawWs {
             .unwrap();
         assert!(n > 0, "the node closed the connection");
         self.buf.extend_from_slice(&chunk[..n]);
-    }
-
-    /// Writes the frames in one write.
-    pub async fn send_together(&mut self, frames: &[Vec<u8>]) {
-        self.sock.write_all(&frames.concat()).await.unwrap();
     }
 
     /// The next frame from the server (unmasked, unfragmented).
@@ -111,7 +138,9 @@ impl RawWs {
             self.read_more().await;
         }
     }
+}
 
+impl RawWs {
     /// The next JSON message, answering pings on the way.
     pub async fn next_json(&mut self) -> Value {
         loop {
