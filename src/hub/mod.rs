@@ -358,8 +358,9 @@ impl Hub {
                         metrics.slow_client_disconnects.increment(1);
                     }
                     match s.heartbeat(quiet_ms) {
-                        // Counted as a queued one is: the SSE bytes, not
-                        // the chunk framing around them.
+                        // Counted as a queued one is: an SSE heartbeat's
+                        // bytes without the chunk framing around them;
+                        // nothing for a WebSocket ping.
                         Beat::Written { counted_bytes } => written.set(written.get() + counted_bytes),
                         Beat::Torn => metrics.slow_client_disconnects.increment(1),
                         Beat::Skipped | Beat::Queued => {}

@@ -143,8 +143,8 @@ struct State {
     /// written to it directly (`attach_sink`).
     sink: Option<Arc<dyn HeartbeatSink>>,
     /// The writer found the queue empty and has written everything it
-    /// took: nothing of its can be half-written on the socket. Set and
-    /// cleared by `poll_drain`.
+    /// took: nothing of its can be half-written on the socket. Set by
+    /// `poll_drain`, cleared by it and by `claim_socket`.
     writer_idle: bool,
     /// A direct heartbeat went out in part: the socket's framing is broken,
     /// so nothing more may be written to it (not even the last chunk).

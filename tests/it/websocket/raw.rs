@@ -104,17 +104,35 @@ impl RawWs {
 
 impl<S: AsyncRead + Unpin> RawWs<S> {
     async fn read_more(&mut self) {
+        assert!(self.read_more_or_end().await, "the node closed the connection");
+    }
+
+    /// Reads more; false once the node closed or reset the connection.
+    async fn read_more_or_end(&mut self) -> bool {
         let mut chunk = [0u8; 8192];
-        let n = tokio::time::timeout(WAIT, self.sock.read(&mut chunk))
+        let read = tokio::time::timeout(WAIT, self.sock.read(&mut chunk))
             .await
-            .expect("the node answers within the wait")
-            .unwrap();
-        assert!(n > 0, "the node closed the connection");
-        self.buf.extend_from_slice(&chunk[..n]);
+            .expect("the node answers within the wait");
+        match read {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("reading from the node: {e}"),
+        }
     }
 
     /// The next frame from the server (unmasked, unfragmented).
     pub async fn next_frame(&mut self) -> Frame {
+        let f = self.next_frame_or_end().await;
+        f.expect("the node closed the connection")
+    }
+
+    /// The next frame, or `None` once the node closed or reset the
+    /// connection (with no part of a frame left over).
+    pub async fn next_frame_or_end(&mut self) -> Option<Frame> {
         loop {
             if self.buf.len() >= 2 {
                 let opcode = self.buf[0] & 0x0f;
@@ -132,10 +150,13 @@ impl<S: AsyncRead + Unpin> RawWs<S> {
                 if len != usize::MAX && self.buf.len() >= at + len {
                     let payload = self.buf[at..at + len].to_vec();
                     self.buf.drain(..at + len);
-                    return Frame { opcode, payload };
+                    return Some(Frame { opcode, payload });
                 }
             }
-            self.read_more().await;
+            if !self.read_more_or_end().await {
+                assert!(self.buf.is_empty(), "the connection ended inside a frame");
+                return None;
+            }
         }
     }
 }
