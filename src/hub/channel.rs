@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use slab::Slab;
 
+use super::direct::DirectWrites;
+use super::subscriber::Pushed;
 use super::{Item, Subscriber};
 use crate::metrics::Metrics;
 use crate::sse::{Encoded, EventId};
@@ -52,9 +54,16 @@ impl ChannelState {
             }
             self.last_id = id;
         }
+        // Streams whose writers are idle get it from a batch (`direct`).
+        let mut direct = DirectWrites::new(metrics);
         for (_, s) in self.subs.iter() {
-            if s.sub.push(Item::Event(ev.clone(), s.ch)).wake() {
-                metrics.slow_client_disconnects.increment(1);
+            match s.sub.push_live(Item::Event(ev.clone(), s.ch)) {
+                Pushed::Direct => direct.add(&s.sub),
+                pushed => {
+                    if pushed.wake() {
+                        metrics.slow_client_disconnects.increment(1);
+                    }
+                }
             }
         }
     }

@@ -14,6 +14,7 @@
 //! inside a shard lock, never the reverse.
 
 mod channel;
+mod direct;
 mod registration;
 mod subscriber;
 
@@ -29,7 +30,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use registration::{Attachment, Registration, Subscription};
-pub use subscriber::{Beat, Close, HeartbeatSink, Item, Subscriber, is_lone_heartbeat, recycle};
+pub use subscriber::{
+    Beat, Close, DIRECT_MAX, EventWrite, HeartbeatSink, Item, Subscriber, is_lone_heartbeat, recycle,
+};
 
 use channel::{ChannelState, Mode};
 

@@ -2,8 +2,9 @@
 //! events, filled by the hub without ever waiting (fan-out must not block on
 //! one client) and drained by the stream's writer.
 //!
-//! The mutex is held only to push or swap a queue, or for the one
-//! non-blocking write of a direct heartbeat; never across an await.
+//! The mutex is held only to push or swap a queue, or for the
+//! non-blocking writes of a direct heartbeat or of direct events
+//! (`write_direct`); never across an await.
 //! An idle stream costs this struct and one `Arc` per channel: its queue has
 //! no capacity until something arrives.
 
@@ -14,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+use crate::metrics::WriteTimes;
 use crate::sse::{Encoded, EventId};
 
 mod clock;
@@ -81,6 +83,32 @@ pub trait HeartbeatSink: Send + Sync {
     /// bytes without the chunk framing; nothing for a WebSocket ping, as
     /// for every WebSocket frame.
     fn counted_bytes(&self) -> u64;
+    /// Whether `try_event` writes event frames (an SSE socket does; a
+    /// WebSocket frames each event per channel, through its queue).
+    fn takes_events(&self) -> bool {
+        false
+    }
+    /// Writes one event's frame without blocking, framed for the socket.
+    fn try_event(&self, frame: &[u8]) -> EventWrite {
+        let _ = frame;
+        EventWrite::Refused
+    }
+}
+
+/// The largest event frame the hub writes to an idle stream's socket
+/// itself (`Subscriber::write_direct`); larger ones go through the queue.
+pub const DIRECT_MAX: usize = 1000;
+
+/// What `HeartbeatSink::try_event` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventWrite {
+    /// All of it went out.
+    Written,
+    /// Nothing went out: the socket is full, or the sink does not write
+    /// events.
+    Refused,
+    /// Part of it went out: nothing else may follow it.
+    Torn,
 }
 
 /// What `Subscriber::heartbeat` did.
@@ -146,13 +174,37 @@ struct State {
     /// took: nothing of its can be half-written on the socket. Set by
     /// `poll_drain`, cleared by it and by `claim_socket`.
     writer_idle: bool,
-    /// A direct heartbeat went out in part: the socket's framing is broken,
-    /// so nothing more may be written to it (not even the last chunk).
+    /// A direct heartbeat or event went out in part: the socket's framing
+    /// is broken, so nothing more may be written to it (not even the last
+    /// chunk).
     torn: bool,
+    /// A batch of the hub's (`write_direct`) will write what is queued, or
+    /// wake the writer: a push meanwhile need not wake it.
+    direct_pending: bool,
     /// When (`coarse_ms`, wrapping) the writer last took something to
     /// write (`long_ago_ms` until it does): a stream that wrote lately
     /// needs no heartbeat to stay open.
     taken_ms: u32,
+}
+
+impl State {
+    /// Queues `item`; false if it overflowed the queue, which closes the
+    /// stream (one item always fits an empty queue, whatever its size).
+    fn enqueue(&mut self, item: Item) -> bool {
+        let cost = item.cost();
+        if self.queued_bytes + cost > self.limit && !self.queue.is_empty() {
+            self.closed = Some(Close::SlowClient);
+            self.queue = VecDeque::new();
+            self.queued_bytes = 0;
+            return false;
+        }
+        if self.queue.is_empty() && self.waiting_since.is_none() {
+            self.waiting_since = Some(coarse_now());
+        }
+        self.queue.push_back(item);
+        self.queued_bytes += cost;
+        true
+    }
 }
 
 struct Start {
@@ -164,6 +216,9 @@ struct Start {
 #[must_use]
 pub enum Pushed {
     Queued(Option<Waker>),
+    /// Queued for a stream whose writer is idle: the caller hands the
+    /// stream to `write_direct` instead of waking its writer.
+    Direct,
     /// This push overflowed the queue and closed the stream.
     Overflowed(Option<Waker>),
     Closed,
@@ -184,7 +239,7 @@ impl Pushed {
                 }
                 true
             }
-            Pushed::Closed => false,
+            Pushed::Direct | Pushed::Closed => false,
         }
     }
 }
@@ -208,6 +263,7 @@ impl Subscriber {
                 sink: None,
                 writer_idle: false,
                 torn: false,
+                direct_pending: false,
                 taken_ms: long_ago_ms(),
                 start: Some(Box::new(Start {
                     pending: channels,
@@ -243,20 +299,95 @@ impl Subscriber {
         if s.closed.is_some() {
             return Pushed::Closed;
         }
-        let cost = item.cost();
-        // One event always fits an empty queue, whatever its size.
-        if s.queued_bytes + cost > s.limit && !s.queue.is_empty() {
-            s.closed = Some(Close::SlowClient);
-            s.queue = VecDeque::new();
-            s.queued_bytes = 0;
+        if !s.enqueue(item) {
             return Pushed::Overflowed(s.waker.take());
         }
-        if s.queue.is_empty() && s.waiting_since.is_none() {
-            s.waiting_since = Some(coarse_now());
-        }
-        s.queue.push_back(item);
-        s.queued_bytes += cost;
         Pushed::Queued(s.waker.take())
+    }
+
+    /// `push` for a live event of the hub's fan-out: an ephemeral event
+    /// for a stream whose writer is idle, with nothing queued, is
+    /// `Pushed::Direct`: the hub writes it to the socket in a batch with
+    /// other streams' (`write_direct`) rather than waking this stream's
+    /// task to write it. Whatever is pushed before that batch runs waits
+    /// for it, in order.
+    pub fn push_live(&self, item: Item) -> Pushed {
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let direct = !s.direct_pending
+            && s.writer_idle
+            && s.queue.is_empty()
+            && s.start.is_none()
+            && !s.dynamic
+            && matches!(&item, Item::Event(ev, _) if ev.id.is_none() && ev.frame().len() <= DIRECT_MAX)
+            && s.sink.as_ref().is_some_and(|sink| sink.takes_events());
+        if !s.enqueue(item) {
+            return Pushed::Overflowed(s.waker.take());
+        }
+        if direct {
+            s.direct_pending = true;
+            Pushed::Direct
+        } else if s.direct_pending {
+            Pushed::Queued(None)
+        } else {
+            Pushed::Queued(s.waker.take())
+        }
+    }
+
+    /// Writes what is queued to the socket, for a stream `push_live` found
+    /// idle: whole ephemeral events while the writer stays idle and the
+    /// socket takes them. Anything else (the writer busy, a full socket,
+    /// another kind of item) wakes the writer to do it as usual; a frame
+    /// that went out in part closes the stream as a slow client. Adds what
+    /// it wrote to `taken`; returns its bytes.
+    pub fn write_direct(&self, taken: &mut WriteTimes) -> u64 {
+        let mut bytes = 0;
+        let waker = {
+            let mut guard = self.state.lock();
+            let s = &mut *guard;
+            s.direct_pending = false;
+            if s.closed.is_none()
+                && s.writer_idle
+                && let Some(sink) = &s.sink
+            {
+                while let Some(Item::Event(ev, _)) = s.queue.front() {
+                    if ev.id.is_some() || ev.frame().len() > DIRECT_MAX {
+                        break;
+                    }
+                    match sink.try_event(ev.frame()) {
+                        EventWrite::Written => {
+                            bytes += ev.frame().len() as u64;
+                            taken.add(ev.published_us, ev.received_us);
+                            let item = s.queue.pop_front().expect("looked at");
+                            s.queued_bytes -= item.cost();
+                        }
+                        EventWrite::Refused => break,
+                        EventWrite::Torn => {
+                            s.closed = Some(Close::SlowClient);
+                            s.torn = true;
+                            s.queue = VecDeque::new();
+                            s.queued_bytes = 0;
+                            break;
+                        }
+                    }
+                }
+                if bytes > 0 {
+                    s.taken_ms = coarse_ms() as u32;
+                }
+            }
+            if s.queue.is_empty() && s.closed.is_none() {
+                s.waiting_since = None;
+                None
+            } else {
+                s.waker.take()
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        bytes
     }
 
     /// The stream took something (a replayed page): it is not stalled.

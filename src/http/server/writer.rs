@@ -12,7 +12,9 @@
 //! The socket is shared with the stream's subscriber (`HeartbeatSink`):
 //! while the writer waits with nothing half-written, the hub's heartbeat
 //! tick writes an idle stream's heartbeat itself, so an idle stream's task
-//! is not woken every `--heartbeat` just to write eight bytes.
+//! is not woken every `--heartbeat` just to write eight bytes; and the hub
+//! writes live events to it in batches of streams (`hub::direct`), so a
+//! stream's task is not woken per event either while its writer is idle.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -23,7 +25,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use crate::hub::HeartbeatSink;
+use crate::hub::{DIRECT_MAX, EventWrite, HeartbeatSink};
 use crate::stream::{Chunks, StreamSession};
 
 /// An empty SSE comment (`sse::encode_comment("")`), as one chunk and bare.
@@ -73,6 +75,34 @@ impl HeartbeatSink for Socket {
 
     fn counted_bytes(&self) -> u64 {
         HEARTBEAT.len() as u64
+    }
+
+    fn takes_events(&self) -> bool {
+        true
+    }
+
+    fn try_event(&self, frame: &[u8]) -> EventWrite {
+        // The chunk's size line, the frame and its CRLF, in one `send`.
+        let mut flat = [0u8; DIRECT_MAX + 24];
+        let mut n = 0;
+        if self.chunked {
+            let mut size_line = [0u8; 20];
+            n = hex_line(frame.len(), &mut size_line);
+            flat[..n].copy_from_slice(&size_line[..n]);
+        }
+        flat[n..n + frame.len()].copy_from_slice(frame);
+        n += frame.len();
+        if self.chunked {
+            flat[n..n + 2].copy_from_slice(b"\r\n");
+            n += 2;
+        }
+        match self.tcp.try_write(&flat[..n]) {
+            Ok(w) if w == n => EventWrite::Written,
+            Ok(0) => EventWrite::Refused,
+            Ok(_) => EventWrite::Torn,
+            // Full, or gone: the writer finds out which.
+            Err(_) => EventWrite::Refused,
+        }
     }
 }
 

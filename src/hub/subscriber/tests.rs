@@ -224,3 +224,166 @@ fn a_stream_that_wrote_lately_gets_no_heartbeat_a_websocket_does() {
     assert_eq!(sse.heartbeat(0), Beat::Queued);
     assert_eq!(mercure.heartbeat(0), Beat::Queued);
 }
+
+/// A socket that takes events as scripted, and records what went out.
+struct EventSink {
+    answers: Mutex<VecDeque<EventWrite>>,
+    written: Mutex<Vec<Vec<u8>>>,
+}
+
+impl HeartbeatSink for EventSink {
+    fn try_heartbeat(&self) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+    fn heartbeat_len(&self) -> usize {
+        9
+    }
+    fn counted_bytes(&self) -> u64 {
+        3
+    }
+    fn takes_events(&self) -> bool {
+        true
+    }
+    fn try_event(&self, frame: &[u8]) -> EventWrite {
+        let answer = self.answers.lock().pop_front().expect("a scripted answer");
+        if answer == EventWrite::Written {
+            self.written.lock().push(frame.to_vec());
+        }
+        answer
+    }
+}
+
+/// A started single-channel stream (an SSE stream) whose writer waits
+/// with nothing to write, on a socket that takes events as scripted;
+/// and how often its writer was woken.
+fn idle_stream(answers: &[EventWrite]) -> (Arc<Subscriber>, Arc<EventSink>, Arc<AtomicU32>) {
+    let sink = Arc::new(EventSink {
+        answers: Mutex::new(answers.iter().copied().collect()),
+        written: Mutex::new(Vec::new()),
+    });
+    let sub = Subscriber::new(1, 1 << 20);
+    sub.attach_sink(sink.clone());
+    let wakes = Arc::new(AtomicU32::new(0));
+    let waker = counting_waker(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    sub.set_ready(0, EventId::ZERO);
+    assert!(matches!(sub.poll_ready(&mut cx), Poll::Ready(Ok(_))));
+    assert_eq!(sub.poll_drain(&mut cx, &mut VecDeque::new()), Poll::Pending);
+    (sub, sink, wakes)
+}
+
+fn counting_waker(wakes: Arc<AtomicU32>) -> Waker {
+    struct Count(Arc<AtomicU32>);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Waker::from(Arc::new(Count(wakes)))
+}
+
+fn durable_ev(seq: u64) -> Arc<Encoded> {
+    let e = Event {
+        data: Bytes::from_static(b"d"),
+        ..Default::default()
+    };
+    Arc::new(Encoded::new(&e, Some(EventId::new(seq, 0)), 0))
+}
+
+#[test]
+fn events_for_an_idle_stream_are_written_by_the_hub_in_order_without_a_wake() {
+    let (sub, sink, wakes) = idle_stream(&[EventWrite::Written, EventWrite::Written]);
+    let (a, b) = (ev(1), ev(2));
+    assert!(matches!(sub.push_live(Item::Event(a.clone(), 0)), Pushed::Direct));
+    // Already in a batch's hands: queued behind the first, no wake.
+    assert!(matches!(
+        sub.push_live(Item::Event(b.clone(), 0)),
+        Pushed::Queued(None)
+    ));
+    let mut taken = WriteTimes::default();
+    let bytes = sub.write_direct(&mut taken);
+    assert_eq!(bytes, (a.frame().len() + b.frame().len()) as u64);
+    assert_eq!(taken.events(), 2);
+    assert_eq!(*sink.written.lock(), vec![a.frame().to_vec(), b.frame().to_vec()]);
+    assert_eq!(wakes.load(Ordering::Relaxed), 0);
+    let s = sub.state.lock();
+    assert!(s.queue.is_empty() && s.queued_bytes == 0 && s.waiting_since.is_none());
+    assert!(s.writer_idle, "the writer still has nothing half-written");
+}
+
+#[test]
+fn a_full_socket_leaves_direct_events_to_the_writer() {
+    let (sub, sink, wakes) = idle_stream(&[EventWrite::Written, EventWrite::Refused]);
+    let mut cx = Context::from_waker(noop_waker_ref());
+    assert!(matches!(sub.push_live(Item::Event(ev(1), 0)), Pushed::Direct));
+    let _ = sub.push_live(Item::Event(ev(2), 0));
+    let _ = sub.push_live(Item::Event(ev(3), 0));
+    assert_eq!(
+        sub.write_direct(&mut WriteTimes::default()),
+        ev(1).frame().len() as u64
+    );
+    assert_eq!(sink.written.lock().len(), 1);
+    assert_eq!(
+        wakes.load(Ordering::Relaxed),
+        1,
+        "the writer is woken for the rest"
+    );
+    let mut out = VecDeque::new();
+    assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
+    assert_eq!(out.len(), 2, "the two the socket did not take, for the writer");
+}
+
+#[test]
+fn a_torn_direct_event_closes_the_stream_as_a_slow_client() {
+    let (sub, _sink, wakes) = idle_stream(&[EventWrite::Torn]);
+    let mut cx = Context::from_waker(noop_waker_ref());
+    assert!(matches!(sub.push_live(Item::Event(ev(1), 0)), Pushed::Direct));
+    assert_eq!(sub.write_direct(&mut WriteTimes::default()), 0);
+    assert_eq!(wakes.load(Ordering::Relaxed), 1);
+    assert!(sub.heartbeat_torn());
+    assert!(!sub.claim_socket(), "nothing may follow half an event");
+    assert_eq!(
+        sub.poll_drain(&mut cx, &mut VecDeque::new()),
+        Poll::Ready(Err(Close::SlowClient))
+    );
+}
+
+#[test]
+fn durable_events_large_events_and_busy_writers_go_through_the_queue() {
+    // A durable event carries the stream's cursor: its writer writes it.
+    let (sub, sink, wakes) = idle_stream(&[]);
+    assert!(matches!(
+        sub.push_live(Item::Event(durable_ev(1), 0)),
+        Pushed::Queued(Some(_))
+    ));
+    drop(sub);
+    // So does a frame larger than one direct write.
+    let (sub, _, _) = idle_stream(&[]);
+    assert!(matches!(
+        sub.push_live(Item::Event(ev(DIRECT_MAX), 0)),
+        Pushed::Queued(Some(_))
+    ));
+    // And a writer that has claimed its socket.
+    let (sub, _, _) = idle_stream(&[]);
+    assert!(sub.claim_socket());
+    assert!(matches!(
+        sub.push_live(Item::Event(ev(1), 0)),
+        Pushed::Queued(Some(_))
+    ));
+    assert!(sink.written.lock().is_empty());
+    assert_eq!(wakes.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_writer_that_drained_before_the_batch_ran_keeps_the_events() {
+    let (sub, sink, _) = idle_stream(&[]);
+    let mut cx = Context::from_waker(noop_waker_ref());
+    assert!(matches!(sub.push_live(Item::Event(ev(1), 0)), Pushed::Direct));
+    // Woken by something else, the writer takes the event itself.
+    let mut out = VecDeque::new();
+    assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
+    assert_eq!(out.len(), 1);
+    // The batch then finds a busy writer and an empty queue: nothing.
+    assert_eq!(sub.write_direct(&mut WriteTimes::default()), 0);
+    assert!(sink.written.lock().is_empty());
+}
