@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use slab::Slab;
 
-use super::direct::DirectWrites;
+use super::direct::{DIRECT_STREAMS, DirectWrites};
 use super::subscriber::Pushed;
 use super::{Item, Subscriber};
 use crate::metrics::Metrics;
@@ -54,10 +54,18 @@ impl ChannelState {
             }
             self.last_id = id;
         }
-        // Streams whose writers are idle get it from a batch (`direct`).
+        // Streams whose writers are idle get it from a batch (`direct`),
+        // unless the channel is a broadcast to many.
         let mut direct = DirectWrites::new(metrics);
+        let few = self.subs.len() <= DIRECT_STREAMS;
         for (_, s) in self.subs.iter() {
-            match s.sub.push_live(Item::Event(ev.clone(), s.ch)) {
+            let item = Item::Event(ev.clone(), s.ch);
+            let pushed = if few {
+                s.sub.push_live(item)
+            } else {
+                s.sub.push(item)
+            };
+            match pushed {
                 Pushed::Direct => direct.add(&s.sub),
                 pushed => {
                     if pushed.wake() {

@@ -7,8 +7,8 @@
 //! writer not woken. The channel hands such streams to a task per
 //! `BATCH` streams, which writes each one's queued events with one
 //! non-blocking `send` apiece under the stream's lock
-//! (`Subscriber::write_direct`); anything it cannot write whole goes back
-//! to the writer, woken as usual. At 2,000 publishes/s to 15,000 streams
+//! (`Subscriber::write_direct`); anything else goes to the writer, woken
+//! as usual, and so does the rest of a frame the socket took in part. At 2,000 publishes/s to 15,000 streams
 //! this cut the node's CPU per delivered event by 15% (see "Events written
 //! in batches" in docs/benchmarks.md). The batches run on the runtime's
 //! workers, so writes still spread over the cores: written from the task
@@ -21,6 +21,14 @@ use crate::metrics::{Metrics, WriteTimes};
 
 /// Streams per task.
 const BATCH: usize = 32;
+
+/// A channel with more local streams than this wakes each stream's writer
+/// instead. A broadcast to 15,000 streams (bench.sh's broadcast-20) went
+/// from 115 ms at p50 to 3 s written in batches: every direct write holds
+/// the stream's lock over its `send`, and the task that reads Redis,
+/// pushing the next broadcast to the same streams, waits on those locks;
+/// woken writers also join several events into one write when behind.
+pub(super) const DIRECT_STREAMS: usize = 64;
 
 /// The streams of one event's fan-out that wait for a direct write.
 pub(super) struct DirectWrites<'a> {

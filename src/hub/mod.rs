@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use registration::{Attachment, Registration, Subscription};
 pub use subscriber::{
-    Beat, Close, DIRECT_MAX, EventWrite, HeartbeatSink, Item, Subscriber, is_lone_heartbeat, recycle,
+    Beat, Close, DIRECT_MAX, EventWrite, HeartbeatSink, Item, Pushed, Subscriber, is_lone_heartbeat, recycle,
 };
 
 use channel::{ChannelState, Mode};

@@ -107,8 +107,9 @@ pub enum EventWrite {
     /// Nothing went out: the socket is full, or the sink does not write
     /// events.
     Refused,
-    /// Part of it went out: nothing else may follow it.
-    Torn,
+    /// Part of it went out: the sink keeps the rest, which the stream's
+    /// writer writes before anything else.
+    Partial,
 }
 
 /// What `Subscriber::heartbeat` did.
@@ -181,6 +182,11 @@ struct State {
     /// A batch of the hub's (`write_direct`) will write what is queued, or
     /// wake the writer: a push meanwhile need not wake it.
     direct_pending: bool,
+    /// The writer's cursor on its one channel, which it left here when it
+    /// last went idle (`poll_drain_at`): durable events can then be
+    /// written directly too, and `position` moves with them.
+    has_position: bool,
+    position: EventId,
     /// When (`coarse_ms`, wrapping) the writer last took something to
     /// write (`long_ago_ms` until it does): a stream that wrote lately
     /// needs no heartbeat to stay open.
@@ -188,6 +194,13 @@ struct State {
 }
 
 impl State {
+    /// Whether the hub may write `ev` to the socket itself: an ephemeral
+    /// event, or a durable one for a stream whose cursor is here (its frame's
+    /// `id:` line is then the stream's cursor), small enough for one write.
+    fn writable(&self, ev: &Encoded) -> bool {
+        (ev.id.is_none() || self.has_position) && ev.frame().len() <= DIRECT_MAX
+    }
+
     /// Queues `item`; false if it overflowed the queue, which closes the
     /// stream (one item always fits an empty queue, whatever its size).
     fn enqueue(&mut self, item: Item) -> bool {
@@ -264,6 +277,8 @@ impl Subscriber {
                 writer_idle: false,
                 torn: false,
                 direct_pending: false,
+                has_position: false,
+                position: EventId::ZERO,
                 taken_ms: long_ago_ms(),
                 start: Some(Box::new(Start {
                     pending: channels,
@@ -321,7 +336,7 @@ impl Subscriber {
             && s.queue.is_empty()
             && s.start.is_none()
             && !s.dynamic
-            && matches!(&item, Item::Event(ev, _) if ev.id.is_none() && ev.frame().len() <= DIRECT_MAX)
+            && matches!(&item, Item::Event(ev, _) if s.writable(ev))
             && s.sink.as_ref().is_some_and(|sink| sink.takes_events());
         if !s.enqueue(item) {
             return Pushed::Overflowed(s.waker.take());
@@ -339,9 +354,9 @@ impl Subscriber {
     /// Writes what is queued to the socket, for a stream `push_live` found
     /// idle: whole ephemeral events while the writer stays idle and the
     /// socket takes them. Anything else (the writer busy, a full socket,
-    /// another kind of item) wakes the writer to do it as usual; a frame
-    /// that went out in part closes the stream as a slow client. Adds what
-    /// it wrote to `taken`; returns its bytes.
+    /// another kind of item) wakes the writer to do it as usual; so does a
+    /// frame that went out in part, whose rest the sink keeps for the
+    /// writer. Adds what it wrote to `taken`; returns its bytes.
     pub fn write_direct(&self, taken: &mut WriteTimes) -> u64 {
         let mut bytes = 0;
         let waker = {
@@ -353,22 +368,37 @@ impl Subscriber {
                 && let Some(sink) = &s.sink
             {
                 while let Some(Item::Event(ev, _)) = s.queue.front() {
-                    if ev.id.is_some() || ev.frame().len() > DIRECT_MAX {
+                    if !s.writable(ev) {
                         break;
+                    }
+                    if ev.id.is_some_and(|id| id <= s.position) {
+                        // Replayed by the stream's resume already.
+                        let item = s.queue.pop_front().expect("looked at");
+                        s.queued_bytes -= item.cost();
+                        continue;
                     }
                     match sink.try_event(ev.frame()) {
                         EventWrite::Written => {
                             bytes += ev.frame().len() as u64;
                             taken.add(ev.published_us, ev.received_us);
+                            if let Some(id) = ev.id {
+                                s.position = id;
+                            }
                             let item = s.queue.pop_front().expect("looked at");
                             s.queued_bytes -= item.cost();
                         }
                         EventWrite::Refused => break,
-                        EventWrite::Torn => {
-                            s.closed = Some(Close::SlowClient);
-                            s.torn = true;
-                            s.queue = VecDeque::new();
-                            s.queued_bytes = 0;
+                        EventWrite::Partial => {
+                            // The writer has the rest to write first: it is
+                            // no longer idle, and nothing else goes direct.
+                            bytes += ev.frame().len() as u64;
+                            taken.add(ev.published_us, ev.received_us);
+                            if let Some(id) = ev.id {
+                                s.position = id;
+                            }
+                            let item = s.queue.pop_front().expect("looked at");
+                            s.queued_bytes -= item.cost();
+                            s.writer_idle = false;
                             break;
                         }
                     }
@@ -377,7 +407,7 @@ impl Subscriber {
                     s.taken_ms = coarse_ms() as u32;
                 }
             }
-            if s.queue.is_empty() && s.closed.is_none() {
+            if s.queue.is_empty() && s.closed.is_none() && s.writer_idle {
                 s.waiting_since = None;
                 None
             } else {
@@ -548,7 +578,7 @@ impl Subscriber {
     }
 
     /// The hub tells the stream where channel `ch` stands on this node.
-    pub(super) fn set_ready(&self, ch: u16, position: EventId) {
+    pub(crate) fn set_ready(&self, ch: u16, position: EventId) {
         let waker = {
             let mut s = self.state.lock();
             if s.dynamic {
@@ -605,8 +635,33 @@ impl Subscriber {
     /// took: `Pending` lets the hub write heartbeats to the sink until the
     /// next drain.
     pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut VecDeque<Item>) -> Poll<Result<(), Close>> {
-        debug_assert!(out.is_empty());
+        let s = self.state.lock();
+        Self::drain(s, cx, out)
+    }
+
+    /// `poll_drain` for a stream on one channel, with its cursor there:
+    /// `position` takes in what the hub wrote directly since the last
+    /// drain, and is left here while the writer waits, so that the hub
+    /// writes the stream's durable events too.
+    pub fn poll_drain_at(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<Item>,
+        position: &mut EventId,
+    ) -> Poll<Result<(), Close>> {
         let mut s = self.state.lock();
+        *position = (*position).max(s.position);
+        s.position = *position;
+        s.has_position = true;
+        Self::drain(s, cx, out)
+    }
+
+    fn drain(
+        mut s: parking_lot::MutexGuard<'_, State>,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<Item>,
+    ) -> Poll<Result<(), Close>> {
+        debug_assert!(out.is_empty());
         if !s.queue.is_empty() {
             std::mem::swap(&mut s.queue, out);
             s.queued_bytes = 0;

@@ -349,7 +349,15 @@ impl StreamSession {
         }
         loop {
             let mut items = std::mem::take(&mut self.spare);
-            match self.reg.subscriber().poll_drain(cx, &mut items) {
+            let sub = self.reg.subscriber();
+            let drained = match &mut *self.positions {
+                // One channel: the frame's `id:` line is the cursor, so the
+                // hub can write durable events itself while the writer is
+                // idle (`hub::direct`), and tells it where they reached.
+                [position] => sub.poll_drain_at(cx, &mut items, position),
+                _ => sub.poll_drain(cx, &mut items),
+            };
+            match drained {
                 Poll::Pending => {
                     self.spare = items;
                     return Poll::Pending;

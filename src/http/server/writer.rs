@@ -56,12 +56,18 @@ pub(crate) struct StreamWriter<S: Chunks = StreamSession> {
     frames: Vec<Bytes>,
     /// Bytes of the current chunk already written, while writing one.
     offset: Option<usize>,
+    /// The current "chunk" is the rest of an event the hub wrote in part,
+    /// framed already.
+    raw: bool,
 }
 
 /// An event stream's socket and its framing.
 struct Socket {
     tcp: TcpStream,
     chunked: bool,
+    /// The rest of an event the hub wrote in part (`try_event`), framed:
+    /// the writer writes it before anything else.
+    rest: parking_lot::Mutex<Option<Box<[u8]>>>,
 }
 
 impl HeartbeatSink for Socket {
@@ -82,6 +88,19 @@ impl HeartbeatSink for Socket {
     }
 
     fn try_event(&self, frame: &[u8]) -> EventWrite {
+        self.try_event_upto(frame, usize::MAX)
+    }
+}
+
+impl Socket {
+    fn heartbeat(&self) -> &'static [u8] {
+        if self.chunked { HEARTBEAT_CHUNK } else { HEARTBEAT }
+    }
+
+    /// `try_event`, offering the socket at most `limit` bytes: all of
+    /// them in use; part of a frame in a test, as an all but full socket
+    /// would take (a frame this small rarely goes out in part on Linux).
+    fn try_event_upto(&self, frame: &[u8], limit: usize) -> EventWrite {
         // The chunk's size line, the frame and its CRLF, in one `send`.
         let mut flat = [0u8; DIRECT_MAX + 24];
         let mut n = 0;
@@ -96,31 +115,33 @@ impl HeartbeatSink for Socket {
             flat[n..n + 2].copy_from_slice(b"\r\n");
             n += 2;
         }
-        match self.tcp.try_write(&flat[..n]) {
+        match self.tcp.try_write(&flat[..n.min(limit)]) {
             Ok(w) if w == n => EventWrite::Written,
             Ok(0) => EventWrite::Refused,
-            Ok(_) => EventWrite::Torn,
+            Ok(w) => {
+                *self.rest.lock() = Some(flat[w..n].into());
+                EventWrite::Partial
+            }
             // Full, or gone: the writer finds out which.
             Err(_) => EventWrite::Refused,
         }
     }
 }
 
-impl Socket {
-    fn heartbeat(&self) -> &'static [u8] {
-        if self.chunked { HEARTBEAT_CHUNK } else { HEARTBEAT }
-    }
-}
-
 impl<S: Chunks> StreamWriter<S> {
     pub(super) fn new(tcp: TcpStream, session: S, chunked: bool) -> StreamWriter<S> {
-        let sock = Arc::new(Socket { tcp, chunked });
+        let sock = Arc::new(Socket {
+            tcp,
+            chunked,
+            rest: parking_lot::Mutex::new(None),
+        });
         session.subscriber().attach_sink(sock.clone());
         StreamWriter {
             sock,
             session,
             frames: Vec::new(),
             offset: None,
+            raw: false,
         }
     }
 
@@ -152,6 +173,12 @@ impl<S: Chunks + Unpin> Future for StreamWriter<S> {
                 if client_gone(&this.sock.tcp, cx) {
                     return Poll::Ready(());
                 }
+                if let Some(rest) = this.sock.rest.lock().take() {
+                    this.frames.push(Bytes::from(rest));
+                    this.raw = true;
+                    this.offset = Some(0);
+                    continue;
+                }
                 match this.session.poll_chunk(cx, &mut this.frames) {
                     Poll::Ready(Some(())) => this.offset = Some(0),
                     Poll::Ready(None) => {
@@ -172,9 +199,10 @@ impl<S: Chunks + Unpin> Future for StreamWriter<S> {
                 continue;
             };
             let sock = &this.sock;
-            match poll_write_chunk(cx, &sock.tcp, &this.frames, sock.chunked, offset) {
+            match poll_write_chunk(cx, &sock.tcp, &this.frames, sock.chunked && !this.raw, offset) {
                 Poll::Ready(Ok(())) => {
                     this.offset = None;
+                    this.raw = false;
                     this.frames.clear();
                     if this.frames.capacity() > IOV * 4 {
                         this.frames.shrink_to(IOV);
@@ -395,6 +423,157 @@ mod tests {
         assert!(partial > 0, "no write stopped part way; the test proves nothing");
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "the bytes differ from the chunks written");
+    }
+
+    /// A stream's queue as its writer sees it, the way `StreamSession`
+    /// hands out ephemeral events.
+    struct Queued(Arc<crate::hub::Subscriber>);
+
+    impl Chunks for Queued {
+        fn poll_chunk(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Option<()>> {
+            let mut items = std::collections::VecDeque::new();
+            match ready!(self.0.poll_drain(cx, &mut items)) {
+                Err(_) => Poll::Ready(None),
+                Ok(()) => {
+                    for item in items {
+                        if let crate::hub::Item::Event(ev, _) = item {
+                            out.push(ev.frame().clone());
+                        }
+                    }
+                    Poll::Ready(Some(()))
+                }
+            }
+        }
+        fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+            self.0.poll_closed(cx)
+        }
+        fn subscriber(&self) -> &crate::hub::Subscriber {
+            &self.0
+        }
+    }
+
+    /// The stream's socket as the hub sees it, except that every
+    /// seventh event goes out in part: half of it, the rest kept for the
+    /// writer, as from an all but full socket.
+    struct Splitting(Arc<Socket>, std::sync::atomic::AtomicUsize);
+
+    impl HeartbeatSink for Splitting {
+        fn try_heartbeat(&self) -> io::Result<usize> {
+            self.0.try_heartbeat()
+        }
+        fn heartbeat_len(&self) -> usize {
+            self.0.heartbeat_len()
+        }
+        fn counted_bytes(&self) -> u64 {
+            self.0.counted_bytes()
+        }
+        fn takes_events(&self) -> bool {
+            true
+        }
+        fn try_event(&self, frame: &[u8]) -> EventWrite {
+            let i = self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let limit = if i % 7 == 3 {
+                frame.len() / 2 + 1
+            } else {
+                usize::MAX
+            };
+            self.0.try_event_upto(frame, limit)
+        }
+    }
+
+    /// The body of the complete chunks at the start of a chunked response.
+    fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        while let Some(line) = raw.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap(), 16).unwrap();
+            let chunk = &raw[line + 2..];
+            if chunk.len() < size + 2 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+            assert_eq!(&chunk[size..size + 2], b"\r\n", "a chunk ends with CRLF");
+            raw = &chunk[size + 2..];
+        }
+        body
+    }
+
+    /// Events the hub writes to an idle stream's socket, one in seven in
+    /// part, while the client first does not read and then reads slowly:
+    /// the writer writes each rest before anything else, so the client
+    /// gets exactly the events, in order, in well-formed chunks. One
+    /// thread, so that nothing runs between a direct write and the look at
+    /// what it left.
+    #[tokio::test(flavor = "current_thread")]
+    async fn events_written_in_part_by_the_hub_are_finished_by_the_writer() {
+        use crate::hub::{Item, Pushed, Subscriber};
+        use crate::metrics::WriteTimes;
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = socket.connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let sub = Subscriber::new(1, 64 << 20);
+        sub.set_ready(0, crate::sse::EventId::ZERO);
+        sub.ready().await.unwrap();
+        let writer = StreamWriter::new(server, Queued(sub.clone()), true);
+        let sock = writer.sock.clone();
+        sub.attach_sink(Arc::new(Splitting(sock.clone(), Default::default())));
+        let writer = tokio::spawn(writer);
+        let events: Vec<_> = (0..3000usize)
+            .map(|i| {
+                let data = vec![b'a' + (i % 26) as u8; [1, 40, 300, 900][i % 4] + i % 7];
+                let e = crate::sse::Event {
+                    data: Bytes::from(data),
+                    ..Default::default()
+                };
+                Arc::new(crate::sse::Encoded::new(&e, None, 0))
+            })
+            .collect();
+        let expected: Vec<u8> = events.iter().flat_map(|e| e.frame().to_vec()).collect();
+        let start_reading = Arc::new(tokio::sync::Notify::new());
+        let hub = tokio::spawn({
+            let (sub, start_reading) = (sub.clone(), start_reading.clone());
+            async move {
+                let (mut direct, mut partial) = (0, 0);
+                for (i, ev) in events.into_iter().enumerate() {
+                    match sub.push_live(Item::Event(ev, 0)) {
+                        Pushed::Direct => {
+                            direct += 1;
+                            sub.write_direct(&mut WriteTimes::default());
+                            partial += sock.rest.lock().is_some() as usize;
+                        }
+                        pushed => assert!(!pushed.wake(), "the queue never overflows here"),
+                    }
+                    if partial > 0 || i == 500 {
+                        start_reading.notify_one();
+                    }
+                    tokio::task::yield_now().await;
+                }
+                (direct, partial)
+            }
+        });
+        start_reading.notified().await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 700];
+        while dechunk(&got).len() < expected.len() {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let (direct, partial) = hub.await.unwrap();
+        sub.close(crate::hub::Close::Shutdown);
+        writer.await.unwrap();
+        assert!(
+            direct > 0 && partial > 0,
+            "{direct} direct, {partial} in part: the test proves nothing"
+        );
+        let body = dechunk(&got);
+        assert_eq!(body.len(), expected.len());
+        assert!(body == expected, "the events differ from those published");
     }
 
     /// An event stream's task lives as long as the stream: keep it small.

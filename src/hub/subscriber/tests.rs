@@ -334,23 +334,32 @@ fn a_full_socket_leaves_direct_events_to_the_writer() {
 }
 
 #[test]
-fn a_torn_direct_event_closes_the_stream_as_a_slow_client() {
-    let (sub, _sink, wakes) = idle_stream(&[EventWrite::Torn]);
+fn an_event_written_in_part_leaves_the_rest_and_the_queue_to_the_writer() {
+    let (sub, sink, wakes) = idle_stream(&[EventWrite::Partial]);
     let mut cx = Context::from_waker(noop_waker_ref());
     assert!(matches!(sub.push_live(Item::Event(ev(1), 0)), Pushed::Direct));
-    assert_eq!(sub.write_direct(&mut WriteTimes::default()), 0);
-    assert_eq!(wakes.load(Ordering::Relaxed), 1);
-    assert!(sub.heartbeat_torn());
-    assert!(!sub.claim_socket(), "nothing may follow half an event");
+    let _ = sub.push_live(Item::Event(ev(2), 0));
+    // The first went out in part (the sink keeps its rest); the second
+    // is the writer's, and so is the socket: no heartbeat goes direct.
     assert_eq!(
-        sub.poll_drain(&mut cx, &mut VecDeque::new()),
-        Poll::Ready(Err(Close::SlowClient))
+        sub.write_direct(&mut WriteTimes::default()),
+        ev(1).frame().len() as u64
     );
+    assert_eq!(wakes.load(Ordering::Relaxed), 1);
+    assert_eq!(sub.heartbeat(0), Beat::Skipped, "something is queued");
+    let mut out = VecDeque::new();
+    assert_eq!(sub.poll_drain(&mut cx, &mut out), Poll::Ready(Ok(())));
+    assert_eq!(out.len(), 1);
+    assert!(!sub.heartbeat_torn(), "the stream goes on");
+    // Nothing direct until the writer has drained and waits again.
+    assert!(matches!(sub.push_live(Item::Event(ev(3), 0)), Pushed::Queued(_)));
+    assert!(sink.written.lock().is_empty());
 }
 
 #[test]
 fn durable_events_large_events_and_busy_writers_go_through_the_queue() {
-    // A durable event carries the stream's cursor: its writer writes it.
+    // A durable event carries the stream's cursor: the writer writes it
+    // unless it left its cursor with the subscriber (`poll_drain_at`).
     let (sub, sink, wakes) = idle_stream(&[]);
     assert!(matches!(
         sub.push_live(Item::Event(durable_ev(1), 0)),
@@ -386,4 +395,36 @@ fn a_writer_that_drained_before_the_batch_ran_keeps_the_events() {
     // The batch then finds a busy writer and an empty queue: nothing.
     assert_eq!(sub.write_direct(&mut WriteTimes::default()), 0);
     assert!(sink.written.lock().is_empty());
+}
+
+#[test]
+fn durable_events_are_written_directly_from_the_cursor_the_writer_left() {
+    let (sub, sink, wakes) = idle_stream(&[EventWrite::Written, EventWrite::Written]);
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut out = VecDeque::new();
+    // The writer goes idle at 2 (say, where its resume ended).
+    let mut position = EventId::new(2, 0);
+    assert_eq!(sub.poll_drain_at(&mut cx, &mut out, &mut position), Poll::Pending);
+    // 2 came live after the resume had read it: dropped; 3 and 4 written.
+    assert!(matches!(
+        sub.push_live(Item::Event(durable_ev(2), 0)),
+        Pushed::Direct
+    ));
+    let _ = sub.push_live(Item::Event(durable_ev(3), 0));
+    let _ = sub.push_live(Item::Event(durable_ev(4), 0));
+    let mut taken = WriteTimes::default();
+    assert!(sub.write_direct(&mut taken) > 0);
+    assert_eq!(taken.events(), 2);
+    assert_eq!(
+        *sink.written.lock(),
+        vec![durable_ev(3).frame().to_vec(), durable_ev(4).frame().to_vec()]
+    );
+    assert_eq!(wakes.load(Ordering::Relaxed), 0);
+    // The writer's next drain learns where the hub got to.
+    let _ = sub.push(Item::Heartbeat);
+    assert_eq!(
+        sub.poll_drain_at(&mut cx, &mut out, &mut position),
+        Poll::Ready(Ok(()))
+    );
+    assert_eq!(position, EventId::new(4, 0));
 }
