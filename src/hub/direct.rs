@@ -24,10 +24,11 @@ const BATCH: usize = 32;
 
 /// A channel with more local streams than this wakes each stream's writer
 /// instead. A broadcast to 15,000 streams (bench.sh's broadcast-20) went
-/// from 115 ms at p50 to 3 s written in batches: every direct write holds
-/// the stream's lock over its `send`, and the task that reads Redis,
-/// pushing the next broadcast to the same streams, waits on those locks;
-/// woken writers also join several events into one write when behind.
+/// from 115 ms at p50 to 3 s written in batches. Likely causes: a direct
+/// write holds the stream's lock over its `send`, so the task that reads
+/// Redis, pushing the next broadcast to the same streams, waits on those
+/// locks; and woken writers join several events into one write when
+/// behind, where direct writes send each one.
 pub(super) const DIRECT_STREAMS: usize = 64;
 
 /// The streams of one event's fan-out that wait for a direct write.

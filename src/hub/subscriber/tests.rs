@@ -1,4 +1,5 @@
 use super::*;
+use crate::metrics::WriteTimes;
 use crate::sse::Event;
 use bytes::Bytes;
 use futures_util::task::noop_waker_ref;
