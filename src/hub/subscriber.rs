@@ -160,9 +160,9 @@ struct State {
     /// took: nothing of its can be half-written on the socket. Set by
     /// `poll_drain`, cleared by it and by `claim_socket`.
     writer_idle: bool,
-    /// A direct heartbeat or event went out in part: the socket's framing
-    /// is broken, so nothing more may be written to it (not even the last
-    /// chunk).
+    /// A direct heartbeat went out in part: the socket's framing is broken,
+    /// so nothing more may be written to it (not even the last chunk). (An
+    /// event that goes out in part leaves its rest with the sink instead.)
     torn: bool,
     /// A batch of the hub's (`write_direct`) will write what is queued, or
     /// wake the writer: a push meanwhile need not wake it.

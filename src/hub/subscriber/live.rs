@@ -91,30 +91,22 @@ impl Subscriber {
                         s.queued_bytes -= item.cost();
                         continue;
                     }
-                    match sink.try_event(ev.frame()) {
-                        EventWrite::Written => {
-                            bytes += ev.frame().len() as u64;
-                            taken.add(ev.published_us, ev.received_us);
-                            if let Some(id) = ev.id {
-                                s.position = id;
-                            }
-                            let item = s.queue.pop_front().expect("looked at");
-                            s.queued_bytes -= item.cost();
-                        }
-                        EventWrite::Refused => break,
-                        EventWrite::Partial => {
-                            // The writer has the rest to write first: it is
-                            // no longer idle, and nothing else goes direct.
-                            bytes += ev.frame().len() as u64;
-                            taken.add(ev.published_us, ev.received_us);
-                            if let Some(id) = ev.id {
-                                s.position = id;
-                            }
-                            let item = s.queue.pop_front().expect("looked at");
-                            s.queued_bytes -= item.cost();
-                            s.writer_idle = false;
-                            break;
-                        }
+                    let wrote = sink.try_event(ev.frame());
+                    if wrote == EventWrite::Refused {
+                        break;
+                    }
+                    bytes += ev.frame().len() as u64;
+                    taken.add(ev.published_us, ev.received_us);
+                    if let Some(id) = ev.id {
+                        s.position = id;
+                    }
+                    let item = s.queue.pop_front().expect("looked at");
+                    s.queued_bytes -= item.cost();
+                    if wrote == EventWrite::Partial {
+                        // The writer has the rest to write first: it is no
+                        // longer idle, and nothing else goes direct.
+                        s.writer_idle = false;
+                        break;
                     }
                 }
                 if bytes > 0 {
