@@ -3,14 +3,16 @@
 //!
 //! A stream whose writer waits with nothing half-written, on a socket the
 //! server writes itself (`HeartbeatSink::takes_events`: an SSE stream on
-//! the fast path), gets an ephemeral event as `Pushed::Direct`: queued, its
-//! writer not woken. The channel hands such streams to a task per
-//! `BATCH` streams, which writes each one's queued events with one
-//! non-blocking `send` apiece under the stream's lock
-//! (`Subscriber::write_direct`); anything else goes to the writer, woken
-//! as usual, and so does the rest of a frame the socket took in part. At 2,000 publishes/s to 15,000 streams
-//! this cut the node's CPU per delivered event by 15% (see "Events written
-//! in batches" in docs/benchmarks.md). The batches run on the runtime's
+//! the fast path), gets an event as `Pushed::Direct`: queued, its writer
+//! not woken (an ephemeral event, or a durable one on a single-channel
+//! stream that left its cursor with the subscriber). The channel hands
+//! such streams to a task per `BATCH` streams, which writes each one's
+//! queued events with one non-blocking `send` apiece under the stream's
+//! lock (`Subscriber::write_direct`); anything else goes to the writer,
+//! woken as usual, and so does the rest of a frame the socket took in
+//! part. At 2,000 publishes/s to 15,000 streams this cut the node's CPU
+//! per delivered event by 15% (see "Events written in batches to idle
+//! streams" in docs/benchmarks.md). The batches run on the runtime's
 //! workers, so writes still spread over the cores: written from the task
 //! that reads the broker instead, they queued behind one another.
 

@@ -34,8 +34,9 @@ impl State {
 }
 
 impl Subscriber {
-    /// `push` for a live event of the hub's fan-out: an ephemeral event
-    /// for a stream whose writer is idle, with nothing queued, is
+    /// `push` for a live event of the hub's fan-out: an event the hub
+    /// may write itself (`State::writable`) for a stream whose writer is
+    /// idle, with nothing queued, is
     /// `Pushed::Direct`: the hub writes it to the socket in a batch with
     /// other streams' (`write_direct`) rather than waking this stream's
     /// task to write it. Whatever is pushed before that batch runs waits
