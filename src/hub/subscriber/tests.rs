@@ -3,6 +3,7 @@ use crate::metrics::WriteTimes;
 use crate::sse::Event;
 use bytes::Bytes;
 use futures_util::task::noop_waker_ref;
+use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 fn ev(len: usize) -> Arc<Encoded> {
