@@ -193,21 +193,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for WsConn<S> {
             if this.closing {
                 return Poll::Pending;
             }
+            // The session's frames before the client's next messages: a
+            // client that never stops sending (each message with its reply
+            // in `out`) must not hold back its own events. Only with `out`
+            // written out, as the hub may write to an idle socket.
+            if this.out.is_empty() {
+                match this.session.poll_output(cx, &mut this.out) {
+                    Poll::Ready(Ok(())) => progressed = true,
+                    Poll::Ready(Err(closing)) => {
+                        this.close(closing);
+                        continue;
+                    }
+                    Poll::Pending => this.hub_may_write = this.shares_socket,
+                }
+            }
             if this.queued() < OUT_HIGH {
                 match this.poll_read_in(cx) {
                     Poll::Ready(Err(())) => return Poll::Ready(()),
                     Poll::Ready(Ok(())) => progressed = true,
                     Poll::Pending => {}
-                }
-            }
-            if this.out.is_empty() && !this.closing {
-                match this.session.poll_output(cx, &mut this.out) {
-                    Poll::Ready(Ok(())) => progressed = true,
-                    Poll::Ready(Err(closing)) => {
-                        this.close(closing);
-                        progressed = true;
-                    }
-                    Poll::Pending => this.hub_may_write = this.shares_socket,
                 }
             }
             if !progressed {
