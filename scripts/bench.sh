@@ -64,6 +64,8 @@ usage: scripts/bench.sh [options]
   --scenarios "A B"   among: $SCENARIOS; and the sessions layout at any rate:
                       pub-<rate> (PUBLISH), fcall-<rate> (ssegate's Redis Function),
                       post-<rate> (HTTP POST: ssegate durable, Nchan its own), e.g. post-5k,
+                      lua-<rate> (ssegate, ephemeral through a Function that only PUBLISHes:
+                      bench/experiments/publish-only.lua, the Function call without the append),
                       on PUBLISH_CONNS kept-alive connections (environment; default 32)
   --duration D        measured publishing window (default 20s; 1s with --quick)
   --source-addrs N    client source addresses 127.0.0.1..127.0.0.N (default 8)
@@ -255,6 +257,10 @@ REDIS_PID=$!
 wait_port "$RPORT" 10 || { echo "bench.sh: redis-server did not start" >&2; cat "$RUNDIR/redis.log" >&2; exit 1; }
 rcli() { redis-cli -p "$RPORT" "$@"; }
 say "redis $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/') on port $RPORT"
+# The lua-<rate> scenarios' Function (FLUSHALL between scenarios keeps it).
+if [[ " $SCENARIOS " == *" lua-"* ]]; then
+  rcli -x FUNCTION LOAD REPLACE < "$ROOT/bench/experiments/publish-only.lua" >/dev/null
+fi
 
 # Flags of ssegate that only some versions have.
 SSEGATE_HELP=$( ([ "$NEED_SSEGATE" = 1 ] && "$SSEGATE" --help) 2>&1 || true)
@@ -333,12 +339,13 @@ scenario_args() {
     # rate: pub-<rate> PUBLISH (Nchan: its POST), fcall-<rate> ssegate's
     # Function, post-<rate> every publish an HTTP POST (durable for ssegate;
     # Nchan's own publish), for the rate one node sustains with a low tail.
-    pub-*|fcall-*|post-*)
+    pub-*|fcall-*|post-*|lua-*)
       local r=${1#*-}; r=${r/k/000}
       [[ "$r" =~ ^[0-9]+$ ]] || { echo "bench.sh: bad rate in $1 (e.g. ${1%%-*}-5000, ${1%%-*}-5k)" >&2; return 1; }
       case "${1%%-*}:$2" in
         pub:*) echo "--scenario sessions --rate $r --settle $SETTLE" ;;
         fcall:ssegate) echo "--scenario sessions --rate $r --publish fcall --settle $SETTLE" ;;
+        lua:ssegate) echo "--scenario sessions --rate $r --publish fcall --pub-function bench_publish_only --settle $SETTLE" ;;
         post:ssegate|post:nchan) echo "--scenario sessions --rate $r --publish http --publish-conns ${PUBLISH_CONNS:-32} --settle $SETTLE" ;;
       esac ;;
     storm) echo "--scenario storm --rate $SESSION_RATE --receive-timeout $RECEIVE_TIMEOUT --settle $SETTLE" ;;
