@@ -64,8 +64,9 @@ usage: scripts/bench.sh [options]
   --scenarios "A B"   among: $SCENARIOS; and the sessions layout at any rate:
                       pub-<rate> (PUBLISH), fcall-<rate> (ssegate's Redis Function),
                       post-<rate> (HTTP POST: ssegate durable, Nchan its own), e.g. post-5k,
-                      lua-<rate> (ssegate, ephemeral through a Function that only PUBLISHes:
-                      bench/experiments/publish-only.lua, the Function call without the append),
+                      lua-<rate> (ephemeral through a Function that only PUBLISHes) and
+                      append-<rate> (through one that appends as ssegate_publish does but
+                      PUBLISHes the payload without its id): bench/experiments/functions.lua,
                       on PUBLISH_CONNS kept-alive connections (environment; default 32)
   --duration D        measured publishing window (default 20s; 1s with --quick)
   --source-addrs N    client source addresses 127.0.0.1..127.0.0.N (default 8)
@@ -257,9 +258,10 @@ REDIS_PID=$!
 wait_port "$RPORT" 10 || { echo "bench.sh: redis-server did not start" >&2; cat "$RUNDIR/redis.log" >&2; exit 1; }
 rcli() { redis-cli -p "$RPORT" "$@"; }
 say "redis $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/') on port $RPORT"
-# The lua-<rate> scenarios' Function (FLUSHALL between scenarios keeps it).
-if [[ " $SCENARIOS " == *" lua-"* ]]; then
-  rcli -x FUNCTION LOAD REPLACE < "$ROOT/bench/experiments/publish-only.lua" >/dev/null
+# The lua-<rate> and append-<rate> scenarios' Functions (FLUSHALL between
+# scenarios keeps them).
+if [[ " $SCENARIOS " == *" lua-"* || " $SCENARIOS " == *" append-"* ]]; then
+  rcli -x FUNCTION LOAD REPLACE < "$ROOT/bench/experiments/functions.lua" >/dev/null
 fi
 
 # Flags of ssegate that only some versions have.
@@ -339,13 +341,16 @@ scenario_args() {
     # rate: pub-<rate> PUBLISH (Nchan: its POST), fcall-<rate> ssegate's
     # Function, post-<rate> every publish an HTTP POST (durable for ssegate;
     # Nchan's own publish), for the rate one node sustains with a low tail.
-    pub-*|fcall-*|post-*|lua-*)
+    pub-*|fcall-*|post-*|lua-*|append-*)
       local r=${1#*-}; r=${r/k/000}
       [[ "$r" =~ ^[0-9]+$ ]] || { echo "bench.sh: bad rate in $1 (e.g. ${1%%-*}-5000, ${1%%-*}-5k)" >&2; return 1; }
       case "${1%%-*}:$2" in
         pub:*) echo "--scenario sessions --rate $r --settle $SETTLE" ;;
         fcall:ssegate) echo "--scenario sessions --rate $r --publish fcall --settle $SETTLE" ;;
-        lua:ssegate) echo "--scenario sessions --rate $r --publish fcall --pub-function bench_publish_only --settle $SETTLE" ;;
+        lua:ssegate|append:ssegate|lua:rawfan|append:rawfan)
+          local f=bench_publish_only; [ "${1%%-*}" = append ] && f=bench_append_publish
+          local key=""; [ "$2" = rawfan ] && key="--pub-key lim:%c:log"
+          echo "--scenario sessions --rate $r --publish fcall --pub-function $f $key --settle $SETTLE" ;;
         post:ssegate|post:nchan) echo "--scenario sessions --rate $r --publish http --publish-conns ${PUBLISH_CONNS:-32} --settle $SETTLE" ;;
       esac ;;
     storm) echo "--scenario storm --rate $SESSION_RATE --receive-timeout $RECEIVE_TIMEOUT --settle $SETTLE" ;;
