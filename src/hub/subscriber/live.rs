@@ -67,8 +67,9 @@ impl Subscriber {
     }
 
     /// Writes what is queued to the socket, for a stream `push_live` found
-    /// idle: whole ephemeral events while the writer stays idle and the
-    /// socket takes them. Anything else (the writer busy, a full socket,
+    /// idle: the events the hub may write (`State::writable`), while the
+    /// writer stays idle and the socket takes them; durable ones a resume
+    /// already replayed are dropped. Anything else (the writer busy, a full socket,
     /// another kind of item) wakes the writer to do it as usual; so does a
     /// frame that went out in part, whose rest the sink keeps for the
     /// writer. Adds what it wrote to `taken`; returns its bytes.
