@@ -377,6 +377,9 @@ for sys in $SYSTEMS; do
       warn "$sys $sc failed"
       FAILED=$((FAILED + 1))
     fi
+    # Redis's own time per command over the scenario (its latency tracking:
+    # p50, p99 and p99.9 of each command's execution, in µs).
+    rcli INFO latencystats > "$RESULTS/$sys--$sc.redis-latency.txt" 2>/dev/null || true
     stop_server
   done
 done
