@@ -310,12 +310,17 @@ impl Subscriber {
     /// Whether the stream is closed; if not, the caller is woken when it is
     /// (or when something is queued).
     pub fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        self.poll_close(cx).is_some()
+    }
+
+    /// Why the stream was closed; if it is open, the caller is woken when
+    /// it closes (or when something is queued).
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Option<Close> {
         let mut s = self.state.lock();
-        if s.closed.is_some() {
-            return true;
+        if s.closed.is_none() {
+            s.waker = Some(cx.waker().clone());
         }
-        s.waker = Some(cx.waker().clone());
-        false
+        s.closed
     }
 
     /// A subscriber whose channels come and go (a WebSocket): each channel

@@ -3,26 +3,39 @@
 //! closes with the session's code. A small hand-written future, like the
 //! SSE writer: an idle socket holds no read or write buffer. On a plain TCP
 //! socket (`over_tcp`) the hub pings an idle connection itself (`socket`).
+//!
+//! Closing follows RFC 6455 section 7.1, within `CLOSE_LINGER`: what was
+//! queued goes out, then the close frame; the write side is shut, and what
+//! the client sends is read (and dropped) until its own close frame. A
+//! socket closed with unread bytes is reset, and a reset can take the close
+//! frame with it.
 
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::frame;
 use super::read::{Incoming, Reader};
-use super::session::{Closing, Session};
+use super::session::{Closing, Session, closing_for};
 use super::socket::SharedTcp;
+use crate::hub::Close;
 
 /// Frames per vectored write.
 const IOV: usize = 64;
 /// Past this many bytes waiting to be written, the client's messages wait
 /// too: a client that sends but does not read cannot pile up replies.
 const OUT_HIGH: usize = 64 * 1024;
+/// How long a closing connection has to write what it holds and its close
+/// frame, and then to read the client's close frame: a client that is
+/// behind gets the frame, one that does not answer is dropped after this.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 pub struct WsConn<S> {
     io: S,
@@ -32,8 +45,14 @@ pub struct WsConn<S> {
     /// Bytes of `out[0]` already written.
     offset: usize,
     /// Set once the connection is ending: the close frame is queued, and
-    /// the socket is closed once `out` is written.
-    closing: bool,
+    /// the connection ends at this deadline at the latest.
+    closing: Option<Pin<Box<Sleep>>>,
+    /// The close frame and everything before it are written, and the
+    /// socket's write side is shut.
+    shut: bool,
+    /// The client's close frame came (or it can no longer be read): nothing
+    /// more is awaited from the client.
+    peer_closed: bool,
     /// The hub may write pings to the socket (`over_tcp`).
     shares_socket: bool,
     /// The session's queue was found empty since the socket was last
@@ -79,16 +98,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             reader: Reader::new(max_message),
             out: first,
             offset: 0,
-            closing: false,
+            closing: None,
+            shut: false,
+            peer_closed: false,
             shares_socket: false,
             hub_may_write: false,
         }
     }
 
     fn close(&mut self, (code, reason): Closing) {
-        if !self.closing {
+        if self.closing.is_none() {
             self.out.push(frame::close(code, reason));
-            self.closing = true;
+            self.closing = Some(Box::pin(tokio::time::sleep(CLOSE_LINGER)));
         }
     }
 
@@ -157,16 +178,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 Ok(Some(Incoming::Ping(payload))) => self.out.push(frame::pong(&payload)),
                 Ok(Some(Incoming::Pong)) => self.session.on_pong(),
                 Ok(Some(Incoming::Close)) => {
+                    self.peer_closed = true;
                     self.close((1000, ""));
                     break;
                 }
                 Err(e) => {
+                    // Nothing more can be made of what it sends.
+                    self.peer_closed = true;
                     self.close((e.close_code(), e.reason()));
                     break;
                 }
             }
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Ends the connection (see the module's doc): `Ready` once it is over
+    /// or `CLOSE_LINGER` has passed.
+    fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.closing.as_mut().expect("closing");
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if !self.shut {
+            match self.poll_flush_out(cx) {
+                Poll::Ready(Err(())) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {
+                    let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+                    self.shut = true;
+                }
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        while !self.peer_closed {
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                Poll::Ready(_) => break,
+            }
+            self.reader.feed(buf.filled());
+            loop {
+                match self.reader.next() {
+                    Ok(None) => break,
+                    Ok(Some(Incoming::Close)) | Err(_) => {
+                        self.peer_closed = true;
+                        break;
+                    }
+                    Ok(Some(_)) => {}
+                }
+            }
+        }
+        Poll::Ready(())
     }
 }
 
@@ -176,22 +240,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for WsConn<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
+            if this.closing.is_some() {
+                return this.poll_closing(cx);
+            }
             let mut progressed = false;
             match this.poll_flush_out(cx) {
                 Poll::Ready(Err(())) => return Poll::Ready(()),
-                Poll::Ready(Ok(())) if this.closing => {
-                    let _ = Pin::new(&mut this.io).poll_shutdown(cx);
-                    return Poll::Ready(());
-                }
                 Poll::Ready(Ok(())) => {}
-                // A connection closed by the node while its client does not
-                // read (drain, stall, expiry) ends here, not when the
-                // socket gives way.
-                Poll::Pending if this.session.poll_closed(cx) => return Poll::Ready(()),
-                Poll::Pending => {}
-            }
-            if this.closing {
-                return Poll::Pending;
+                // Closed by the node while frames wait for the socket: a
+                // client that reads nothing (overflow, stall) ends here,
+                // not when the socket gives way; one that is only behind
+                // (drain, expiry) gets its close frame after them.
+                Poll::Pending => match this.session.poll_close(cx) {
+                    Some(Close::SlowClient) => return Poll::Ready(()),
+                    Some(reason) => {
+                        this.close(closing_for(reason));
+                        continue;
+                    }
+                    None => {}
+                },
             }
             // The session's frames before the client's next messages: a
             // client that never stops sending (each message with its reply

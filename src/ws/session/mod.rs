@@ -36,6 +36,15 @@ use crate::state::AppState;
 /// Why a session ends: the close code and reason to send.
 pub type Closing = (u16, &'static str);
 
+/// The close frame for a stream the node closed.
+pub fn closing_for(reason: Close) -> Closing {
+    match reason {
+        Close::SlowClient => (4008, "queue full: reconnect and resume with after"),
+        Close::Shutdown => (1001, "node draining"),
+        Close::Expired => (4401, "token expired"),
+    }
+}
+
 pub struct Slot {
     pub channel: Channel,
     _subscription: Subscription,
@@ -181,10 +190,10 @@ impl Session {
         });
     }
 
-    /// Whether the node closed this socket's queue (registering for a
-    /// wake-up if not).
-    pub fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
-        self.sub.poll_closed(cx)
+    /// Why the node closed this socket's queue, if it did (registering for
+    /// a wake-up if not).
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Option<Close> {
+        self.sub.poll_close(cx)
     }
 
     pub fn on_pong(&mut self) {
@@ -325,11 +334,7 @@ impl Session {
                 return Poll::Pending;
             }
             // Counted where the queue overflowed (the hub, or the stall check).
-            Poll::Ready(Err(Close::SlowClient)) => {
-                return Poll::Ready(Err((4008, "queue full: reconnect and resume with after")));
-            }
-            Poll::Ready(Err(Close::Shutdown)) => return Poll::Ready(Err((1001, "node draining"))),
-            Poll::Ready(Err(Close::Expired)) => return Poll::Ready(Err((4401, "token expired"))),
+            Poll::Ready(Err(reason)) => return Poll::Ready(Err(closing_for(reason))),
             Poll::Ready(Ok(())) => {}
         }
         let idle = is_lone_heartbeat(&items);

@@ -11,6 +11,7 @@
 //! printed line elsewhere (`require_tool`).
 
 mod client;
+mod closing;
 mod flood;
 mod heartbeat;
 mod origin;
