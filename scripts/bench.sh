@@ -378,8 +378,8 @@ for sys in $SYSTEMS; do
       FAILED=$((FAILED + 1))
     fi
     # Redis's own time per command over the scenario (its latency tracking:
-    # p50, p99 and p99.9 of each command's execution, in µs).
-    rcli INFO latencystats > "$RESULTS/$sys--$sc.redis-latency.txt" 2>/dev/null || true
+    # p50, p99 and p99.9 of each command's execution, in µs; and the calls).
+    { rcli INFO latencystats; rcli INFO commandstats; } > "$RESULTS/$sys--$sc.redis-latency.txt" 2>/dev/null || true
     stop_server
   done
 done
