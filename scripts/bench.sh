@@ -3,8 +3,9 @@
 # Nchan (nginx module, ../shared/peers/nchan.conf) and rawfan (the fan-out
 # "physical limit", ../shared/peers/rawfan). Every scenario runs against a
 # freshly started server, with FLUSHALL before it, driven by the load
-# generator in bench/ (ssegate-bench). Writes the raw JSON results, then
-# docs/benchmarks.md and docs/benchmarks.svg (tables, ratios, chart).
+# generator in bench/ (ssegate-bench). Writes the raw JSON results (and
+# beside each, Redis's per-command statistics: <system>--<scenario>.redis-
+# latency.txt), then docs/benchmarks.md and docs/benchmarks.svg.
 #
 #   scripts/bench.sh                       # full run: 15,000 streams
 #   scripts/bench.sh --quick               # harness check: 300 streams, ~1 min
