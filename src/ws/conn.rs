@@ -35,7 +35,7 @@ const OUT_HIGH: usize = 64 * 1024;
 /// How long a closing connection has to write what it holds and its close
 /// frame, and then to read the client's close frame: a client that is
 /// behind gets the frame, one that does not answer is dropped after this.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 pub struct WsConn<S> {
     io: S,
@@ -159,18 +159,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads and handles what the client sent; `Err` when it is gone.
-    fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+    /// Reads what the client sent into the reader; `Err` when it is gone.
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         // A buffer on the stack: nothing is held while the socket is idle.
         let mut chunk = [0u8; 4096];
         let mut buf = ReadBuf::new(&mut chunk);
         match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Err(())),
-            Poll::Ready(Ok(())) => {}
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                self.reader.feed(buf.filled());
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(_) => Poll::Ready(Err(())),
         }
-        self.reader.feed(buf.filled());
+    }
+
+    /// Reads and handles what the client sent; `Err` when it is gone.
+    fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        if std::task::ready!(self.poll_read_chunk(cx)).is_err() {
+            return Poll::Ready(Err(()));
+        }
         loop {
             match self.reader.next() {
                 Ok(None) => break,
@@ -210,15 +218,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 }
             }
         }
-        let mut chunk = [0u8; 4096];
         while !self.peer_closed {
-            let mut buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
-                Poll::Ready(_) => break,
+            if std::task::ready!(self.poll_read_chunk(cx)).is_err() {
+                break;
             }
-            self.reader.feed(buf.filled());
             loop {
                 match self.reader.next() {
                     Ok(None) => break,
