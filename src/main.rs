@@ -5,6 +5,15 @@ use clap::Parser;
 use ssegate::cli;
 use ssegate::config::{Cli, Command};
 
+/// jemalloc rather than the system allocator: a node allocates and frees
+/// small blocks per event and per request on every worker thread, and
+/// glibc's `malloc` spent its time merging freed blocks
+/// (`malloc_consolidate`) on the `POST` path and held more memory per idle
+/// stream (docs/benchmarks.md, "jemalloc instead of glibc's allocator").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
