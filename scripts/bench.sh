@@ -53,7 +53,7 @@ WEBSOCKET=0
 SSE_PART=1
 WS_SYSTEMS="ssegate-ws ssegate socketio ws"
 WS_SCENARIOS="idle broadcast-20"
-COMMAND="scripts/bench.sh $*"
+COMMAND="${PUBLISH_PIPELINE:+PUBLISH_PIPELINE=$PUBLISH_PIPELINE }${PIN_SERVER:+PIN_SERVER=$PIN_SERVER }${PIN_OTHERS:+PIN_OTHERS=$PIN_OTHERS }${NCHAN_PING:+NCHAN_PING=$NCHAN_PING }scripts/bench.sh $*"
 
 usage() {
   cat <<EOF
@@ -84,7 +84,12 @@ usage: scripts/bench.sh [options]
 environment: PEERS (default ../shared/peers), SSEGATE_ARGS (extra ssegate flags,
 default: none, the server's defaults), NCHAN_PING (Nchan's
 nchan_eventsource_ping_interval in seconds, default: none, Nchan's default of no
-pings; 15 matches ssegate's heartbeat), CARGO_TARGET_DIR
+pings; 15 matches ssegate's heartbeat), PIN_SERVER and PIN_OTHERS (CPU lists
+for taskset: the server under test on PIN_SERVER, Redis and the load generator
+on PIN_OTHERS, e.g. PIN_SERVER=1 PIN_OTHERS=0, to show a path's cost without
+the server sharing its cores; default: no pinning), PUBLISH_PIPELINE (batches
+a Redis publisher connection has in flight; default 1: the next batch waits
+for the previous one's replies), CARGO_TARGET_DIR
 EOF
 }
 
@@ -251,9 +256,22 @@ if awk -v l="${LOADAVG%% *}" 'BEGIN { exit !(l > 0.5) }'; then
   warn "load average is $LOADAVG before the run: other work on this machine will skew the figures"
 fi
 
+# Batches in flight per Redis publisher connection (ssegate-bench's default: 1).
+PIPELINE_ARGS=()
+[ -n "${PUBLISH_PIPELINE:-}" ] && PIPELINE_ARGS=(--publish-pipeline "$PUBLISH_PIPELINE")
+
+# Optional CPU pinning (PIN_SERVER, PIN_OTHERS): empty prefixes when unset.
+SERVER_PIN=(); OTHERS_PIN=()
+if [ -n "${PIN_SERVER:-}${PIN_OTHERS:-}" ]; then
+  command -v taskset >/dev/null 2>&1 || { echo "bench.sh: PIN_SERVER/PIN_OTHERS need taskset (util-linux)" >&2; exit 2; }
+  [ -n "${PIN_SERVER:-}" ] && SERVER_PIN=(taskset -c "$PIN_SERVER")
+  [ -n "${PIN_OTHERS:-}" ] && OTHERS_PIN=(taskset -c "$PIN_OTHERS")
+  say "pinned: server on CPUs ${PIN_SERVER:-any}, Redis and the load generator on ${PIN_OTHERS:-any}"
+fi
+
 RPORT=$(free_port)
 REDIS_URL=redis://127.0.0.1:$RPORT
-redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
+"${OTHERS_PIN[@]}" redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$RUNDIR" --logfile "$RUNDIR/redis.log" &
 REDIS_PID=$!
 wait_port "$RPORT" 10 || { echo "bench.sh: redis-server did not start" >&2; cat "$RUNDIR/redis.log" >&2; exit 1; }
@@ -282,7 +300,7 @@ start_server() {
   local sys=$1 port=$2 log=$RUNDIR/$1.log
   case "$sys" in
     ssegate)
-      RUST_LOG=${RUST_LOG:-warn} "$SSEGATE" --listen "127.0.0.1:$port" --redis-url "$REDIS_URL" \
+      RUST_LOG=${RUST_LOG:-warn} "${SERVER_PIN[@]}" "$SSEGATE" --listen "127.0.0.1:$port" --redis-url "$REDIS_URL" \
         "${SSEGATE_FLAGS[@]}" >>"$log" 2>&1 &
       SERVER_PID=$!
       SERVER_ARGS=(--target ssegate --server-pid "$SERVER_PID")
@@ -297,12 +315,12 @@ start_server() {
       if [ -n "${NCHAN_PING:-}" ]; then
         sed -i "s|nchan_subscriber eventsource;|nchan_subscriber eventsource; nchan_eventsource_ping_interval $NCHAN_PING;|" "$dir/nginx.conf"
       fi
-      nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >>"$log" 2>&1 &
+      "${SERVER_PIN[@]}" nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >>"$log" 2>&1 &
       SERVER_PID=$!
       SERVER_ARGS=(--target nchan --server-pid "$SERVER_PID" --server-children)
       ;;
     rawfan)
-      "$RAWFAN" "127.0.0.1:$port" "$REDIS_URL" >>"$log" 2>&1 &
+      "${SERVER_PIN[@]}" "$RAWFAN" "127.0.0.1:$port" "$REDIS_URL" >>"$log" 2>&1 &
       SERVER_PID=$!
       SERVER_ARGS=(--target rawfan --server-pid "$SERVER_PID")
       ;;
@@ -371,7 +389,7 @@ for sys in $SYSTEMS; do
     say "$sys: $sc ($STREAMS streams)"
     if ! start_server "$sys" "$port"; then FAILED=$((FAILED + 1)); continue; fi
     # shellcheck disable=SC2086
-    if ! "$BENCH" "${SERVER_ARGS[@]}" --url "http://127.0.0.1:$port" --redis-url "$REDIS_URL" \
+    if ! "${OTHERS_PIN[@]}" "$BENCH" "${SERVER_ARGS[@]}" "${PIPELINE_ARGS[@]}" --url "http://127.0.0.1:$port" --redis-url "$REDIS_URL" \
         --label "$sys" --name "$sc" --streams "$STREAMS" --source-addrs "$SOURCE_ADDRS" \
         --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" \
         $args --json "$RESULTS/$sys--$sc.json"; then
@@ -412,7 +430,7 @@ if [ "$WEBSOCKET" = 1 ]; then
         continue 2
       fi
       # shellcheck disable=SC2086
-      if ! "$BENCH" "${SERVER_ARGS[@]}" --url "http://127.0.0.1:$port" --redis-url "$REDIS_URL" \
+      if ! "${OTHERS_PIN[@]}" "$BENCH" "${SERVER_ARGS[@]}" "${PIPELINE_ARGS[@]}" --url "http://127.0.0.1:$port" --redis-url "$REDIS_URL" \
           --label "$sys" --name "$sc" --streams "$STREAMS" --source-addrs "$SOURCE_ADDRS" \
           --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" \
           $args --json "$RESULTS/websocket/$sys--$sc.json"; then

@@ -178,6 +178,13 @@ struct RunArgs {
     /// Most publishes in one pipeline.
     #[arg(long, default_value_t = 512)]
     publish_batch: usize,
+    /// Batches one Redis publisher connection has in flight: 1 waits for a
+    /// batch's replies before sending the next (a slow round trip then
+    /// sends the publishes due meanwhile as one burst); more sends each
+    /// batch when it is due, as a client pipelining on a multiplexed
+    /// connection does. HTTP publishes always go one at a time.
+    #[arg(long, default_value_t = 1)]
+    publish_pipeline: usize,
     /// Pad payloads to this many bytes.
     #[arg(long, default_value_t = 0)]
     payload_bytes: usize,
@@ -334,6 +341,7 @@ struct Plan {
     payload_bytes: usize,
     publish_conns: usize,
     publish_batch: usize,
+    publish_pipeline: usize,
     storm: bool,
     receive_timeout: Duration,
     connect_concurrency: usize,
@@ -525,6 +533,7 @@ impl Plan {
             payload_bytes: a.payload_bytes,
             publish_conns: a.publish_conns,
             publish_batch: a.publish_batch,
+            publish_pipeline: a.publish_pipeline,
             storm,
             receive_timeout: a.receive_timeout,
             connect_concurrency: a.connect_concurrency.unwrap_or(if storm { 0 } else { 64 }),
@@ -617,6 +626,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         rate: plan.rate,
         connections: plan.publish_conns,
         max_batch: plan.publish_batch,
+        pipeline: plan.publish_pipeline,
         payload_bytes: plan.payload_bytes,
     };
     let mut publisher = None;

@@ -65,6 +65,13 @@ pub struct Config {
     pub rate: f64,
     pub connections: usize,
     pub max_batch: usize,
+    /// Batches a Redis connection has in flight at once: 1 waits for a
+    /// batch's replies before sending the next (a slow round trip then
+    /// gathers the publishes due meanwhile into one burst); more sends each
+    /// batch when due, as a client that pipelines on a multiplexed
+    /// connection does. HTTP connections always wait (HTTP/1.1 answers in
+    /// order, one at a time).
+    pub pipeline: usize,
     pub payload_bytes: usize,
 }
 
@@ -207,19 +214,20 @@ impl Publisher {
             let st = state.clone();
             let names = names.clone();
             let max = cfg.max_batch.max(1);
+            let depth = cfg.pipeline.max(1);
             let pad = cfg.payload_bytes;
             let h = match &cfg.method {
                 Method::RedisPublish { url, key_template } => {
                     let con = redis_connect(url).await?;
                     let keys = keys(&names, key_template);
                     let op = Op::Publish;
-                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, names, op, max, pad))
+                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, names, op, max, depth, pad))
                 }
                 Method::RedisEmit { url, key_template } => {
                     let con = redis_connect(url).await?;
                     let keys = keys(&names, key_template);
                     let op = Op::Emit(names.clone());
-                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, names, op, max, pad))
+                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, names, op, max, depth, pad))
                 }
                 Method::RedisFunction {
                     url,
@@ -229,7 +237,7 @@ impl Publisher {
                     let con = redis_connect(url).await?;
                     let keys = keys(&names, key_template);
                     let op = Op::Function(function.clone());
-                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, names, op, max, pad))
+                    tokio::task::spawn_local(redis_conn(st, conn, con, keys, names, op, max, depth, pad))
                 }
                 Method::Http {
                     addr,
@@ -395,61 +403,95 @@ enum Op {
 async fn redis_conn(
     st: Rc<State>,
     conn: usize,
-    mut con: redis::aio::MultiplexedConnection,
+    con: redis::aio::MultiplexedConnection,
     keys: Vec<String>,
     names: Rc<Vec<String>>,
     op: Op,
     max: usize,
+    depth: usize,
     pad: usize,
 ) {
+    // Batches go out in the order they are taken: each is handed to the
+    // multiplexed connection's queue on its task's first poll, and the
+    // local set polls new tasks in the order they were spawned.
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(depth));
     while let Some(batch) = st.next_batch(conn, max).await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let ts = now_us();
-        let payloads = st.payloads(&batch, ts, pad);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (&c, p) in batch.iter().zip(&payloads) {
-            let key = &keys[c as usize];
-            match &op {
-                Op::Publish => pipe.cmd("PUBLISH").arg(key).arg(p.as_slice()),
-                // A Mercure update in the shared log: the channel name is its topic.
-                Op::Function(f) if f == "ssegate_mercure_publish" => {
-                    let topic = &names[c as usize];
-                    let data = String::from_utf8_lossy(p);
-                    let id = format!("{topic}#{data}");
-                    let update = serde_json::json!({"id": id, "topics": [topic], "data": data});
-                    pipe.cmd("FCALL")
-                        .arg(f)
-                        .arg(1)
-                        .arg(key)
-                        .arg(update.to_string())
-                        .arg(id)
-                        .arg(10_000)
-                }
-                Op::Function(f) => pipe.cmd("FCALL").arg(f).arg(1).arg(key).arg(p.as_slice()),
-                Op::Emit(rooms) => {
-                    let msg = crate::emitter::encode(&rooms[c as usize], p);
-                    pipe.cmd("PUBLISH").arg(key).arg(msg)
-                }
-            };
-        }
+        let pipe = redis_pipeline(&st, &batch, ts, &keys, &names, &op, pad);
         st.sent.set(st.sent.get() + batch.len() as u64);
-        let t = Instant::now();
-        let res: redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> = pipe.query_async(&mut con).await;
-        st.round_trip
-            .borrow_mut()
-            .saturating_record(t.elapsed().as_micros().max(1) as u64);
-        match res {
-            Ok(replies) => {
-                for (&c, r) in batch.iter().zip(replies) {
-                    match r {
-                        Ok(_) => st.acked(c, ts),
-                        Err(e) => st.error(1, e.to_string()),
+        let (st, mut con) = (st.clone(), con.clone());
+        let send = async move {
+            let t = Instant::now();
+            let res: redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> =
+                pipe.query_async(&mut con).await;
+            st.round_trip
+                .borrow_mut()
+                .saturating_record(t.elapsed().as_micros().max(1) as u64);
+            match res {
+                Ok(replies) => {
+                    for (&c, r) in batch.iter().zip(replies) {
+                        match r {
+                            Ok(_) => st.acked(c, ts),
+                            Err(e) => st.error(1, e.to_string()),
+                        }
                     }
                 }
+                Err(e) => st.error(batch.len() as u64, e.to_string()),
             }
-            Err(e) => st.error(batch.len() as u64, e.to_string()),
+            drop(permit);
+        };
+        if depth == 1 {
+            send.await;
+        } else {
+            tokio::task::spawn_local(send);
         }
     }
+    // Every batch answered before the connection's task ends.
+    let _ = in_flight.acquire_many(depth as u32).await;
+}
+
+/// One batch as a pipeline of the connection's operation.
+fn redis_pipeline(
+    st: &State,
+    batch: &[u32],
+    ts: u64,
+    keys: &[String],
+    names: &[String],
+    op: &Op,
+    pad: usize,
+) -> redis::Pipeline {
+    let payloads = st.payloads(batch, ts, pad);
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for (&c, p) in batch.iter().zip(&payloads) {
+        let key = &keys[c as usize];
+        match op {
+            Op::Publish => pipe.cmd("PUBLISH").arg(key).arg(p.as_slice()),
+            // A Mercure update in the shared log: the channel name is its topic.
+            Op::Function(f) if f == "ssegate_mercure_publish" => {
+                let topic = &names[c as usize];
+                let data = String::from_utf8_lossy(p);
+                let id = format!("{topic}#{data}");
+                let update = serde_json::json!({"id": id, "topics": [topic], "data": data});
+                pipe.cmd("FCALL")
+                    .arg(f)
+                    .arg(1)
+                    .arg(key)
+                    .arg(update.to_string())
+                    .arg(id)
+                    .arg(10_000)
+            }
+            Op::Function(f) => pipe.cmd("FCALL").arg(f).arg(1).arg(key).arg(p.as_slice()),
+            Op::Emit(rooms) => {
+                let msg = crate::emitter::encode(&rooms[c as usize], p);
+                pipe.cmd("PUBLISH").arg(key).arg(msg)
+            }
+        };
+    }
+    pipe
 }
 
 /// What every request of an HTTP publisher connection shares.
