@@ -142,6 +142,9 @@ DELIVERY = [
     ("server peak RSS (MiB)", lambda r: (get(r, "server", "rss_peak_kib") or 0) / 1024, "lower", 1),
     ("publishes/s achieved", lambda r: get(r, "publisher", "achieved_rate"), "higher", None),
     ("publisher fell behind", lambda r: get(r, "publisher", "fell_behind"), None, None),
+    # Publishes that came due while the publisher was not sending: a
+    # pause of the load generator, sent as one burst when it went on.
+    ("publisher's largest backlog (publishes due, unsent)", lambda r: get(r, "publisher", "max_backlog"), "lower", None),
 ]
 METRICS = {
     "idle": COMMON + [

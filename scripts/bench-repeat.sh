@@ -33,6 +33,7 @@ figures = [("delivered/s", lambda d: d.get("delivered_per_sec")), ("p50 ms", lam
            ("server CPU ns per delivered event", lambda d: d.get("server", {}).get("cpu_ns_per_delivery")),
            ("publishes/s achieved", lambda d: (d.get("publisher") or {}).get("achieved_rate")),
            ("publish round trip p99 ms (a request, or a batch)", lambda d: ((d.get("publisher") or {}).get("batch_round_trip_ms") or {}).get("p99")),
+           ("publisher's largest backlog (publishes due, unsent)", lambda d: (d.get("publisher") or {}).get("max_backlog")),
            ("Redis CPU s while publishing", lambda d: (d.get("redis") or {}).get("cpu_publish_s")),
            ("load generator CPU s (workers + publisher)", lambda d: (lambda g: g["worker_cpu_s"] + g.get("coordinator_cpu_s", 0) if g else None)(d.get("load_generator")))]
 def fmt(v):
