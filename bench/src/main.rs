@@ -182,8 +182,9 @@ struct RunArgs {
     /// batch's replies before sending the next (a slow round trip then
     /// sends the publishes due meanwhile as one burst); more sends each
     /// batch when it is due, as a client pipelining on a multiplexed
-    /// connection does. HTTP publishes always go one at a time.
-    #[arg(long, default_value_t = 1)]
+    /// connection does (1 to 1024). HTTP publishes always go one at a time.
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     publish_pipeline: usize,
     /// Pad payloads to this many bytes.
     #[arg(long, default_value_t = 0)]
