@@ -77,6 +77,20 @@ command -v cargo-afl >/dev/null 2>&1 || cargo install --locked cargo-afl
 ./scripts/fuzz.sh 20s
 echo "== benchmark harness, tiny scale (proves it works; figures are meaningless here)"
 ./scripts/bench.sh --quick --debug --systems ssegate --source-addrs 2 > /dev/null
+echo "== the harness pinned to cores, its publisher pipelining: every event once and in order"
+rm -rf target/bench-pipeline-check
+PIN_SERVER=$(( $(nproc) - 1 )) PIN_OTHERS=0 PUBLISH_PIPELINE=8 ./scripts/bench.sh --quick --debug --no-build \
+  --systems ssegate --source-addrs 2 --scenarios "pub-500 fcall-500" --results target/bench-pipeline-check > /dev/null
+python3 - target/bench-pipeline-check <<'PY'
+import glob, json, sys
+runs = sorted(glob.glob(sys.argv[1] + "/ssegate--*.json"))
+assert len(runs) == 2, f"expected the pub-500 and fcall-500 results, found {runs}"
+for f in runs:
+    d = json.load(open(f))
+    e, p = d["events"], d["publisher"]
+    assert e["expected"] > 0 and (e["lost"], e["duplicated"], e["reordered"]) == (0, 0, 0), (f, e)
+    assert p["errors"] == 0 and p["acknowledged"] == p["sent"] > 0, (f, p)
+PY
 ./scripts/bench-sources.sh --quick --debug > /dev/null
 ./scripts/bench-state.sh --quick --debug > /dev/null
 ./scripts/bench-mercure.sh --quick --debug > /dev/null

@@ -761,7 +761,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         let mut last = Instant::now();
         while Instant::now() < stop_at {
             tokio::time::sleep(Duration::from_millis(250).min(stop_at - Instant::now())).await;
-            rss_peak = rss_peak.max(plan.procs.sample().rss_kib);
+            rss_peak = rss_peak.max(plan.procs.rss_kib());
             workers.check()?;
             if last.elapsed() >= Duration::from_secs(5) {
                 last = Instant::now();
@@ -785,7 +785,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
         let drain_end = Instant::now() + plan.drain;
         while Instant::now() < drain_end {
             tokio::time::sleep(Duration::from_millis(250).min(drain_end - Instant::now())).await;
-            rss_peak = rss_peak.max(plan.procs.sample().rss_kib);
+            rss_peak = rss_peak.max(plan.procs.rss_kib());
         }
         window_secs = plan.duration.as_secs_f64() + plan.drain.as_secs_f64();
     }

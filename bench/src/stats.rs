@@ -110,6 +110,16 @@ impl ServerProcs {
         pids
     }
 
+    /// Resident memory only, KiB: cheap enough to poll during a window
+    /// (`sample` reads `smaps_rollup` for PSS, which walks the server's
+    /// page tables under its memory-map lock for a millisecond or more).
+    pub fn rss_kib(&self) -> u64 {
+        self.pids()
+            .into_iter()
+            .filter_map(|pid| status_kib(pid, "VmRSS:"))
+            .sum()
+    }
+
     pub fn sample(&self) -> ProcSample {
         let mut s = ProcSample::default();
         for pid in self.pids() {
