@@ -78,6 +78,9 @@ command -v cargo-afl >/dev/null 2>&1 || cargo install --locked cargo-afl
 echo "== benchmark harness, tiny scale (proves it works; figures are meaningless here)"
 ./scripts/bench.sh --quick --debug --systems ssegate --source-addrs 2 > /dev/null
 echo "== the harness pinned to cores, its publisher pipelining: every event once and in order"
+# At 500/s a connection's batches seldom overlap, so this proves that the
+# pipelined path (a task per batch) sends and acknowledges every publish;
+# overlapping batches ran in the full-size runs of docs/benchmarks.md.
 rm -rf target/bench-pipeline-check
 PIN_SERVER=$(( $(nproc) - 1 )) PIN_OTHERS=0 PUBLISH_PIPELINE=8 ./scripts/bench.sh --quick --debug --no-build \
   --systems ssegate --source-addrs 2 --scenarios "pub-500 fcall-500" --results target/bench-pipeline-check > /dev/null
