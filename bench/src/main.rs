@@ -29,6 +29,7 @@ mod publisher;
 mod report;
 mod stages;
 mod stats;
+mod tail_log;
 mod target;
 mod track;
 mod worker;

@@ -85,6 +85,7 @@ impl Tracker {
             return;
         }
         if first_time {
+            crate::tail_log::note(ts, sink.now_us, sink.slot.channel);
             sink.slot.delivered += 1;
             sink.latency
                 .saturating_record(sink.now_us.saturating_sub(ts).max(1));

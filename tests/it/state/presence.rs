@@ -227,3 +227,50 @@ async fn joins_and_leaves_need_the_presence_claim() {
         )
     );
 }
+
+/// A live node refreshes its reports before they expire: over several TTLs
+/// every one of its clients stays in the counts another node reads from
+/// Redis.
+#[tokio::test]
+async fn a_live_nodes_clients_stay_in_the_counts_past_the_ttl() {
+    let redis = RedisServer::spawn();
+    let url = redis.url();
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--allow-anonymous",
+        "--presence-ttl",
+        "1s",
+        "--ip-rate",
+        "0",
+    ];
+    let (holder, reader) = (NodeProcess::spawn(&args), NodeProcess::spawn(&args));
+    let channels: Vec<String> = (0..40).map(|i| unique(&format!("stay-{i}"))).collect();
+    let mut streams = Vec::new();
+    for c in &channels {
+        streams.push(Sse::open_owned(holder.url(&format!("/v1/stream/{c}"))).await);
+    }
+    let all_counted = || async {
+        for c in &channels {
+            let (status, v) = get_json(&reader.url(&format!("/v1/presence/{c}"))).await;
+            assert_eq!(status, 200, "{v}");
+            if v["count"] != 1 {
+                return Err(format!("{c}: {v}"));
+            }
+        }
+        Ok(())
+    };
+    eventually("every channel counts its stream", || async {
+        all_counted().await.is_ok()
+    })
+    .await;
+    // Four TTLs, reports refreshed every third of one.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        if let Err(e) = all_counted().await {
+            panic!("a live node's client dropped out of presence: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(streams);
+}
