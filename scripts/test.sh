@@ -94,6 +94,22 @@ for f in runs:
     assert e["expected"] > 0 and (e["lost"], e["duplicated"], e["reordered"]) == (0, 0, 0), (f, e)
     assert p["errors"] == 0 and p["acknowledged"] == p["sent"] > 0, (f, p)
 PY
+echo "== the tail log (SSEGATE_BENCH_TAIL_LOG), bench/tail_episodes.py and bench/stall_probe.py"
+# With a threshold of 0 every measured delivery is logged: one line each.
+rm -rf target/bench-tail-check
+mkdir -p target/bench-tail-check
+python3 bench/stall_probe.py target/bench-tail-check/stalls.txt 1
+grep -qx "# done" target/bench-tail-check/stalls.txt
+SSEGATE_BENCH_TAIL_LOG=target/bench-tail-check/tail SSEGATE_BENCH_TAIL_MIN_US=0 ./scripts/bench.sh --quick --debug \
+  --no-build --systems ssegate --source-addrs 2 --scenarios pub-500 --results target/bench-tail-check > /dev/null
+python3 - target/bench-tail-check <<'PY'
+import glob, json, sys
+d = json.load(open(glob.glob(sys.argv[1] + "/ssegate--*.json")[0]))
+lines = sum(1 for f in glob.glob(sys.argv[1] + "/tail.*") for _ in open(f))
+assert lines == d["events"]["delivered"] > 0, (lines, d["events"])
+PY
+episodes=$(python3 bench/tail_episodes.py --stalls target/bench-tail-check/stalls.txt target/bench-tail-check)
+grep -q "deliveries at or over it in [1-9]" <<<"$episodes" || { echo "$episodes" >&2; exit 1; }
 ./scripts/bench-sources.sh --quick --debug > /dev/null
 ./scripts/bench-state.sh --quick --debug > /dev/null
 ./scripts/bench-mercure.sh --quick --debug > /dev/null

@@ -20,11 +20,12 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::sse::Channel;
 
-/// Changes are reported within this.
+/// Changes are reported within this; a refresh goes out a slice per tick.
 const FLUSH: Duration = Duration::from_millis(250);
 /// Channels whose reports are built and written together (one pipeline
-/// to Redis).
-const BATCH: usize = 256;
+/// to Redis). Redis runs a pipeline's calls back to back while other
+/// clients' commands wait: 64 reports hold it for about a millisecond.
+const BATCH: usize = 64;
 
 /// This node's name in presence: `--node-id`, else the host name and a
 /// random suffix (several nodes may share a host).
@@ -149,27 +150,50 @@ impl Presence {
         }
     }
 
+    /// Every channel to refresh in a round, sorted by name in reverse (the
+    /// round is taken from its end), so that a channel keeps its place in
+    /// the round from one round to the next.
+    fn refresh_round(&self) -> Vec<Channel> {
+        let mut all: HashSet<Channel> = self.reported.keys().cloned().collect();
+        all.extend(self.hub.channel_names());
+        let mut round: Vec<Channel> = all.into_iter().collect();
+        round.sort_unstable_by(|a, b| b.as_str().cmp(a.as_str()));
+        round
+    }
+
     /// Reports until `cancel`, then says goodbye (empty reports) for every
     /// channel it reported.
+    ///
+    /// Every channel is refreshed once per third of the TTL, the round
+    /// spread over that third a slice per tick rather than sent at once:
+    /// Redis runs the reports back to back, and a node's whole round (1,500
+    /// channels, 20 ms of Redis time) held up every publish behind it. A
+    /// channel keeps its place in the round (the round is sorted), so its
+    /// reports stay about a round apart; channels that come or go move it
+    /// by less than a round, and two rounds are two thirds of the TTL.
     pub async fn run(mut self, cancel: CancellationToken) {
         let refresh_every = (self.ttl / 3).max(Duration::from_millis(500));
+        let ticks_per_round = (refresh_every.as_millis() / FLUSH.as_millis()).max(1) as usize;
         let mut flush = tokio::time::interval(FLUSH);
-        let mut refresh =
-            tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
-        loop {
+        // The channels of the round not refreshed yet, and how many go per tick.
+        let mut due: Vec<Channel> = Vec::new();
+        let mut per_tick = 0;
+        for tick in 1usize.. {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = flush.tick() => {
-                    let changed = self.hub.take_presence_changes();
-                    if !changed.is_empty() {
-                        self.report(changed, false).await;
-                    }
-                }
-                _ = refresh.tick() => {
-                    let mut all: HashSet<Channel> = self.reported.keys().cloned().collect();
-                    all.extend(self.hub.channel_names());
-                    self.report(all.into_iter().collect(), true).await;
-                }
+                _ = flush.tick() => {}
+            }
+            let changed = self.hub.take_presence_changes();
+            if !changed.is_empty() {
+                self.report(changed, false).await;
+            }
+            if tick % ticks_per_round == 0 {
+                due = self.refresh_round();
+                per_tick = due.len().div_ceil(ticks_per_round);
+            }
+            if !due.is_empty() {
+                let slice = due.split_off(due.len().saturating_sub(per_tick));
+                self.report(slice, true).await;
             }
         }
         let goodbye: Vec<Channel> = self.reported.keys().cloned().collect();
