@@ -6,7 +6,8 @@
 #
 #   scripts/bench-repeat.sh 5 "ssegate rawfan" "sessions broadcast-20"
 #
-# REPORT=docs/benchmarks.md also writes bench.sh's report from the medians
+# Each run goes scenario by scenario, the systems in turn (reversed in even
+# runs). REPORT=docs/benchmarks.md also writes bench.sh's report from the medians
 # of the runs (bench/report.py with every run's results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,11 @@ mkdir -p target/bench-results
 for i in $(seq 1 "$RUNS"); do
   dir=target/bench-results/repeat-$(date -u +%Y%m%dT%H%M%SZ)-$i
   echo "== run $i of $RUNS" >&2
-  ./scripts/bench.sh --no-build --systems "$SYSTEMS" --scenarios "$SCENARIOS" --results "$dir" --out "$dir/benchmarks.md" "$@" > "$dir.log" 2>&1
+  # Even runs take the systems in the reverse order, so that no system
+  # always runs first (or last) after each scenario's change of load.
+  order=$SYSTEMS
+  if (( i % 2 == 0 )); then order=$(tr ' ' '\n' <<< "$SYSTEMS" | tac | tr '\n' ' '); fi
+  ./scripts/bench.sh --no-build --systems "$order" --scenarios "$SCENARIOS" --results "$dir" --out "$dir/benchmarks.md" "$@" > "$dir.log" 2>&1
   DIRS+=("$dir")
 done
 python3 - "$RUNS" "$SYSTEMS" "$SCENARIOS" "${DIRS[@]}" <<'PY'
