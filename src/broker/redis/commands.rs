@@ -20,8 +20,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{AsyncConnectionConfig, Cmd, ConnectionInfo, FromRedisValue, RedisError, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult,
+    Value,
+};
 
 use super::Topology;
 use crate::broker::BrokerError;
@@ -171,6 +175,14 @@ impl SentinelCommands {
     }
 }
 
+/// `TCP_NODELAY` on every command connection. A multiplexed connection
+/// carries several callers' commands; with Nagle's algorithm a command
+/// written while an earlier one is unacknowledged waits for that ACK
+/// (Redis sets the option on its side; the redis crate leaves it off).
+fn no_delay() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
@@ -211,8 +223,12 @@ impl Commands {
             .set_response_timeout(Some(timeout));
         match topology {
             Topology::Standalone(url) => {
-                let client =
-                    redis::Client::open(url.as_str()).map_err(|e| BrokerError::Config(e.to_string()))?;
+                let info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| BrokerError::Config(e.to_string()))?
+                    .set_tcp_settings(no_delay());
+                let client = redis::Client::open(info).map_err(|e| BrokerError::Config(e.to_string()))?;
                 Ok(Commands::Standalone(Box::new(Standalone {
                     client,
                     config,
@@ -226,7 +242,8 @@ impl Commands {
                 node,
             } => {
                 let node_info = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(node.redis_settings().clone());
+                    .set_redis_connection_info(node.redis_settings().clone())
+                    .set_tcp_settings(no_delay());
                 let client = SentinelClient::build(
                     sentinels.clone(),
                     master.clone(),
@@ -244,6 +261,7 @@ impl Commands {
                 let client = redis::cluster::ClusterClient::builder(seeds.clone())
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
+                    .tcp_settings(no_delay())
                     .build()
                     .map_err(|e| BrokerError::Config(e.to_string()))?;
                 let conn = client.get_async_connection().await.map_err(unavailable)?;

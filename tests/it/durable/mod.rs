@@ -1,5 +1,6 @@
 //! Nothing lost: durable events, resume on any node, gap repair, slow clients.
 
+mod nodelay;
 mod repair;
 mod resume;
 mod slow;
