@@ -376,8 +376,17 @@ async fn tick(st: Rc<State>, rate: f64, channels: usize, started: Instant) {
     }
 }
 
+/// A publisher connection with `TCP_NODELAY`, as Redis client libraries
+/// set it by default (redis-py, go-redis, ioredis; the redis crate
+/// leaves it off): with `--publish-pipeline` above 1, Nagle's algorithm
+/// would hold a batch written while an earlier one is unacknowledged.
 async fn redis_connect(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("bad redis url {url}: {e}"))?;
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| format!("bad redis url {url}: {e}"))?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info).map_err(|e| format!("bad redis url {url}: {e}"))?;
     let mut con = client
         .get_multiplexed_async_connection()
         .await
