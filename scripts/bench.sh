@@ -69,7 +69,9 @@ usage: scripts/bench.sh [options]
                       lua-<rate> (ephemeral through a Function that only PUBLISHes) and
                       append-<rate> (through one that appends as ssegate_publish does but
                       PUBLISHes the payload without its id): bench/experiments/functions.lua,
-                      on PUBLISH_CONNS kept-alive connections (environment; default 32)
+                      relay-<rate> (ssegate only: HTTP POSTs to ssegate-post-relay, the
+                      leanest HTTP front of ssegate's Function, a yardstick for post-<rate>);
+                      POSTs on PUBLISH_CONNS kept-alive connections (environment; default 32)
   --duration D        measured publishing window (default 20s; 1s with --quick)
   --low-rate-duration D  the window of the rows at a fifth of the rate (sessions-2k,
                       sessions-durable-2k), where a short window's p99 is a handful
@@ -219,8 +221,11 @@ if [ "$BUILD" = 1 ]; then
 fi
 SSEGATE=$TARGET_DIR/$PROFILE/ssegate
 BENCH=$TARGET_DIR/$PROFILE/ssegate-bench
+RELAY=$TARGET_DIR/$PROFILE/ssegate-post-relay
 { [ -x "$SSEGATE" ] || [ "$NEED_SSEGATE" = 0 ]; } && [ -x "$BENCH" ] ||
   { echo "bench.sh: missing $SSEGATE or $BENCH (drop --no-build)" >&2; exit 1; }
+[[ " $SCENARIOS " != *" relay-"* ]] || [ -x "$RELAY" ] ||
+  { echo "bench.sh: missing $RELAY (drop --no-build)" >&2; exit 1; }
 ! has_system rawfan || [ -x "$RAWFAN" ] ||
   { echo "bench.sh: missing $RAWFAN (drop --no-build)" >&2; exit 1; }
 
@@ -238,7 +243,9 @@ wait_port() { # port seconds
 
 SERVER_PID=""
 REDIS_PID=""
+RELAY_PID=""
 stop_server() {
+  if [ -n "$RELAY_PID" ]; then kill "$RELAY_PID" 2>/dev/null || true; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=""; fi
   [ -n "$SERVER_PID" ] || return 0
   kill -TERM "$SERVER_PID" 2>/dev/null || true
   local i
@@ -365,7 +372,10 @@ scenario_args() {
     # rate: pub-<rate> PUBLISH (Nchan: its POST), fcall-<rate> ssegate's
     # Function, post-<rate> every publish an HTTP POST (durable for ssegate;
     # Nchan's own publish), for the rate one node sustains with a low tail.
-    pub-*|fcall-*|post-*|lua-*|append-*)
+    # relay-<rate>: the POSTs go to ssegate-post-relay (started beside the
+    # node, its CPU and memory counted with the node's), the leanest HTTP
+    # front of the same Function: what the HTTP leg itself costs here.
+    pub-*|fcall-*|post-*|lua-*|append-*|relay-*)
       local r=${1#*-}; r=${r/k/000}
       [[ "$r" =~ ^[0-9]+$ ]] || { echo "bench.sh: bad rate in $1 (e.g. ${1%%-*}-5000, ${1%%-*}-5k)" >&2; return 1; }
       case "${1%%-*}:$2" in
@@ -375,7 +385,7 @@ scenario_args() {
           local f=bench_publish_only; [ "${1%%-*}" = append ] && f=bench_append_publish
           local key=""; [ "$2" = rawfan ] && key="--pub-key lim:%c:log"
           echo "--scenario sessions --rate $r --publish fcall --pub-function $f $key --settle $SETTLE" ;;
-        post:ssegate|post:nchan) echo "--scenario sessions --rate $r --publish http --publish-conns ${PUBLISH_CONNS:-32} --settle $SETTLE" ;;
+        post:ssegate|post:nchan|relay:ssegate) echo "--scenario sessions --rate $r --publish http --publish-conns ${PUBLISH_CONNS:-32} --settle $SETTLE" ;;
       esac ;;
     storm) echo "--scenario storm --rate $SESSION_RATE --receive-timeout $RECEIVE_TIMEOUT --settle $SETTLE" ;;
     *) echo "bench.sh: unknown scenario $1" >&2; return 1 ;;
@@ -397,8 +407,19 @@ for sc in $SCENARIOS; do
     port=$(free_port)
     say "$sys: $sc ($STREAMS streams)"
     if ! start_server "$sys" "$port"; then FAILED=$((FAILED + 1)); continue; fi
+    RELAY_ARGS=()
+    if [[ "$sc" == relay-* ]]; then
+      rport=$(free_port)
+      "${SERVER_PIN[@]}" "$RELAY" "127.0.0.1:$rport" "$REDIS_URL" >>"$RUNDIR/relay.log" 2>&1 &
+      RELAY_PID=$!
+      if ! wait_port "$rport" 10; then
+        warn "ssegate-post-relay did not start"; cat "$RUNDIR/relay.log" >&2
+        stop_server; FAILED=$((FAILED + 1)); continue
+      fi
+      RELAY_ARGS=(--pub-url "http://127.0.0.1:$rport" --server-pid "$RELAY_PID")
+    fi
     # shellcheck disable=SC2086
-    if ! "${OTHERS_PIN[@]}" "$BENCH" "${SERVER_ARGS[@]}" "${PIPELINE_ARGS[@]}" --url "http://127.0.0.1:$port" --redis-url "$REDIS_URL" \
+    if ! "${OTHERS_PIN[@]}" "$BENCH" "${SERVER_ARGS[@]}" "${RELAY_ARGS[@]}" "${PIPELINE_ARGS[@]}" --url "http://127.0.0.1:$port" --redis-url "$REDIS_URL" \
         --label "$sys" --name "$sc" --streams "$STREAMS" --source-addrs "$SOURCE_ADDRS" \
         --duration "$window" --warmup "$WARMUP" --drain "$DRAIN" \
         $args --json "$RESULTS/$sys--$sc.json"; then

@@ -81,13 +81,15 @@ echo "== the harness pinned to cores, its publisher pipelining: every event once
 # At 500/s a connection's batches seldom overlap, so this proves that the
 # pipelined path (a task per batch) sends and acknowledges every publish;
 # overlapping batches ran in the full-size runs of docs/benchmarks.md.
+# relay-500 goes through ssegate-post-relay, the HTTP yardstick: it too
+# must relay every publish once.
 rm -rf target/bench-pipeline-check
 PIN_SERVER=$(( $(nproc) - 1 )) PIN_OTHERS=0 PUBLISH_PIPELINE=8 ./scripts/bench.sh --quick --debug --no-build \
-  --systems ssegate --source-addrs 2 --scenarios "pub-500 fcall-500" --results target/bench-pipeline-check > /dev/null
+  --systems ssegate --source-addrs 2 --scenarios "pub-500 fcall-500 relay-500" --results target/bench-pipeline-check > /dev/null
 python3 - target/bench-pipeline-check <<'PY'
 import glob, json, sys
 runs = sorted(glob.glob(sys.argv[1] + "/ssegate--*.json"))
-assert len(runs) == 2, f"expected the pub-500 and fcall-500 results, found {runs}"
+assert len(runs) == 3, f"expected the pub-500, fcall-500 and relay-500 results, found {runs}"
 for f in runs:
     d = json.load(open(f))
     e, p = d["events"], d["publisher"]
