@@ -146,7 +146,14 @@ async fn read_line<R: tokio::io::AsyncRead + Unpin>(
     rd: &mut BufReader<R>,
     line: &mut Vec<u8>,
 ) -> Result<usize, &'static str> {
-    let n = rd.read_until(b'\n', line).await.map_err(|_| "read error")?;
+    // At most one byte past the limit is read: a line without an end
+    // cannot grow the buffer.
+    let limit = (MAX_LINE + 1) as u64;
+    let n = (&mut *rd)
+        .take(limit)
+        .read_until(b'\n', line)
+        .await
+        .map_err(|_| "read error")?;
     if line.len() > MAX_LINE {
         return Err("head line too long");
     }
@@ -216,6 +223,13 @@ POST /v1/stream/b HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         );
         let mut empty = BufReader::new(&b""[..]);
         assert_eq!(read_request(&mut empty, &mut line, &mut body).await, Ok(None));
+        let long = [b"POST /".as_slice(), &vec![b'a'; MAX_LINE], b" HTTP/1.1\r\n\r\n"].concat();
+        let mut too_long = BufReader::new(long.as_slice());
+        assert_eq!(
+            read_request(&mut too_long, &mut line, &mut body).await,
+            Err("head line too long")
+        );
+        assert!(line.len() <= MAX_LINE + 1);
         let mut no_length = BufReader::new(&b"POST /c HTTP/1.1\r\n\r\n"[..]);
         assert_eq!(
             read_request(&mut no_length, &mut line, &mut body).await,
