@@ -66,12 +66,12 @@ usage: scripts/bench.sh [options]
   --scenarios "A B"   among: $SCENARIOS; and the sessions layout at any rate:
                       pub-<rate> (PUBLISH), fcall-<rate> (ssegate's Redis Function),
                       post-<rate> (HTTP POST: ssegate durable, Nchan its own), e.g. post-5k,
+                      relay-<rate> (ssegate only: the POSTs go to ssegate-post-relay, the
+                      leanest HTTP front of ssegate's Function, a yardstick for post-<rate>);
+                      both on PUBLISH_CONNS kept-alive connections (environment; default 32);
                       lua-<rate> (ephemeral through a Function that only PUBLISHes) and
                       append-<rate> (through one that appends as ssegate_publish does but
-                      PUBLISHes the payload without its id): bench/experiments/functions.lua,
-                      relay-<rate> (ssegate only: HTTP POSTs to ssegate-post-relay, the
-                      leanest HTTP front of ssegate's Function, a yardstick for post-<rate>);
-                      POSTs on PUBLISH_CONNS kept-alive connections (environment; default 32)
+                      PUBLISHes the payload without its id): bench/experiments/functions.lua
   --duration D        measured publishing window (default 20s; 1s with --quick)
   --low-rate-duration D  the window of the rows at a fifth of the rate (sessions-2k,
                       sessions-durable-2k), where a short window's p99 is a handful

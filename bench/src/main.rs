@@ -903,6 +903,7 @@ async fn coordinate(plan: &Plan) -> Result<Output, String> {
             url: format!("http://{}", plan.host),
             sub_path: plan.sub_path.clone(),
             publish: plan.publish.as_ref().map(|m| m.name().to_owned()),
+            publish_to: plan.publish.as_ref().map(|m| m.target()),
             streams: plan.streams,
             channels,
             rate: plan.rate,

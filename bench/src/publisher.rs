@@ -57,6 +57,16 @@ impl Method {
             Method::Http { .. } => "http",
         }
     }
+
+    /// Where the publishes go: the Redis URL, or the HTTP server's address.
+    pub fn target(&self) -> String {
+        match self {
+            Method::RedisPublish { url, .. }
+            | Method::RedisFunction { url, .. }
+            | Method::RedisEmit { url, .. } => url.clone(),
+            Method::Http { addr, .. } => format!("http://{addr}"),
+        }
+    }
 }
 
 pub struct Config {

@@ -36,6 +36,8 @@ pub(crate) struct ConfigOut {
     pub(crate) url: String,
     pub(crate) sub_path: String,
     pub(crate) publish: Option<String>,
+    /// Where the publishes went (a Redis URL, or an HTTP server's address).
+    pub(crate) publish_to: Option<String>,
     pub(crate) streams: usize,
     pub(crate) channels: usize,
     pub(crate) rate: f64,

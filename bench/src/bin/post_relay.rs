@@ -5,8 +5,9 @@
 //! compared with it rather than with a `PUBLISH` that has no HTTP leg.
 //!
 //! One thread, raw sockets, HTTP/1.1 keep-alive and nothing else: no
-//! authentication, no channel or payload checks, no limits, no metrics,
-//! no logs. Each `POST <any path ending in /channel>` with a
+//! authentication, no payload checks, no limits but a line's length and
+//! the body's size, no metrics, no logs, and no check of the channel's
+//! name beyond its being there. Each `POST <any path>/<channel>` (a query string ignored) with a
 //! `Content-Length` body becomes `FCALL ssegate_publish 1
 //! sse:{<channel>}:log <body>` (what a node sends for a `POST` without an
 //! `Idempotency-Key`) on one multiplexed Redis connection with
@@ -111,7 +112,11 @@ async fn read_request<R: tokio::io::AsyncRead + Unpin>(
     let (Some(b"POST"), Some(path)) = (parts.next(), parts.next()) else {
         return Err("only POST is relayed");
     };
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
     let channel = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    if channel.is_empty() {
+        return Err("the path names no channel");
+    }
     let channel = String::from_utf8(channel.to_vec()).map_err(|_| "path is not UTF-8")?;
     let mut length = None;
     loop {
@@ -185,13 +190,14 @@ fn response(status: u16, body: &str) -> Vec<u8> {
         400 => "Bad Request",
         _ => "Bad Gateway",
     };
-    let close = if status == 400 {
-        "Connection: close\r\n"
-    } else {
-        ""
+    // The id as JSON, as a node answers; errors as plain text.
+    let (kind, close) = match status {
+        201 => ("application/json", ""),
+        400 => ("text/plain", "Connection: close\r\n"),
+        _ => ("text/plain", ""),
     };
     format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{close}\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{close}\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -204,7 +210,7 @@ mod tests {
     #[tokio::test]
     async fn reads_requests_in_turn_and_refuses_what_it_cannot_relay() {
         let input: &[u8] = b"POST /v1/stream/a.1 HTTP/1.1\r\nHost: x\r\ncontent-length: 3\r\n\r\nabc\
-POST /v1/stream/b HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+POST /v1/stream/b?x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         let mut rd = BufReader::new(input);
         let (mut line, mut body) = (Vec::new(), Vec::new());
         assert_eq!(
@@ -230,6 +236,11 @@ POST /v1/stream/b HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET / HTTP/1.1\r\n\r\n";
             Err("head line too long")
         );
         assert!(line.len() <= MAX_LINE + 1);
+        let mut no_channel = BufReader::new(&b"POST /v1/stream/ HTTP/1.1\r\n\r\n"[..]);
+        assert_eq!(
+            read_request(&mut no_channel, &mut line, &mut body).await,
+            Err("the path names no channel")
+        );
         let mut no_length = BufReader::new(&b"POST /c HTTP/1.1\r\n\r\n"[..]);
         assert_eq!(
             read_request(&mut no_length, &mut line, &mut body).await,

@@ -1,5 +1,7 @@
-//! The node's connections to Redis send each command as it is written:
-//! `TCP_NODELAY` on every one, in each topology. With Nagle's algorithm a
+//! The node's connections that carry commands or pub/sub to Redis send
+//! each command as it is written: `TCP_NODELAY` on every one, in each
+//! topology (the connections to Sentinels, which only ask where the
+//! master is, are not checked). With Nagle's algorithm a
 //! command written to a multiplexed connection while an earlier one is
 //! unacknowledged would wait for that ACK.
 //!
