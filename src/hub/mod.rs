@@ -40,10 +40,10 @@ use crate::metrics::{Metrics, Stage, now_us};
 use crate::sse::{Channel, Encoded, EventId};
 
 const CHANNEL_SHARDS: usize = 64;
-/// Open streams are kept in this many shards. Heartbeats visit one shard
-/// per `--heartbeat` / STREAM_SHARDS (59 ms at 15 s), so that a node's
-/// heartbeat writes come a few dozen at a time rather than in bursts that
-/// hold up the events queued behind them.
+/// Open streams are kept in this many shards. The heartbeat tick, once a
+/// second, visits a second's share of them (17 shards at 15 s) and yields
+/// between shards, so that the events queued behind a shard's heartbeats
+/// wait for a few dozen writes at most.
 const STREAM_SHARDS: usize = 256;
 
 /// Requests from the hub to the broker's subscription manager.
@@ -326,8 +326,8 @@ impl Hub {
         }
     }
 
-    /// Sends a comment heartbeat to every stream once per `every`, one
-    /// shard of streams at a time so that the writes are spread out, and
+    /// Sends a comment heartbeat to every stream once per `every`, a
+    /// second's share of the shards at a time (see `heartbeat_ticks`), and
     /// closes the streams that took nothing from their queue for `stall`
     /// (zero: never). An SSE stream that wrote something within the last
     /// half `every` is passed over: it needs no keep-alive, and so no SSE
@@ -355,6 +355,9 @@ impl Hub {
             );
             let written = std::cell::Cell::new(0u64);
             for shard in from..to {
+                if shard > from {
+                    tokio::task::yield_now().await;
+                }
                 self.for_each_stream_in(shard, |s| {
                     if !stall.is_zero() && s.close_if_stalled(stall_secs) {
                         metrics.stalled_streams.increment(1);
@@ -390,12 +393,16 @@ impl Hub {
 }
 
 /// The heartbeat tick and how many ticks make one round of every shard:
-/// one shard per tick where `every` allows, between 1 ms and 1 s apart,
-/// so that the rounds last `every` (to within a tick's rounding).
+/// at most a second apart, the round lasting `every`. Heartbeats written
+/// together, as Nchan's one-second ping timers write them, cost the node
+/// far less each than the same heartbeats spread thinly: on loopback a
+/// write that finds its reader asleep pays to wake it, and a burst keeps
+/// the reader awake (benchmarks.md, "Heartbeats in one-second rounds").
 fn heartbeat_ticks(every: Duration) -> (Duration, usize) {
-    let step = (every / STREAM_SHARDS as u32).clamp(Duration::from_millis(1), Duration::from_secs(1));
-    let ticks = (every.as_nanos() + step.as_nanos() / 2) / step.as_nanos();
-    (step, ticks.max(1) as usize)
+    let every = every.max(Duration::from_millis(1));
+    let ticks = every.as_nanos().div_ceil(Duration::from_secs(1).as_nanos());
+    let ticks = ticks.clamp(1, u32::MAX as u128) as u32;
+    (every / ticks, ticks as usize)
 }
 
 #[cfg(test)]
