@@ -280,6 +280,13 @@ pub struct Config {
     #[arg(long, env = "SSEGATE_NOT_READY_WHEN_FULL", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub not_ready_when_full: bool,
 
+    /// Threads that serve publishing connections (plain-TCP connections
+    /// whose first request is a POST) and the Redis command connections,
+    /// apart from the worker threads that write event streams (0: none,
+    /// everything on the workers).
+    #[arg(long, env = "SSEGATE_REQUEST_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub request_threads: u16,
+
     /// Drop a connection whose written data stays unacknowledged this long
     /// (TCP_USER_TIMEOUT: clients that vanished without closing), and a
     /// stream that has not taken anything from its queue for this long

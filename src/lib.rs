@@ -73,6 +73,7 @@ pub mod mercure;
 pub mod metrics;
 pub mod peer;
 pub mod presence;
+pub mod runtime;
 pub mod shutdown;
 pub mod sources;
 pub mod sse;

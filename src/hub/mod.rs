@@ -340,18 +340,32 @@ impl Hub {
         let quiet_ms = (every.as_millis() / 2).min(u32::MAX as u128 / 2) as u32;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The coarse clock that tells a stream that wrote lately from a
+        // quiet one (for half `every`) must not lag by that much: it
+        // advances at least every eighth of `every`, between the rounds
+        // when they are further apart (under 8 s; none at the default).
+        let clock_step = (every / 8).clamp(Duration::from_millis(1), step);
+        let mut clock = tokio::time::interval(clock_step);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let metrics = self.0.metrics.clone();
         // Every shard is visited once per `every`: `per_heartbeat` ticks
         // spread over the shards.
-        for n in 0usize.. {
+        let mut n = 0usize;
+        loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = clock.tick() => {
+                    subscriber::tick_coarse_clock();
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             subscriber::tick_coarse_clock();
+            let round = n % per_heartbeat;
+            n = n.wrapping_add(1);
             let (from, to) = (
-                n % per_heartbeat * STREAM_SHARDS / per_heartbeat,
-                (n % per_heartbeat + 1) * STREAM_SHARDS / per_heartbeat,
+                round * STREAM_SHARDS / per_heartbeat,
+                (round + 1) * STREAM_SHARDS / per_heartbeat,
             );
             let written = std::cell::Cell::new(0u64);
             for shard in from..to {

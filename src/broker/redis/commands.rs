@@ -29,6 +29,7 @@ use redis::{
 
 use super::Topology;
 use crate::broker::BrokerError;
+use crate::runtime::spawn_on_request_thread;
 
 pub(crate) enum Commands {
     Standalone(Box<Standalone>),
@@ -109,20 +110,24 @@ impl Standalone {
         &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()]
     }
 
+    /// A new connection, its task on the request thread (`crate::runtime`).
+    fn connect(&self) -> impl Future<Output = RedisResult<MultiplexedConnection>> + use<> {
+        let (client, config) = (self.client.clone(), self.config.clone());
+        spawn_on_request_thread(
+            async move { client.get_multiplexed_async_connection_with_config(&config).await },
+        )
+    }
+
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
-        let connect = || {
-            self.client
-                .get_multiplexed_async_connection_with_config(&self.config)
-        };
-        self.slot().query(connect, Request::One(cmd), broken).await
+        self.slot()
+            .query(|| self.connect(), Request::One(cmd), broken)
+            .await
     }
 
     async fn query_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<RedisResult<Value>>, BrokerError> {
-        let connect = || {
-            self.client
-                .get_multiplexed_async_connection_with_config(&self.config)
-        };
-        self.slot().query(connect, Request::Pipeline(pipe), broken).await
+        self.slot()
+            .query(|| self.connect(), Request::Pipeline(pipe), broken)
+            .await
     }
 }
 
@@ -153,9 +158,11 @@ fn broken(e: &RedisError) -> bool {
 impl SentinelCommands {
     async fn connect(&self) -> RedisResult<MultiplexedConnection> {
         let client = self.client.lock().await.async_get_client().await?;
-        client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
+        let config = self.config.clone();
+        spawn_on_request_thread(
+            async move { client.get_multiplexed_async_connection_with_config(&config).await },
+        )
+        .await
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
@@ -264,7 +271,9 @@ impl Commands {
                     .tcp_settings(no_delay())
                     .build()
                     .map_err(|e| BrokerError::Config(e.to_string()))?;
-                let conn = client.get_async_connection().await.map_err(unavailable)?;
+                let conn = spawn_on_request_thread(async move { client.get_async_connection().await })
+                    .await
+                    .map_err(unavailable)?;
                 Ok(Commands::Cluster(conn))
             }
         }

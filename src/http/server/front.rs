@@ -9,7 +9,9 @@
 //!   the response head is written here and the stream is handed back to
 //!   run as a `StreamWriter`. Anything else (publishes, health, metrics,
 //!   HTTP/2 prior knowledge, upgrades, requests with bodies) is served by
-//!   hyper, with the bytes already read replayed in front of the socket.
+//!   hyper, with the bytes already read replayed in front of the socket:
+//!   on a request thread (`crate::runtime`) when the first request is a
+//!   `POST`, else on the workers.
 //! - TLS: after the handshake, hyper serves HTTP/2 or HTTP/1.1 as ALPN
 //!   chose.
 //!
@@ -56,6 +58,8 @@ enum Handled {
     Stream(TcpStream, StreamSession, bool),
     Mercure(TcpStream, MercureStream, bool),
     WebSocket(WsConn<SharedTcp>),
+    /// Anything else, for hyper, with the bytes already read in front.
+    Requests(Prefixed),
 }
 
 pub(super) struct Front {
@@ -83,7 +87,11 @@ impl Front {
         client: ClientIp,
         drain: CancellationToken,
     ) -> Option<Served> {
-        Some(match self.handle(sock, read, client, drain).await? {
+        Some(match self.handle(sock, read, client).await? {
+            Handled::Requests(io) => {
+                self.serve_requests(io, client, drain).await;
+                return None;
+            }
             Handled::Stream(sock, session, chunked) => {
                 Served::Stream(StreamWriter::new(sock, session, chunked))
             }
@@ -104,15 +112,30 @@ impl Front {
         watch::serve(&self.hyper, &self.router, io, client, idle, drain).await;
     }
 
+    /// Serves a connection of requests with hyper: on the request thread
+    /// (`crate::runtime`) when it publishes, else here. Its socket is moved
+    /// to the request thread's own poller, so that no worker thread has to
+    /// be free for its requests to be read.
+    async fn serve_requests(self: Arc<Self>, io: Prefixed, client: ClientIp, drain: CancellationToken) {
+        let Some(requests) = crate::runtime::request_runtime().filter(|_| io.prefix.starts_with(b"POST "))
+        else {
+            return self.serve_hyper(io, client, &drain).await;
+        };
+        let Ok(sock) = io.inner.into_std() else { return };
+        let prefix = io.prefix;
+        let _ = requests
+            .spawn(async move {
+                let Ok(inner) = TcpStream::from_std(sock) else {
+                    return;
+                };
+                self.serve_hyper(Prefixed { prefix, inner }, client, &drain).await;
+            })
+            .await;
+    }
+
     /// Everything up to the start of an event stream; returns the stream
     /// to write, if the connection turned out to be one.
-    async fn handle(
-        &self,
-        mut sock: TcpStream,
-        mut buf: BytesMut,
-        client: ClientIp,
-        drain: CancellationToken,
-    ) -> Option<Handled> {
+    async fn handle(&self, mut sock: TcpStream, mut buf: BytesMut, client: ClientIp) -> Option<Handled> {
         buf.reserve(1024);
         let head =
             tokio::time::timeout(self.head_timeout, read_head(&mut sock, &mut buf, self.max_head)).await;
@@ -134,14 +157,10 @@ impl Front {
             Ok(Ok(head)) => head,
         };
         match head {
-            Head::Other => {
-                let io = Prefixed {
-                    prefix: buf.freeze(),
-                    inner: sock,
-                };
-                self.serve_hyper(io, client, &drain).await;
-                None
-            }
+            Head::Other => Some(Handled::Requests(Prefixed {
+                prefix: buf.freeze(),
+                inner: sock,
+            })),
             Head::Stream(mut req, chunked) => {
                 drop(buf);
                 req.extensions_mut().insert(client);

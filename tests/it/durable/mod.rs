@@ -2,6 +2,7 @@
 
 mod nodelay;
 mod repair;
+mod request_thread;
 mod resume;
 mod slow;
 

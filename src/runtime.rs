@@ -1,0 +1,73 @@
+//! The request threads: threads of their own, with their own Tokio
+//! runtime (`--request-threads`, one by default), for the HTTP connections
+//! that publish (a plain-TCP connection whose first request is a `POST`)
+//! and for the drivers of the Redis command connections
+//! (`broker::redis::commands`).
+//!
+//! On the node's worker threads a publish waits behind whatever fan-out
+//! is queued there; on a thread of its own it is one the kernel wakes as
+//! soon as its request arrives, and the `FCALL`, its answer and the `201`
+//! are read and written on that thread, without hopping between workers
+//! (docs/benchmarks.md, "Publishes on a thread of their own"). Event
+//! streams, WebSockets and TLS connections stay on the workers.
+//!
+//! `--request-threads 0` starts none; everything then runs on the
+//! workers, and callers of `spawn_on_request_thread` see no difference.
+
+use std::future::Future;
+use std::sync::OnceLock;
+
+use tokio::runtime::{Builder, Handle};
+
+/// The threads' name, as `ps -L` and `/proc/<pid>/task/*/comm` show it
+/// (15 bytes: Linux keeps no more).
+pub const THREAD_NAME: &str = "ssegate-request";
+
+static REQUESTS: OnceLock<Handle> = OnceLock::new();
+
+/// Starts `threads` request threads (once per process; later calls do
+/// nothing): one is a single-threaded runtime, more a multi-threaded one.
+/// They run until the process exits.
+pub fn start_request_threads(threads: usize) -> std::io::Result<()> {
+    if REQUESTS.get().is_some() || threads == 0 {
+        return Ok(());
+    }
+    let rt = if threads == 1 {
+        Builder::new_current_thread().enable_all().build()?
+    } else {
+        Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(THREAD_NAME)
+            .enable_all()
+            .build()?
+    };
+    let handle = rt.handle().clone();
+    // A single-threaded runtime runs on the thread that blocks on it; a
+    // multi-threaded one on its workers, this thread only keeping it.
+    std::thread::Builder::new()
+        .name(THREAD_NAME.into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    let _ = REQUESTS.set(handle);
+    Ok(())
+}
+
+/// The request threads' runtime, if they were started.
+pub fn request_runtime() -> Option<&'static Handle> {
+    REQUESTS.get()
+}
+
+/// Runs `f` on the request threads if there are any (so that the tasks it
+/// spawns live there), else where the caller is.
+pub async fn spawn_on_request_thread<F>(f: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match REQUESTS.get() {
+        None => f.await,
+        Some(handle) => match handle.spawn(f).await {
+            Ok(out) => out,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+    }
+}

@@ -1,0 +1,119 @@
+//! Publishing connections are served on the node's request threads
+//! (`--request-threads`, one by default), apart from the workers that
+//! write event streams.
+
+use crate::helpers::*;
+
+/// The node's threads named `name`.
+fn threads_named(node: &NodeProcess, name: &str) -> Vec<u32> {
+    let dir = format!("/proc/{}/task", node.child.id());
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|tid| {
+            let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", node.child.id()));
+            comm.is_ok_and(|c| c.trim_end() == name)
+        })
+        .collect()
+}
+
+/// How many times the thread has gone to sleep (given up the CPU to wait).
+fn voluntary_switches(node: &NodeProcess, tid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", node.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .expect("a voluntary_ctxt_switches line")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `n` durable publishes, one after the other on one kept-alive connection.
+async fn post_in_turn(node: &NodeProcess, channel: &str, n: usize) {
+    let http = reqwest::Client::new();
+    for i in 0..n {
+        let resp = http
+            .post(node.url(&format!("/v1/stream/{channel}")))
+            .body(format!("event {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+}
+
+/// How many times the node's request threads went to sleep, in all.
+fn request_threads_slept(node: &NodeProcess, threads: &[u32]) -> u64 {
+    threads.iter().map(|t| voluntary_switches(node, *t)).sum()
+}
+
+#[tokio::test]
+async fn publishes_are_served_on_the_request_thread() {
+    let redis = RedisServer::spawn();
+    let node = NodeProcess::spawn(&["--redis-url", &redis.url(), "--allow-anonymous"]);
+    let threads = threads_named(&node, "ssegate-request");
+    assert_eq!(
+        threads.len(),
+        1,
+        "one request thread by default, found {threads:?}"
+    );
+    let before = request_threads_slept(&node, &threads);
+    let n = 200;
+    post_in_turn(&node, &unique("on-thread"), n).await;
+    // Each request finds the thread asleep, waiting for it (the client
+    // sends the next only once the answer came).
+    let slept = request_threads_slept(&node, &threads) - before;
+    assert!(
+        slept >= n as u64,
+        "the request thread slept {slept} times over {n} publishes: they were served elsewhere"
+    );
+}
+
+#[tokio::test]
+async fn several_request_threads_serve_publishes() {
+    let redis = RedisServer::spawn();
+    let node = NodeProcess::spawn(&[
+        "--redis-url",
+        &redis.url(),
+        "--allow-anonymous",
+        "--request-threads",
+        "3",
+    ]);
+    // Three workers, and the thread that keeps their runtime.
+    let threads = threads_named(&node, "ssegate-request");
+    assert_eq!(threads.len(), 4, "found {threads:?}");
+    let before = request_threads_slept(&node, &threads);
+    let n = 200;
+    post_in_turn(&node, &unique("on-threads"), n).await;
+    let slept = request_threads_slept(&node, &threads) - before;
+    assert!(
+        slept >= n as u64,
+        "the request threads slept {slept} times over {n} publishes"
+    );
+}
+
+#[tokio::test]
+async fn without_request_threads_publishes_are_served_by_the_workers() {
+    let redis = RedisServer::spawn();
+    let node = NodeProcess::spawn(&[
+        "--redis-url",
+        &redis.url(),
+        "--allow-anonymous",
+        "--request-threads",
+        "0",
+    ]);
+    assert!(threads_named(&node, "ssegate-request").is_empty());
+    post_in_turn(&node, &unique("on-workers"), 20).await;
+}
+
+#[tokio::test]
+async fn a_request_thread_count_out_of_range_stops_the_start() {
+    let out = std::process::Command::new(binary())
+        .args(["--listen", "127.0.0.1:0", "--request-threads", "1000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--request-threads"), "{err}");
+}
