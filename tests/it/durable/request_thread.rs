@@ -48,61 +48,51 @@ fn request_threads_slept(node: &NodeProcess, threads: &[u32]) -> u64 {
     threads.iter().map(|t| voluntary_switches(node, *t)).sum()
 }
 
+/// Requires `threads` threads named as the request threads, and 200
+/// publishes in turn to find them asleep each time: the client sends the
+/// next only once the answer came, so a thread that serves them waits for
+/// each.
+async fn assert_publishes_served_by_request_threads(node: &NodeProcess, threads: usize) {
+    let found = threads_named(node, "ssegate-request");
+    assert_eq!(found.len(), threads, "request threads: found {found:?}");
+    let before = request_threads_slept(node, &found);
+    let n = 200;
+    post_in_turn(node, &unique("on-thread"), n).await;
+    let slept = request_threads_slept(node, &found) - before;
+    assert!(
+        slept >= n as u64,
+        "the request threads slept {slept} times over {n} publishes: they were served elsewhere"
+    );
+}
+
+/// A node on `redis` with `extra` flags.
+fn node_on(redis: &RedisServer, extra: &[&str]) -> NodeProcess {
+    let url = redis.url();
+    let mut args = vec!["--redis-url", &url, "--allow-anonymous"];
+    args.extend_from_slice(extra);
+    NodeProcess::spawn(&args)
+}
+
 #[tokio::test]
 async fn publishes_are_served_on_the_request_thread() {
     let redis = RedisServer::spawn();
-    let node = NodeProcess::spawn(&["--redis-url", &redis.url(), "--allow-anonymous"]);
-    let threads = threads_named(&node, "ssegate-request");
-    assert_eq!(
-        threads.len(),
-        1,
-        "one request thread by default, found {threads:?}"
-    );
-    let before = request_threads_slept(&node, &threads);
-    let n = 200;
-    post_in_turn(&node, &unique("on-thread"), n).await;
-    // Each request finds the thread asleep, waiting for it (the client
-    // sends the next only once the answer came).
-    let slept = request_threads_slept(&node, &threads) - before;
-    assert!(
-        slept >= n as u64,
-        "the request thread slept {slept} times over {n} publishes: they were served elsewhere"
-    );
+    let node = node_on(&redis, &[]);
+    // One by default.
+    assert_publishes_served_by_request_threads(&node, 1).await;
 }
 
 #[tokio::test]
 async fn several_request_threads_serve_publishes() {
     let redis = RedisServer::spawn();
-    let node = NodeProcess::spawn(&[
-        "--redis-url",
-        &redis.url(),
-        "--allow-anonymous",
-        "--request-threads",
-        "3",
-    ]);
+    let node = node_on(&redis, &["--request-threads", "3"]);
     // Three workers, and the thread that keeps their runtime.
-    let threads = threads_named(&node, "ssegate-request");
-    assert_eq!(threads.len(), 4, "found {threads:?}");
-    let before = request_threads_slept(&node, &threads);
-    let n = 200;
-    post_in_turn(&node, &unique("on-threads"), n).await;
-    let slept = request_threads_slept(&node, &threads) - before;
-    assert!(
-        slept >= n as u64,
-        "the request threads slept {slept} times over {n} publishes"
-    );
+    assert_publishes_served_by_request_threads(&node, 4).await;
 }
 
 #[tokio::test]
 async fn without_request_threads_publishes_are_served_by_the_workers() {
     let redis = RedisServer::spawn();
-    let node = NodeProcess::spawn(&[
-        "--redis-url",
-        &redis.url(),
-        "--allow-anonymous",
-        "--request-threads",
-        "0",
-    ]);
+    let node = node_on(&redis, &["--request-threads", "0"]);
     assert!(threads_named(&node, "ssegate-request").is_empty());
     post_in_turn(&node, &unique("on-workers"), 20).await;
 }
@@ -115,5 +105,8 @@ async fn a_request_thread_count_out_of_range_stops_the_start() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--request-threads"), "{err}");
+    assert!(
+        err.contains("--request-threads") && err.contains("0..=256"),
+        "{err}"
+    );
 }
