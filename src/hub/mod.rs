@@ -342,8 +342,9 @@ impl Hub {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The coarse clock that tells a stream that wrote lately from a
         // quiet one (for half `every`) must not lag by that much: it
-        // advances at least every eighth of `every`, between the rounds
-        // when they are further apart (under 8 s; none at the default).
+        // advances at least every eighth of `every`: between the rounds
+        // when `every` is under 8 s, with them (the same instants, a
+        // second timer) at the default.
         let clock_step = (every / 8).clamp(Duration::from_millis(1), step);
         let mut clock = tokio::time::interval(clock_step);
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
