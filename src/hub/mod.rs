@@ -338,16 +338,16 @@ impl Hub {
         let (step, per_heartbeat) = heartbeat_ticks(every);
         let stall_secs = stall.as_secs().clamp(1, u32::MAX as u64) as u32;
         let quiet_ms = (every.as_millis() / 2).min(u32::MAX as u128 / 2) as u32;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The coarse clock that tells a stream that wrote lately from a
-        // quiet one (for half `every`) must not lag by that much: it
-        // advances at least every eighth of `every`: between the rounds
-        // when `every` is under 8 s, with them (the same instants, a
-        // second timer) at the default.
+        // quiet one (for half `every`) must not lag by that much: one
+        // timer advances it at least every eighth of `every`, and a round
+        // runs at the first of its ticks at or past the round's instant
+        // (every tick at the default, where the two periods are equal).
         let clock_step = (every / 8).clamp(Duration::from_millis(1), step);
-        let mut clock = tokio::time::interval(clock_step);
+        let start = tokio::time::Instant::now();
+        let mut clock = tokio::time::interval_at(start + clock_step, clock_step);
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_round = start + step;
         let metrics = self.0.metrics.clone();
         // Every shard is visited once per `every`: `per_heartbeat` ticks
         // spread over the shards.
@@ -355,13 +355,16 @@ impl Hub {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = clock.tick() => {
+                now = clock.tick() => {
                     subscriber::tick_coarse_clock();
-                    continue;
+                    if now < next_round {
+                        continue;
+                    }
+                    // A late round does not bring the next one forward
+                    // by more than half a step.
+                    next_round = (next_round + step).max(now + step / 2);
                 }
-                _ = tick.tick() => {}
             }
-            subscriber::tick_coarse_clock();
             let round = n % per_heartbeat;
             n = n.wrapping_add(1);
             let (from, to) = (

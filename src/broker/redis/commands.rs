@@ -112,10 +112,7 @@ impl Standalone {
 
     /// A new connection, its task on the request thread (`crate::runtime`).
     fn connect(&self) -> impl Future<Output = RedisResult<MultiplexedConnection>> + use<> {
-        let (client, config) = (self.client.clone(), self.config.clone());
-        spawn_on_request_thread(
-            async move { client.get_multiplexed_async_connection_with_config(&config).await },
-        )
+        multiplexed_on_request_thread(self.client.clone(), self.config.clone())
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {
@@ -129,6 +126,16 @@ impl Standalone {
             .query(|| self.connect(), Request::Pipeline(pipe), broken)
             .await
     }
+}
+
+/// A multiplexed connection to `client`, its driver task on the request
+/// thread (`crate::runtime`) so that a publish's command and answer stay
+/// on the thread that serves the publish.
+fn multiplexed_on_request_thread(
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+) -> impl Future<Output = RedisResult<MultiplexedConnection>> {
+    spawn_on_request_thread(async move { client.get_multiplexed_async_connection_with_config(&config).await })
 }
 
 pub(crate) struct SentinelCommands {
@@ -158,11 +165,7 @@ fn broken(e: &RedisError) -> bool {
 impl SentinelCommands {
     async fn connect(&self) -> RedisResult<MultiplexedConnection> {
         let client = self.client.lock().await.async_get_client().await?;
-        let config = self.config.clone();
-        spawn_on_request_thread(
-            async move { client.get_multiplexed_async_connection_with_config(&config).await },
-        )
-        .await
+        multiplexed_on_request_thread(client, self.config.clone()).await
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BrokerError> {

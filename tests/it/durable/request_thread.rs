@@ -49,9 +49,11 @@ fn request_threads_slept(node: &NodeProcess, threads: &[u32]) -> u64 {
 }
 
 /// Requires `threads` threads named as the request threads, and 200
-/// publishes in turn to find them asleep each time: the client sends the
-/// next only once the answer came, so a thread that serves them waits for
-/// each.
+/// publishes in turn to find them asleep at least half the time: the
+/// client sends the next only once the answer came, so a thread that
+/// serves them waits for most (the next may already have come when the
+/// thread looks again after answering one: 178 sleeps in 200 were seen),
+/// and one that serves none sleeps through them all, once.
 async fn assert_publishes_served_by_request_threads(node: &NodeProcess, threads: usize) {
     let found = threads_named(node, "ssegate-request");
     assert_eq!(found.len(), threads, "request threads: found {found:?}");
@@ -60,7 +62,7 @@ async fn assert_publishes_served_by_request_threads(node: &NodeProcess, threads:
     post_in_turn(node, &unique("on-thread"), n).await;
     let slept = request_threads_slept(node, &found) - before;
     assert!(
-        slept >= n as u64,
+        slept >= n as u64 / 2,
         "the request threads slept {slept} times over {n} publishes: they were served elsewhere"
     );
 }
