@@ -15,7 +15,7 @@
 //! workers, and callers of `spawn_on_request_thread` see no difference.
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use tokio::runtime::{Builder, Handle};
 
@@ -24,12 +24,19 @@ use tokio::runtime::{Builder, Handle};
 pub const THREAD_NAME: &str = "ssegate-request";
 
 static REQUESTS: OnceLock<Handle> = OnceLock::new();
+/// Held while the threads start, so that callers at the same moment
+/// start them once.
+static STARTING: Mutex<()> = Mutex::new(());
 
-/// Starts `threads` request threads (once per process; later calls do
-/// nothing): one is a single-threaded runtime, more a multi-threaded one.
-/// They run until the process exits.
+/// Starts `threads` request threads (once per process; later calls, and
+/// calls at the same moment, do nothing): one is a single-threaded
+/// runtime, more a multi-threaded one. They run until the process exits.
 pub fn start_request_threads(threads: usize) -> std::io::Result<()> {
-    if REQUESTS.get().is_some() || threads == 0 {
+    if threads == 0 {
+        return Ok(());
+    }
+    let _starting = STARTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if REQUESTS.get().is_some() {
         return Ok(());
     }
     let rt = if threads == 1 {
@@ -69,5 +76,34 @@ where
             Ok(out) => out,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's threads named `name`.
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
+    #[test]
+    fn callers_at_the_same_moment_start_one_request_thread() {
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    start.wait();
+                    start_request_threads(1).unwrap();
+                });
+            }
+        });
+        assert!(request_runtime().is_some());
+        assert_eq!(threads_named(THREAD_NAME), 1, "one request thread, started once");
     }
 }
