@@ -51,9 +51,16 @@ pub fn start_request_threads(threads: usize) -> std::io::Result<()> {
     let handle = rt.handle().clone();
     // A single-threaded runtime runs on the thread that blocks on it; a
     // multi-threaded one on its workers, this thread only keeping it.
+    // Returns once the thread runs (std names a thread before it runs
+    // the closure), so that a caller that looks for it finds it.
+    let (running, started) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name(THREAD_NAME.into())
-        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        .spawn(move || {
+            let _ = running.send(());
+            rt.block_on(std::future::pending::<()>())
+        })?;
+    let _ = started.recv();
     let _ = REQUESTS.set(handle);
     Ok(())
 }
