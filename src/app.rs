@@ -93,9 +93,7 @@ impl Application {
             size: config.history_size,
             ttl: config.history_ttl,
         };
-        if config.request_threads > 0
-            && let Err(e) = crate::runtime::start_request_threads(config.request_threads.into())
-        {
+        if let Err(e) = crate::runtime::start_request_threads(config.request_threads.into()) {
             tracing::warn!(error = %e, "cannot start the request threads: requests are served on the workers");
         }
         let broker: SharedBroker = match RedisSettings::from_config(&config) {

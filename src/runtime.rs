@@ -81,7 +81,10 @@ where
         None => f.await,
         Some(handle) => match handle.spawn(f).await {
             Ok(out) => out,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: only a runtime shutting down cancels its tasks,
+            // and the request threads' runtime runs until the process exits.
+            Err(e) => unreachable!("a task on the request threads was cancelled: {e}"),
         },
     }
 }

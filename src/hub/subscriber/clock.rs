@@ -5,9 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Milliseconds since the process started, advanced by the hub's
-/// heartbeat task at each round of heartbeats (a second apart) and at
-/// least every eighth of `--heartbeat` (`tick_coarse_clock`): read on
-/// every push and drain, so
+/// heartbeat task on its one timer (`tick_coarse_clock`), which ticks at
+/// every eighth of `--heartbeat`, at most a second apart, and runs the
+/// rounds of heartbeats on those ticks. Read on every push and drain, so
 /// it must cost no more than a load. Stall detection reads it in seconds;
 /// heartbeats, to tell a stream that wrote lately from a quiet one.
 static COARSE_MS: AtomicU64 = AtomicU64::new(0);
