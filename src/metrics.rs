@@ -22,6 +22,7 @@ pub mod names {
     pub const EVENTS_OUT: &str = "ssegate_events_out_total";
     pub const BYTES_OUT: &str = "ssegate_bytes_out_total";
     pub const SLOW_CLIENT_DISCONNECTS: &str = "ssegate_slow_client_disconnects_total";
+    pub const CONNECTIONS_HANDED_BACK: &str = "ssegate_connections_handed_back_total";
     pub const REDIS_RECONNECTS: &str = "ssegate_redis_reconnects_total";
     pub const REDIS_SUBSCRIBE_COMMANDS: &str = "ssegate_redis_subscribe_commands_total";
     pub const BROKER_UP: &str = "ssegate_broker_up";
@@ -68,6 +69,9 @@ pub struct Inner {
     pub events_out: Counter,
     pub bytes_out: Counter,
     pub slow_client_disconnects: Counter,
+    /// Publishing connections moved from the request thread back to the
+    /// workers at a request that is not a `POST`.
+    pub connections_handed_back: Counter,
     pub redis_reconnects: Counter,
     pub redis_subscribe_commands: Counter,
     pub broker_up: Gauge,
@@ -135,6 +139,11 @@ impl Metrics {
             SLOW_CLIENT_DISCONNECTS,
             None,
             "Streams closed because their queue was full.",
+        );
+        describe(
+            CONNECTIONS_HANDED_BACK,
+            None,
+            "Kept-alive connections moved from the request thread back to the workers at a request that is not a POST.",
         );
         describe(
             REDIS_RECONNECTS,
@@ -240,6 +249,7 @@ impl Metrics {
             events_out: counter(EVENTS_OUT),
             bytes_out: counter(BYTES_OUT),
             slow_client_disconnects: counter(SLOW_CLIENT_DISCONNECTS),
+            connections_handed_back: counter(CONNECTIONS_HANDED_BACK),
             redis_reconnects: counter(REDIS_RECONNECTS),
             redis_subscribe_commands: counter(REDIS_SUBSCRIBE_COMMANDS),
             broker_up: gauge(BROKER_UP),

@@ -1,7 +1,8 @@
 //! The request threads: threads of their own, with their own Tokio
 //! runtime (`--request-threads`, one by default), for the HTTP connections
-//! that publish (a plain-TCP connection whose first request is a `POST`)
-//! and for the drivers of the Redis command connections
+//! that publish (a plain-TCP connection whose first request is a `POST`,
+//! until a request that is not: `http::server::publishing`) and for the
+//! drivers of the Redis command connections
 //! (`broker::redis::commands`).
 //!
 //! On the node's worker threads a publish waits behind whatever fan-out

@@ -11,7 +11,9 @@
 //!   HTTP/2 prior knowledge, upgrades, requests with bodies) is served by
 //!   hyper, with the bytes already read replayed in front of the socket:
 //!   on a request thread (`crate::runtime`) when the first request is a
-//!   `POST`, else on the workers.
+//!   `POST`, else on the workers. A connection on the request thread
+//!   comes back here at its first request that is not a `POST`
+//!   (`publishing`).
 //! - TLS: after the handshake, hyper serves HTTP/2 or HTTP/1.1 as ALPN
 //!   chose.
 //!
@@ -35,6 +37,7 @@ use tower::ServiceExt;
 use super::admission::Gate;
 use super::head::{Head, HeadError, read_head};
 use super::prefixed::Prefixed;
+use super::publishing;
 use super::response::{Framing, head_bytes, write_and_close, write_error};
 use super::watch;
 use super::writer::StreamWriter;
@@ -65,6 +68,9 @@ enum Handled {
 pub(super) struct Front {
     pub router: Router,
     pub hyper: auto::Builder<TokioExecutor>,
+    /// hyper for the publishing connections on the request thread, set as
+    /// `hyper`'s HTTP/1.
+    pub http1: hyper::server::conn::http1::Builder,
     pub max_head: usize,
     pub head_timeout: Duration,
     /// Largest WebSocket message a client may send.
@@ -82,24 +88,28 @@ impl Front {
     /// `read` holds the bytes already read from `sock`.
     pub async fn serve(
         self: Arc<Self>,
-        sock: TcpStream,
-        read: BytesMut,
+        mut sock: TcpStream,
+        mut read: BytesMut,
         client: ClientIp,
         drain: CancellationToken,
     ) -> Option<Served> {
-        Some(match self.handle(sock, read, client).await? {
-            Handled::Requests(io) => {
-                self.serve_requests(io, client, drain).await;
-                return None;
-            }
-            Handled::Stream(sock, session, chunked) => {
-                Served::Stream(StreamWriter::new(sock, session, chunked))
-            }
-            Handled::Mercure(sock, stream, chunked) => {
-                Served::Mercure(StreamWriter::new(sock, stream, chunked))
-            }
-            Handled::WebSocket(conn) => Served::WebSocket(conn),
-        })
+        loop {
+            return Some(match self.handle(sock, read, client).await? {
+                Handled::Requests(io) => {
+                    // Back from the request thread: its next request
+                    // starts in `read`.
+                    (sock, read) = self.clone().serve_requests(io, client, drain.clone()).await?;
+                    continue;
+                }
+                Handled::Stream(sock, session, chunked) => {
+                    Served::Stream(StreamWriter::new(sock, session, chunked))
+                }
+                Handled::Mercure(sock, stream, chunked) => {
+                    Served::Mercure(StreamWriter::new(sock, stream, chunked))
+                }
+                Handled::WebSocket(conn) => Served::WebSocket(conn),
+            });
+        }
     }
 
     /// Serves a connection with hyper (HTTP/1.1 or HTTP/2), closed when
@@ -115,22 +125,33 @@ impl Front {
     /// Serves a connection of requests with hyper: on the request thread
     /// (`crate::runtime`) when it publishes, else here. Its socket is moved
     /// to the request thread's own poller, so that no worker thread has to
-    /// be free for its requests to be read.
-    async fn serve_requests(self: Arc<Self>, io: Prefixed, client: ClientIp, drain: CancellationToken) {
+    /// be free for its requests to be read; it comes back (returned, with
+    /// the bytes read) at its first request that is not a `POST`.
+    async fn serve_requests(
+        self: Arc<Self>,
+        io: Prefixed,
+        client: ClientIp,
+        drain: CancellationToken,
+    ) -> Option<(TcpStream, BytesMut)> {
         let Some(requests) = crate::runtime::request_runtime().filter(|_| io.prefix.starts_with(b"POST "))
         else {
-            return self.serve_hyper(io, client, &drain).await;
+            self.serve_hyper(io, client, &drain).await;
+            return None;
         };
-        let Ok(sock) = io.inner.into_std() else { return };
+        let sock = io.inner.into_std().ok()?;
         let prefix = io.prefix;
-        let _ = requests
+        let (sock, read) = requests
             .spawn(async move {
-                let Ok(inner) = TcpStream::from_std(sock) else {
-                    return;
-                };
-                self.serve_hyper(Prefixed { prefix, inner }, client, &drain).await;
+                let inner = TcpStream::from_std(sock).ok()?;
+                let io = Prefixed { prefix, inner };
+                let (http1, router, idle) = (&self.http1, &self.router, self.head_timeout);
+                let (sock, read) = publishing::serve(http1, router, io, client, idle, &drain).await?;
+                self.metrics.connections_handed_back.increment(1);
+                Some((sock.into_std().ok()?, read))
             })
-            .await;
+            .await
+            .ok()??;
+        Some((TcpStream::from_std(sock).ok()?, read))
     }
 
     /// Everything up to the start of an event stream; returns the stream

@@ -14,6 +14,7 @@ mod front;
 mod head;
 mod prefixed;
 mod proxied;
+mod publishing;
 mod response;
 mod watch;
 mod writer;
@@ -81,6 +82,11 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.header_timeout)
             .max_buf_size(cfg.max_header_bytes.max(8192));
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_timeout)
+            .max_buf_size(cfg.max_header_bytes.max(8192));
         hyper
             .http2()
             .timer(TokioTimer::new())
@@ -96,6 +102,7 @@ impl Server {
         Arc::new(Front {
             router: crate::http::router(self.state.clone()),
             hyper,
+            http1,
             max_head: cfg.max_header_bytes,
             head_timeout: cfg.header_timeout,
             max_message: cfg.max_payload + crate::ws::MESSAGE_OVERHEAD,

@@ -32,18 +32,20 @@ use tower::ServiceExt;
 use crate::peer::ClientIp;
 
 /// Time a connection asked to finish (idle) has to do so.
-const FINISH: Duration = Duration::from_secs(1);
+pub(super) const FINISH: Duration = Duration::from_secs(1);
 
 /// Requests in progress on one connection.
 #[derive(Default)]
-struct Activity {
-    in_flight: AtomicUsize,
+pub(super) struct Activity {
+    pub(super) in_flight: AtomicUsize,
+    /// Requests started, in all.
+    pub(super) started: AtomicUsize,
     changed: Notify,
 }
 
 impl Activity {
     /// Resolves once no request has been in progress for `idle`.
-    async fn idle_for(&self, idle: Duration) {
+    pub(super) async fn idle_for(&self, idle: Duration) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -65,6 +67,7 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn start(activity: &Arc<Activity>) -> InFlight {
+        activity.started.fetch_add(1, Ordering::AcqRel);
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.changed.notify_waiters();
         InFlight(activity.clone())
@@ -80,10 +83,10 @@ impl Drop for InFlight {
 
 /// The router as hyper's service, counting requests.
 #[derive(Clone)]
-struct Counted {
-    router: Router,
-    activity: Arc<Activity>,
-    client: ClientIp,
+pub(super) struct Counted {
+    pub(super) router: Router,
+    pub(super) activity: Arc<Activity>,
+    pub(super) client: ClientIp,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Counted {
@@ -103,7 +106,7 @@ impl hyper::service::Service<Request<Incoming>> for Counted {
 }
 
 /// A response body that keeps its request counted until it ends.
-struct CountedBody {
+pub(super) struct CountedBody {
     body: Body,
     _guard: InFlight,
 }

@@ -112,3 +112,123 @@ async fn a_request_thread_count_out_of_range_stops_the_start() {
         "{err}"
     );
 }
+
+/// Reads one answer with a `Content-Length` body from `sock`: its status
+/// and body.
+async fn read_answer(sock: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = &text[..end];
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .expect("a Content-Length")
+                .parse()
+                .unwrap();
+            if got.len() >= end + 4 + len {
+                let status = head[9..12].parse().unwrap();
+                return (status, text[end + 4..end + 4 + len].to_owned());
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the connection closed after {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A durable publish of `data` to `channel` on a kept-alive connection.
+async fn post_on(sock: &mut tokio::net::TcpStream, channel: &str, data: &str) {
+    use tokio::io::AsyncWriteExt;
+    let req = format!(
+        "POST /v1/stream/{channel} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{data}",
+        data.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let (status, body) = read_answer(sock).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn a_publishing_connection_that_opens_a_stream_is_handed_back_to_the_workers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::spawn();
+    let node = node_on(&redis, &[]);
+    let channel = unique("handed-back");
+    // Balancers and browsers reuse a kept-alive connection for anything:
+    // here a publish, then an event stream, the request's first byte
+    // sent on its own.
+    let mut sock = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    post_on(&mut sock, &channel, "before").await;
+    sock.write_all(b"G").await.unwrap();
+    sock.flush().await.unwrap();
+    let rest = format!("ET /v1/stream/{channel} HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 0-0\r\n\r\n");
+    sock.write_all(rest.as_bytes()).await.unwrap();
+    node.publish(&channel, "after").await;
+    let mut got = String::new();
+    while !(got.contains("data: before") && got.contains("data: after")) {
+        let mut buf = [0u8; 4096];
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream closed after {got:?}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        got.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{got}"
+    );
+    assert_eq!(node.metric("ssegate_connections_handed_back_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_publishing_connection_keeps_answering_across_a_hand_back() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::spawn();
+    let node = node_on(&redis, &[]);
+    let channel = unique("across");
+    let mut sock = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    post_on(&mut sock, &channel, "one").await;
+    post_on(&mut sock, &channel, "two").await;
+    assert_eq!(node.metric("ssegate_connections_handed_back_total").await, 0.0);
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, body) = read_answer(&mut sock).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(node.metric("ssegate_connections_handed_back_total").await, 1.0);
+    post_on(&mut sock, &channel, "three").await;
+    let mut s = Sse::open_with(&node.url(&format!("/v1/stream/{channel}")), Some("0-0")).await;
+    for want in ["one", "two", "three"] {
+        assert_eq!(s.next().await.unwrap().data, want);
+    }
+}
+
+#[tokio::test]
+async fn a_body_sent_after_an_early_refusal_is_not_taken_for_a_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::spawn();
+    let node = node_on(&redis, &[]);
+    let mut sock = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    post_on(&mut sock, "first", "one").await;
+    // Refused from its head, before its body is sent. Its body's bytes
+    // must not be read as a request (which would get a 400): hyper closes
+    // the connection rather than wait for them, or reads them as the body.
+    let head = "POST /v1/nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n";
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let (status, body) = read_answer(&mut sock).await;
+    assert_eq!(status, 404, "{body}");
+    let _ = sock.write_all(b"GET / ").await;
+    let _ = sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains(" 400 "), "the body was read as a request: {rest}");
+}
