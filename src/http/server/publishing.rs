@@ -8,24 +8,31 @@
 //! request thread, and no stream's writes delay a publish.
 //!
 //! The boundary between two requests is where hyper has no request in
-//! progress and every answer is flushed: the first bytes read after that
-//! start the next request. hyper is then asked to finish without closing
-//! the socket, and the bytes it read and had not parsed yet come back in
-//! front of the ones held here. (A request whose handler answered before
-//! reading its whole body ends the connection: hyper drains a body only
-//! from what it has already read, so no body's bytes come after an
-//! answer.)
+//! progress, every request body was read to its end, and every answer is
+//! flushed: the first bytes read after that start the next request. hyper
+//! is then asked to finish without closing the socket, and the bytes it
+//! read and had not parsed yet come back in front of the ones held here.
+//! A request whose body its handler left unread (a `413`, a `401` from the
+//! head) keeps the connection here for good: hyper reads on into that
+//! body (or closes), and its bytes must never be taken for a request.
+//! Requests pipelined behind a `POST` (sent before its answer came) are
+//! parsed by hyper from what it has read already and stay here too;
+//! browsers and balancers do not pipeline.
 
+use std::convert::Infallible;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
 use bytes::{Bytes, BytesMut};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -50,15 +57,20 @@ pub(super) async fn serve(
     drain: &CancellationToken,
 ) -> Option<(TcpStream, BytesMut)> {
     let activity = Arc::new(Activity::default());
+    let bodies = Arc::new(Bodies::default());
     let handback = Arc::new(Notify::new());
-    let svc = Counted {
-        router: router.clone(),
-        activity: activity.clone(),
-        client,
+    let svc = Tracked {
+        counted: Counted {
+            router: router.clone(),
+            activity: activity.clone(),
+            client,
+        },
+        bodies: bodies.clone(),
     };
     let io = Boundary {
         io,
         activity: activity.clone(),
+        bodies,
         handback: handback.clone(),
         written: false,
         flushed_after: 0,
@@ -91,9 +103,11 @@ pub(super) async fn serve(
     }
     let parts = conn.into_parts();
     let boundary = parts.io.into_inner();
+    // The kept bytes came from the front of what was left to read (the
+    // rest of the front door's first read, then the socket).
     let mut read = BytesMut::from(&parts.read_buf[..]);
-    read.extend_from_slice(&boundary.io.prefix);
     read.extend_from_slice(&boundary.kept?);
+    read.extend_from_slice(&boundary.io.prefix);
     Some((boundary.io.inner, read))
 }
 
@@ -104,14 +118,104 @@ fn starts_a_publish(first: &[u8]) -> bool {
     first.starts_with(POST) || POST.starts_with(first)
 }
 
+/// The requests' bodies on one connection.
+#[derive(Default)]
+struct Bodies {
+    /// Request bodies not read to their end yet.
+    open: AtomicUsize,
+    /// A request body was dropped before its end.
+    left_unread: AtomicBool,
+}
+
+/// The router, with each request body tracked to its end.
+struct Tracked {
+    counted: Counted,
+    bodies: Arc<Bodies>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Tracked {
+    type Response = <Counted as hyper::service::Service<Request<TrackedBody>>>::Response;
+    type Error = Infallible;
+    type Future = <Counted as hyper::service::Service<Request<TrackedBody>>>::Future;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let req = req.map(|body| TrackedBody::new(body, &self.bodies));
+        self.counted.call(req)
+    }
+}
+
+/// A request body, counted as open until read to its end.
+struct TrackedBody {
+    body: Incoming,
+    /// Set while the body is open.
+    bodies: Option<Arc<Bodies>>,
+}
+
+impl TrackedBody {
+    fn new(body: Incoming, bodies: &Arc<Bodies>) -> TrackedBody {
+        let bodies = (!body.is_end_stream()).then(|| {
+            bodies.open.fetch_add(1, Ordering::AcqRel);
+            bodies.clone()
+        });
+        TrackedBody { body, bodies }
+    }
+
+    fn ended(&mut self) {
+        if let Some(bodies) = self.bodies.take() {
+            bodies.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        if let Some(bodies) = self.bodies.take() {
+            bodies.left_unread.store(true, Ordering::Release);
+            bodies.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let at_end = match &frame {
+            None => true,
+            Some(Ok(_)) => self.body.is_end_stream(),
+            // Broken: left unread when dropped.
+            Some(Err(_)) => false,
+        };
+        if at_end {
+            self.ended();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The socket as hyper sees it, watching for the start of each request.
 struct Boundary {
     io: Prefixed,
     activity: Arc<Activity>,
+    bodies: Arc<Bodies>,
     handback: Arc<Notify>,
     /// Bytes written since the last flush.
     written: bool,
-    /// Requests started when the last flush completed.
+    /// Requests started when the last flush completed with none in
+    /// progress.
     flushed_after: usize,
     /// Requests started when the start of the next one was last looked at.
     looked_after: usize,
@@ -120,14 +224,16 @@ struct Boundary {
 }
 
 impl Boundary {
-    /// Between two requests: none in progress, each answer flushed, and
-    /// the next one's start not looked at yet.
+    /// Between two requests: none in progress, each body read to its end,
+    /// each answer flushed, and the next one's start not looked at yet.
     fn between_requests(&self) -> bool {
         let started = self.started();
         !self.written
             && self.flushed_after == started
             && self.looked_after != started
             && self.activity.in_flight.load(Ordering::Acquire) == 0
+            && self.bodies.open.load(Ordering::Acquire) == 0
+            && !self.bodies.left_unread.load(Ordering::Acquire)
     }
 
     fn started(&self) -> usize {
@@ -189,7 +295,12 @@ impl AsyncWrite for Boundary {
         let this = self.get_mut();
         ready!(Pin::new(&mut this.io).poll_flush(cx))?;
         this.written = false;
-        this.flushed_after = this.started();
+        // hyper flushes on every turn; with no request in progress (the
+        // answer's body dropped, its last bytes handed over) this flush
+        // emptied its buffer.
+        if this.activity.in_flight.load(Ordering::Acquire) == 0 {
+            this.flushed_after = this.started();
+        }
         Poll::Ready(Ok(()))
     }
 

@@ -20,7 +20,6 @@ use axum::Router;
 use axum::body::Body;
 use futures_util::future::BoxFuture;
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -89,12 +88,16 @@ pub(super) struct Counted {
     pub(super) client: ClientIp,
 }
 
-impl hyper::service::Service<Request<Incoming>> for Counted {
+impl<B> hyper::service::Service<Request<B>> for Counted
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     type Response = Response<CountedBody>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<B>) -> Self::Future {
         let guard = InFlight::start(&self.activity);
         req.extensions_mut().insert(self.client);
         let call = self.router.clone().oneshot(req.map(Body::new));

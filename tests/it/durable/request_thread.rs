@@ -232,3 +232,34 @@ async fn a_body_sent_after_an_early_refusal_is_not_taken_for_a_request() {
     let rest = String::from_utf8_lossy(&rest);
     assert!(!rest.contains(" 400 "), "the body was read as a request: {rest}");
 }
+
+#[tokio::test]
+async fn the_rest_of_a_body_refused_as_too_large_is_never_read_as_a_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::spawn();
+    let node = node_on(&redis, &[]);
+    let mut sock = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    post_on(&mut sock, "first", "one").await;
+    // Four times --max-payload, sent whole: the node answers 413 from the
+    // first 64 KiB, and the rest is still arriving. Its bytes, a request
+    // smuggled at the end included, are the body's, never a request.
+    let smuggled = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let body = format!("{}{smuggled}", "x".repeat(256 * 1024));
+    let head = format!(
+        "POST /v1/stream/big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (mut rd, mut wr) = sock.split();
+    let sending = async {
+        let _ = wr.write_all(format!("{head}{body}").as_bytes()).await;
+    };
+    let mut answers = Vec::new();
+    let reading = async {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), rd.read_to_end(&mut answers)).await;
+    };
+    tokio::join!(sending, reading);
+    let answers = String::from_utf8_lossy(&answers);
+    let statuses: Vec<&str> = answers.matches("HTTP/1.1 ").collect();
+    assert!(answers.starts_with("HTTP/1.1 413"), "{answers}");
+    assert_eq!(statuses.len(), 1, "one answer, to the POST: {answers}");
+}
