@@ -13,8 +13,8 @@
 //! is then asked to finish without closing the socket, and the bytes it
 //! read and had not parsed yet come back in front of the ones held here.
 //! A request whose body its handler left unread (a `413`, a `401` from the
-//! head) keeps the connection here for good: hyper reads on into that
-//! body (or closes), and its bytes must never be taken for a request.
+//! head) ends the connection after its answer: hyper may read on into
+//! that body, and its bytes must never be taken for a request.
 //! Requests pipelined behind a `POST` (sent before its answer came) are
 //! parsed by hyper from what it has read already and stay here too;
 //! browsers and balancers do not pipeline.
@@ -70,7 +70,7 @@ pub(super) async fn serve(
     let io = Boundary {
         io,
         activity: activity.clone(),
-        bodies,
+        bodies: bodies.clone(),
         handback: handback.clone(),
         written: false,
         flushed_after: 0,
@@ -78,23 +78,38 @@ pub(super) async fn serve(
         kept: None,
     };
     let mut conn = http1.serve_connection(TokioIo::new(io), svc);
-    let (handing_back, draining) = tokio::select! {
+    let ending = tokio::select! {
         _ = &mut conn => return None,
-        _ = activity.idle_for(idle) => (false, false),
-        _ = drain.cancelled() => (false, true),
-        _ = handback.notified() => (true, false),
+        _ = activity.idle_for(idle) => Ending::Idle,
+        _ = drain.cancelled() => Ending::Drain,
+        _ = handback.notified() => Ending::HandBack,
+        _ = bodies.unread.notified() => Ending::BodyUnread,
     };
     Pin::new(&mut conn).graceful_shutdown();
-    if draining {
+    let _ = match ending {
         // A publish in progress finishes; the server's grace period
         // bounds it.
-        let _ = conn.await;
-        return None;
-    }
-    if !handing_back {
-        let _ = tokio::time::timeout(FINISH, conn).await;
-        return None;
-    }
+        Ending::Drain => Ok(conn.await),
+        Ending::Idle => tokio::time::timeout(FINISH, conn).await,
+        // The answer is written, then the connection closes: what follows
+        // the unread body must not be served here, nor handed back.
+        Ending::BodyUnread => tokio::time::timeout(idle, conn).await,
+        Ending::HandBack => return hand_back(conn).await,
+    };
+    None
+}
+
+/// Why a publishing connection stops being served on the request thread.
+enum Ending {
+    Idle,
+    Drain,
+    HandBack,
+    BodyUnread,
+}
+
+/// Finishes hyper between two requests, leaving the socket open; returns
+/// it with the bytes read from it and not parsed.
+async fn hand_back(mut conn: http1::Connection<TokioIo<Boundary>, Tracked>) -> Option<(TcpStream, BytesMut)> {
     // Between requests, so nothing is left to write: hyper finishes at
     // once, leaving the socket open.
     let finish = poll_fn(|cx| conn.poll_without_shutdown(cx));
@@ -125,6 +140,8 @@ struct Bodies {
     open: AtomicUsize,
     /// A request body was dropped before its end.
     left_unread: AtomicBool,
+    /// Told when one is.
+    unread: Notify,
 }
 
 /// The router, with each request body tracked to its end.
@@ -172,6 +189,7 @@ impl Drop for TrackedBody {
         if let Some(bodies) = self.bodies.take() {
             bodies.left_unread.store(true, Ordering::Release);
             bodies.open.fetch_sub(1, Ordering::AcqRel);
+            bodies.unread.notify_one();
         }
     }
 }
@@ -187,7 +205,7 @@ impl http_body::Body for TrackedBody {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
         let at_end = match &frame {
             None => true,
-            Some(Ok(_)) => self.body.is_end_stream(),
+            Some(Ok(frame)) => frame.is_trailers() || self.body.is_end_stream(),
             // Broken: left unread when dropped.
             Some(Err(_)) => false,
         };

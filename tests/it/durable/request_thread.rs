@@ -242,7 +242,8 @@ async fn the_rest_of_a_body_refused_as_too_large_is_never_read_as_a_request() {
     post_on(&mut sock, "first", "one").await;
     // Four times --max-payload, sent whole: the node answers 413 from the
     // first 64 KiB, and the rest is still arriving. Its bytes, a request
-    // smuggled at the end included, are the body's, never a request.
+    // smuggled at the end included, are the body's, never a request: the
+    // connection ends after the answer.
     let smuggled = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     let body = format!("{}{smuggled}", "x".repeat(256 * 1024));
     let head = format!(
@@ -255,11 +256,36 @@ async fn the_rest_of_a_body_refused_as_too_large_is_never_read_as_a_request() {
     };
     let mut answers = Vec::new();
     let reading = async {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), rd.read_to_end(&mut answers)).await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), rd.read_to_end(&mut answers)).await
     };
-    tokio::join!(sending, reading);
+    let ((), read) = tokio::join!(sending, reading);
+    assert!(read.is_ok(), "the connection is closed after the answer");
     let answers = String::from_utf8_lossy(&answers);
     let statuses: Vec<&str> = answers.matches("HTTP/1.1 ").collect();
     assert!(answers.starts_with("HTTP/1.1 413"), "{answers}");
     assert_eq!(statuses.len(), 1, "one answer, to the POST: {answers}");
+}
+
+#[tokio::test]
+async fn a_publishing_connection_closes_after_a_refusal_that_left_its_body_unread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::spawn();
+    let node = node_on(&redis, &[]);
+    let mut sock = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    post_on(&mut sock, "first", "one").await;
+    // Refused without its body being read: hyper skips that body, so no
+    // request boundary is seen any more, and what follows would be served
+    // on the request thread. The connection ends with the answer instead.
+    let refused = "POST /v1/nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nhello!";
+    sock.write_all(refused.as_bytes()).await.unwrap();
+    let (status, body) = read_answer(&mut sock).await;
+    assert_eq!(status, 404, "{body}");
+    let _ = sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut rest = Vec::new();
+    let _ = sock.read_to_end(&mut rest).await;
+    assert!(
+        rest.is_empty(),
+        "served after the refusal: {}",
+        String::from_utf8_lossy(&rest)
+    );
 }
