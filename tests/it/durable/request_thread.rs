@@ -212,28 +212,6 @@ async fn a_publishing_connection_keeps_answering_across_a_hand_back() {
 }
 
 #[tokio::test]
-async fn a_body_sent_after_an_early_refusal_is_not_taken_for_a_request() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let redis = RedisServer::spawn();
-    let node = node_on(&redis, &[]);
-    let mut sock = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-    post_on(&mut sock, "first", "one").await;
-    // Refused from its head, before its body is sent. Its body's bytes
-    // must not be read as a request (which would get a 400): hyper closes
-    // the connection rather than wait for them, or reads them as the body.
-    let head = "POST /v1/nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n";
-    sock.write_all(head.as_bytes()).await.unwrap();
-    let (status, body) = read_answer(&mut sock).await;
-    assert_eq!(status, 404, "{body}");
-    let _ = sock.write_all(b"GET / ").await;
-    let _ = sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read_to_end(&mut rest)).await;
-    let rest = String::from_utf8_lossy(&rest);
-    assert!(!rest.contains(" 400 "), "the body was read as a request: {rest}");
-}
-
-#[tokio::test]
 async fn the_rest_of_a_body_refused_as_too_large_is_never_read_as_a_request() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = RedisServer::spawn();
@@ -266,21 +244,29 @@ async fn the_rest_of_a_body_refused_as_too_large_is_never_read_as_a_request() {
     assert_eq!(statuses.len(), 1, "one answer, to the POST: {answers}");
 }
 
-#[tokio::test]
-async fn a_publishing_connection_closes_after_a_refusal_that_left_its_body_unread() {
+/// A publish refused (404) without its 6-byte body being read, the body
+/// sent with the head or only after the answer, then a health check: hyper
+/// skips or reads on into that body, so no request boundary can be seen
+/// any more, and what follows would be served on the request thread (or
+/// the body taken for a request). The connection ends with the answer.
+async fn nothing_is_served_after_a_refusal(body_with_head: bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = RedisServer::spawn();
     let node = node_on(&redis, &[]);
     let mut sock = tokio::net::TcpStream::connect(node.addr).await.unwrap();
     post_on(&mut sock, "first", "one").await;
-    // Refused without its body being read: hyper skips that body, so no
-    // request boundary is seen any more, and what follows would be served
-    // on the request thread. The connection ends with the answer instead.
-    let refused = "POST /v1/nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nhello!";
-    sock.write_all(refused.as_bytes()).await.unwrap();
+    let head = "POST /v1/nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n";
+    let (first, later) = if body_with_head {
+        (format!("{head}hello!"), "")
+    } else {
+        (head.to_owned(), "hello!")
+    };
+    sock.write_all(first.as_bytes()).await.unwrap();
     let (status, body) = read_answer(&mut sock).await;
     assert_eq!(status, 404, "{body}");
-    let _ = sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let _ = sock
+        .write_all(format!("{later}GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
     let mut rest = Vec::new();
     let _ = sock.read_to_end(&mut rest).await;
     assert!(
@@ -288,4 +274,14 @@ async fn a_publishing_connection_closes_after_a_refusal_that_left_its_body_unrea
         "served after the refusal: {}",
         String::from_utf8_lossy(&rest)
     );
+}
+
+#[tokio::test]
+async fn a_publishing_connection_closes_after_a_refusal_that_left_its_body_unread() {
+    nothing_is_served_after_a_refusal(true).await;
+}
+
+#[tokio::test]
+async fn a_body_sent_after_an_early_refusal_is_never_read_as_a_request() {
+    nothing_is_served_after_a_refusal(false).await;
 }
