@@ -56,14 +56,18 @@ def median_of(values):
 
 def load_all(dirs):
     """Results of one or more runs (directories); several are merged into
-    medians, and meta gets the number of runs and the first run's date."""
+    medians, and meta gets the number of runs and the dates from the
+    first run's start to the last run's end."""
     loaded = [load(d) for d in dirs]
     keys = list(dict.fromkeys(k for runs, _ in loaded for k in runs))
     runs = {k: median_of([r.get(k) for r, _ in loaded]) for k in keys}
     meta = dict(loaded[-1][1]) if loaded else {}
     if len(loaded) > 1:
         meta["runs"] = len(loaded)
-        first = loaded[0][1].get("date")
+    if loaded:
+        # From the start of the first run (results before the start was
+        # recorded have only their end) to the end of the last.
+        first = loaded[0][1].get("started") or loaded[0][1].get("date")
         if first and meta.get("date") and first != meta["date"]:
             meta["date"] = f"{first} to {meta['date']}"
     return runs, meta

@@ -134,6 +134,7 @@ IDLE_SETTLE=${IDLE_SETTLE_ARG:-$IDLE_SETTLE}
 SESSION_RATE=$(( STREAMS * 2 / 3 ))
 [ "$SESSION_RATE" -ge 1 ] || SESSION_RATE=1
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+BENCH_STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 RESULTS=${RESULTS:-$TARGET_DIR/bench-results/$STAMP}
 if [ -z "$OUT" ]; then
@@ -475,7 +476,7 @@ fi
 say "machine"
 NGINX_VERSION=$( (nginx -v 2>&1 || true) | sed 's/.*nginx\///')
 NCHAN_VERSION=$( (dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || true) )
-export BENCH_DATE BENCH_NPROC BENCH_MEM BENCH_KERNEL BENCH_CPU BENCH_REDIS BENCH_NGINX BENCH_NCHAN \
+export BENCH_STARTED BENCH_DATE BENCH_NPROC BENCH_MEM BENCH_KERNEL BENCH_CPU BENCH_REDIS BENCH_NGINX BENCH_NCHAN \
   BENCH_RUSTC BENCH_COMMIT BENCH_COMMAND BENCH_STREAMS BENCH_QUICK BENCH_DURATION BENCH_LOADAVG
 BENCH_LOADAVG="$LOADAVG (before) / $(cut -d' ' -f1-3 /proc/loadavg) (after)"
 BENCH_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -495,7 +496,7 @@ BENCH_QUICK=$QUICK
 BENCH_DURATION=$DURATION
 python3 - "$RESULTS/meta.json" <<'EOF'
 import json, os, sys
-keys = ["DATE", "NPROC", "MEM", "KERNEL", "CPU", "REDIS", "NGINX", "NCHAN", "RUSTC",
+keys = ["STARTED", "DATE", "NPROC", "MEM", "KERNEL", "CPU", "REDIS", "NGINX", "NCHAN", "RUSTC",
         "COMMIT", "COMMAND", "STREAMS", "QUICK", "DURATION", "LOADAVG"]
 meta = {k.lower(): os.environ.get("BENCH_" + k, "") for k in keys}
 with open(sys.argv[1], "w") as f:

@@ -76,17 +76,21 @@ impl Server {
 
     fn front(&self) -> Arc<Front> {
         let cfg = self.state.config();
+        // HTTP/1 is served by two builders: the protocol detection's on the
+        // workers and a plain one on the request thread (`publishing`).
+        // They are different types with the same setters.
+        macro_rules! http1_settings {
+            ($builder:expr) => {
+                $builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(cfg.header_timeout)
+                    .max_buf_size(cfg.max_header_bytes.max(8192))
+            };
+        }
         let mut hyper = auto::Builder::new(TokioExecutor::new());
-        hyper
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(cfg.header_timeout)
-            .max_buf_size(cfg.max_header_bytes.max(8192));
+        http1_settings!(hyper.http1());
         let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(cfg.header_timeout)
-            .max_buf_size(cfg.max_header_bytes.max(8192));
+        http1_settings!(http1);
         hyper
             .http2()
             .timer(TokioTimer::new())
