@@ -14,11 +14,12 @@ time spent runnable but waiting for a CPU (run delay), the number of
 times it ran (time slices) and its voluntary context switches; with
 `--rate`, the scenario's publishes a second, also per publish.
 
-docs/benchmarks.md, "The hop of a `POST` on a quiet machine", used it
-during `post-2k` and `relay-2k` runs:
+docs/benchmarks.md, "An HTTP hop on a quiet machine", used it during
+`pub-2k`, `post-2k` and `relay-2k` runs, started with each run (and
+`ssegate-post-re` added for `relay-2k`):
 
-    python3 bench/experiments/thread_sched.py ssegate:ssegate-request \\
-        ssegate-post-re redis-server --rate 2000
+    python3 bench/experiments/thread_sched.py redis-server ssegate \\
+        ssegate-bench --after 25 --window 30 --rate 2000
 """
 import argparse
 import glob

@@ -94,10 +94,10 @@ impl Front {
         drain: CancellationToken,
     ) -> Option<Served> {
         loop {
-            return Some(match self.handle(sock, read, client).await? {
+            let served = match self.handle(sock, read, client).await? {
                 Handled::Requests(io) => {
                     // Back from the request thread: its next request
-                    // starts in `read`.
+                    // starts in `read`, and goes through the front door.
                     (sock, read) = self.clone().serve_requests(io, client, drain.clone()).await?;
                     continue;
                 }
@@ -108,7 +108,8 @@ impl Front {
                     Served::Mercure(StreamWriter::new(sock, stream, chunked))
                 }
                 Handled::WebSocket(conn) => Served::WebSocket(conn),
-            });
+            };
+            return Some(served);
         }
     }
 
@@ -133,7 +134,8 @@ impl Front {
         client: ClientIp,
         drain: CancellationToken,
     ) -> Option<(TcpStream, BytesMut)> {
-        let Some(requests) = crate::runtime::request_runtime().filter(|_| io.prefix.starts_with(b"POST "))
+        let Some(requests) =
+            crate::runtime::request_runtime().filter(|_| io.prefix.starts_with(publishing::POST))
         else {
             self.serve_hyper(io, client, &drain).await;
             return None;

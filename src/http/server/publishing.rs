@@ -129,9 +129,11 @@ async fn hand_back(mut conn: http1::Connection<TokioIo<Boundary>, Tracked>) -> O
 /// Whether the first bytes of a request are (or may still become) those
 /// of a `POST`.
 fn starts_a_publish(first: &[u8]) -> bool {
-    const POST: &[u8] = b"POST ";
     first.starts_with(POST) || POST.starts_with(first)
 }
+
+/// The start of a publishing request's head.
+pub(super) const POST: &[u8] = b"POST ";
 
 /// The requests' bodies on one connection.
 #[derive(Default)]
@@ -257,6 +259,11 @@ impl Boundary {
     fn started(&self) -> usize {
         self.activity.started.load(Ordering::Acquire)
     }
+
+    /// `n` bytes of an answer were written.
+    fn answered(&mut self, n: usize) {
+        self.written |= n > 0;
+    }
 }
 
 impl AsyncRead for Boundary {
@@ -324,13 +331,6 @@ impl AsyncWrite for Boundary {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-impl Boundary {
-    /// `n` bytes of an answer were written.
-    fn answered(&mut self, n: usize) {
-        self.written |= n > 0;
     }
 }
 
